@@ -1,0 +1,53 @@
+"""Token streams: each (tokenizer, source, seed) tokenised once per process and reused."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from twossp.data.sources import load_text
+from twossp.errors import DataUnavailable
+from twossp.spec import TextSource, source_identity, source_label
+
+
+def token_stream(tokenizer: Any, source: TextSource, seed: int = 0) -> torch.Tensor:
+    return _cached(tokenizer, _Hashable(source), seed).clone()
+
+
+class _Hashable:
+    def __init__(self, source: TextSource):
+        self.source = source
+
+    def __hash__(self) -> int:
+        return hash(source_identity(self.source))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Hashable) and source_identity(self.source) == source_identity(other.source)
+
+
+@lru_cache(maxsize=16)
+def _cached(tokenizer: Any, source: _Hashable, seed: int) -> torch.Tensor:
+    text = load_text(source.source, seed)
+    # The text is deliberately longer than the model's context: silence the length warning.
+    log = logging.getLogger("transformers.tokenization_utils_base")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    finally:
+        log.setLevel(level)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def calibration_windows(tokenizer: Any, source: TextSource, samples: int, seq_len: int, seed: int) -> torch.Tensor:
+    """The first ``samples`` consecutive windows of ``seq_len`` tokens (PROTOCOL.md, calibration)."""
+    tokens = token_stream(tokenizer, source, seed)
+    if tokens.numel() < samples * seq_len:
+        raise DataUnavailable(
+            f"calibration source {source_label(source)!r} has {tokens.numel():,} tokens, fewer than "
+            f"{samples} windows of {seq_len} ({samples * seq_len:,})"
+        )
+    return tokens[: samples * seq_len].view(samples, seq_len)

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity per the paper's protocol."""

@@ -1,0 +1,64 @@
+"""Perplexity per PROTOCOL.md: non-overlapping windows (the short tail dropped), batch size 1,
+perplexity = exp(token-weighted mean next-token NLL)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from twossp.families.base import FamilyAdapter
+
+Progress = Callable[[str, int, int], None]
+
+
+def make_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
+    """Cut a 1-D token stream into consecutive windows of ``seq_len``; the incomplete tail is dropped."""
+    n = tokens.numel() // seq_len
+    if max_windows is not None:
+        n = min(n, max_windows)
+    return tokens[: n * seq_len].view(n, seq_len)
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    perplexity: float
+    nll_sum: float
+    tokens: int
+    windows: int
+
+
+def nll_sum(adapter: FamilyAdapter, model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+            chunk: int = 1024) -> torch.Tensor:
+    """Summed next-token NLL of one window from the decoder's final hidden state.
+
+    ``hidden`` is (1, L, d) and ``targets`` the window's tokens; position t predicts token t+1.
+    Logits are made ``chunk`` positions at a time so a 150k vocabulary never holds L x V floats."""
+    h = hidden[0, :-1]
+    y = targets.to(h.device).view(-1)[1:]
+    total = torch.zeros((), dtype=torch.float64, device=h.device)
+    for start in range(0, h.shape[0], chunk):
+        logits = adapter.logits(model, h[start:start + chunk]).float()
+        total += F.cross_entropy(logits, y[start:start + chunk], reduction="sum").double()
+    return total
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, device: torch.device,
+               progress: Progress | None = None, phase: str = "evaluate") -> Perplexity:
+    if windows.shape[0] == 0:
+        raise ValueError("no complete window to evaluate: the text is shorter than one window")
+    decoder = adapter.decoder(model)
+    total, tokens = 0.0, 0
+    for i, window in enumerate(windows):
+        ids = window.view(1, -1).to(device)
+        hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
+        total += float(nll_sum(adapter, model, hidden, ids))
+        tokens += ids.shape[1] - 1
+        if progress:
+            progress(phase, i + 1, windows.shape[0])
+    return Perplexity(math.exp(total / tokens), total, tokens, windows.shape[0])

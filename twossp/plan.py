@@ -1,0 +1,99 @@
+"""Pure planning: a validated sweep expands into runs, each keyed by a hash of its normalised spec.
+
+The key covers everything that determines a run's numbers (weights, method and its parameters,
+sparsity, calibration, evaluation, dtype) and nothing that does not (sweep name, model label,
+resources, device, thread count), so the same cell in two sweep files is computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import Field
+
+from twossp.spec import (
+    DenseMethod,
+    EvaluationSpec,
+    MethodSpec,
+    ModelSpec,
+    RuntimeSpec,
+    Strict,
+    SweepSpec,
+    TextSource,
+    source_identity,
+)
+
+
+class CalibrationRun(Strict):
+    source: TextSource
+    samples: int = Field(ge=1)
+    seq_len: int
+    seed: int
+
+
+class RunSpec(Strict):
+    """Everything a worker needs to execute one run; JSON-serialisable for Ray and the database."""
+
+    sweep: str
+    model: ModelSpec
+    method: MethodSpec
+    sparsity: float | None = None
+    calibration: CalibrationRun | None = None
+    evaluation: EvaluationSpec
+    runtime: RuntimeSpec
+
+    def identity(self) -> dict[str, Any]:
+        ident: dict[str, Any] = {
+            "model": self.model.identity,
+            "trust_remote_code": self.model.trust_remote_code,
+            "method": self.method.model_dump(),
+            "sparsity": self.sparsity,
+            "dtype": self.runtime.dtype,
+            "evaluation": {
+                "perplexity": [source_identity(s) for s in self.evaluation.perplexity],
+                "seq_len": self.evaluation.seq_len,
+                "max_windows": self.evaluation.max_windows,
+            },
+        }
+        if self.calibration:
+            ident["calibration"] = {**self.calibration.model_dump(), "source": source_identity(self.calibration.source)}
+        return ident
+
+    @property
+    def key(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        parts = [self.model.label, self.method.name]
+        if self.sparsity is not None:
+            parts.append(f"s={self.sparsity:g}")
+        if self.calibration:
+            parts.append(f"n={self.calibration.samples}")
+            parts.append(f"seed={self.calibration.seed}")
+        return " ".join(parts)
+
+
+def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
+    """Expand the grid. Dense runs take no sparsity, calibration or seed: one per model."""
+    evaluation = spec.evaluation.model_copy(update={"seq_len": spec.eval_seq_len})
+    runs: list[RunSpec] = []
+    for model in spec.models:
+        for method in spec.methods:
+            common = dict(sweep=spec.name, model=model, method=method, evaluation=evaluation, runtime=spec.runtime)
+            if isinstance(method, DenseMethod):
+                runs.append(RunSpec(**common))
+                continue
+            for sparsity in spec.sparsities:
+                for samples in spec.calibration.samples:
+                    for seed in spec.seeds:
+                        calib = CalibrationRun(source=spec.calibration.source, samples=samples,
+                                               seq_len=spec.calibration.seq_len, seed=seed)
+                        runs.append(RunSpec(**common, sparsity=sparsity, calibration=calib))
+    return runs
+
+
+__all__ = ["CalibrationRun", "MethodSpec", "RunSpec", "plan_sweep"]

