@@ -22,7 +22,7 @@ from twossp.spec import (
     Strict,
     SweepSpec,
     TextSource,
-    source_identity,
+    source_key,
 )
 
 
@@ -52,13 +52,13 @@ class RunSpec(Strict):
             "sparsity": self.sparsity,
             "dtype": self.runtime.dtype,
             "evaluation": {
-                "perplexity": [source_identity(s) for s in self.evaluation.perplexity],
+                "perplexity": [source_key(s) for s in self.evaluation.perplexity],
                 "seq_len": self.evaluation.seq_len,
                 "max_windows": self.evaluation.max_windows,
             },
         }
         if self.calibration:
-            ident["calibration"] = {**self.calibration.model_dump(), "source": source_identity(self.calibration.source)}
+            ident["calibration"] = {**self.calibration.model_dump(), "source": source_key(self.calibration.source)}
         return ident
 
     @property

@@ -10,7 +10,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from twossp.errors import SpecError, SpecProblem
 
@@ -65,7 +76,20 @@ def _check_named_source(value: Any) -> Any:
     return value
 
 
-TextSource = Union[str, FileSource]
+def _source_kind(value: Any) -> str:
+    return "FileSource" if isinstance(value, (dict, FileSource)) else "str"
+
+
+# A callable discriminator (not a smart union) so a mistake in a {path: ...} mapping is reported
+# once, against FileSource, instead of also as "Input should be a valid string". The tags are
+# the names Pydantic would use anyway; `_locate` drops them from the reported path.
+TextSource = Annotated[
+    Union[
+        Annotated[Annotated[str, AfterValidator(_check_named_source)], Tag("str")],
+        Annotated[FileSource, Tag("FileSource")],
+    ],
+    Discriminator(_source_kind),
+]
 
 
 def source_label(source: TextSource) -> str:
@@ -73,7 +97,17 @@ def source_label(source: TextSource) -> str:
 
 
 def source_identity(source: TextSource) -> str:
+    """Which text a source names (two sources with the same identity overlap)."""
     return source if isinstance(source, str) else f"file:{Path(source.path).resolve()}"
+
+
+def source_key(source: TextSource) -> Any:
+    """A text source as it enters a run key or a cache key: for a file, also how it is read, since
+    ``text_field``, ``format`` and ``max_documents`` change the text a run sees."""
+    if isinstance(source, FileSource):
+        return {"file": source_identity(source), "format": source.resolved_format,
+                "text_field": source.text_field, "max_documents": source.max_documents}
+    return source_identity(source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,8 +197,16 @@ MethodSpec = Annotated[Union[DenseMethod, TwoSSPMethod], Field(discriminator="na
 def _method_shorthand(value: Any) -> Any:
     if isinstance(value, str):
         value = {"name": value}
+    if isinstance(value, dict) and "name" not in value:
+        raise ValueError(f"a method entry needs `name:` (one of {', '.join(METHODS)})")
     if isinstance(value, dict) and value.get("name") not in METHODS:
         raise ValueError(f"unknown method {value.get('name')!r}; known methods: {', '.join(METHODS)}")
+    return value
+
+
+def _check_fraction(value: float) -> float:
+    if not 0 < value < 1:
+        raise ValueError(f"sparsity is a fraction strictly between 0 and 1, got {value:g}")
     return value
 
 
@@ -178,24 +220,11 @@ class CalibrationSpec(Strict):
     samples: list[Annotated[int, Field(ge=1)]] = Field(default=[32], min_length=1)
     seq_len: int = Field(default=2048, ge=8)
 
-    @field_validator("source", mode="before")
-    @classmethod
-    def _named(cls, v: Any) -> Any:
-        return _check_named_source(v)
-
 
 class EvaluationSpec(Strict):
     perplexity: list[TextSource] = Field(default_factory=lambda: ["wikitext2"])
     seq_len: int | None = Field(default=None, ge=8)
     max_windows: int | None = Field(default=None, ge=1)
-
-    @field_validator("perplexity", mode="before")
-    @classmethod
-    def _named(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            for item in v:
-                _check_named_source(item)
-        return v
 
 
 class RuntimeSpec(Strict):
@@ -210,25 +239,12 @@ class SweepSpec(Strict):
     name: str = Field(min_length=1)
     description: str = ""
     models: list[ModelSpec] = Field(min_length=1)
-    methods: list[MethodSpec] = Field(min_length=1)
-    sparsities: list[float] = Field(default_factory=list)
+    methods: list[Annotated[MethodSpec, BeforeValidator(_method_shorthand)]] = Field(min_length=1)
+    sparsities: list[Annotated[float, AfterValidator(_check_fraction)]] = Field(default_factory=list)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
-
-    @field_validator("methods", mode="before")
-    @classmethod
-    def _shorthand(cls, v: Any) -> Any:
-        return [_method_shorthand(m) for m in v] if isinstance(v, list) else v
-
-    @field_validator("sparsities")
-    @classmethod
-    def _fractions(cls, v: list[float]) -> list[float]:
-        bad = [s for s in v if not 0 < s < 1]
-        if bad:
-            raise ValueError(f"sparsity is a fraction strictly between 0 and 1, got {bad}")
-        return v
 
     @property
     def eval_seq_len(self) -> int:
@@ -255,13 +271,28 @@ class _Located:
             for i, v in enumerate(node.value):
                 self.children[i] = _Located(v)
 
-    def line_of(self, loc: tuple[Any, ...]) -> int:
-        node, line = self, self.line
-        for part in loc:
-            if part in node.children:
-                line = node.key_lines.get(part, node.children[part].line)
-                node = node.children[part]
-        return line
+
+#: Union tags Pydantic inserts into error locations (discriminated methods, text sources).
+_UNION_TAGS = {*METHODS, "str", "FileSource"}
+
+
+def _locate(tree: _Located, loc: tuple[Any, ...]) -> tuple[int, str]:
+    """Line and readable path (``methods[1].alpha``) of a Pydantic error location.
+
+    A part is dropped from the path only when it is a union tag that is not a key of the YAML node
+    at that point, so a user's own key (say an unknown ``dense:`` inside a method) is kept.
+    """
+    node: _Located | None = tree
+    line, where = tree.line, ""
+    for part in loc:
+        child = node.children.get(part) if node is not None else None
+        if child is None and (part in _UNION_TAGS or str(part).startswith("function-")):
+            continue
+        if child is not None:
+            line = node.key_lines.get(part, child.line)
+        node = child
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    return line, where
 
 
 def _duplicate_keys(node: yaml.Node, path: str = "") -> list[tuple[int, str]]:
@@ -279,33 +310,24 @@ def _duplicate_keys(node: yaml.Node, path: str = "") -> list[tuple[int, str]]:
     return found
 
 
-def _where(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in METHODS or str(part).startswith(("function-", "str", "FileSource")):
-            continue  # union tags that Pydantic inserts: not part of the user's path
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def _cross_checks(spec: SweepSpec, tree: _Located, file: str) -> list[SpecProblem]:
     """Checks that span sections; each reported with the line of the offending entry."""
     problems: list[SpecProblem] = []
 
     def add(loc: tuple[Any, ...], message: str) -> None:
-        problems.append(SpecProblem(file, tree.line_of(loc), _where(loc), message))
+        problems.append(SpecProblem(file, *_locate(tree, loc), message))
 
-    seen_models: dict[str, int] = {}
+    seen_weights: dict[str, int] = {}
+    seen_labels: dict[str, int] = {}
     for i, m in enumerate(spec.models):
-        for key in (m.label, repr(sorted(m.identity.items()))):
-            if key in seen_models:
-                add(("models", i), f"duplicate model (same as models[{seen_models[key]}])")
-                break
-        seen_models.setdefault(m.label, i)
-        seen_models.setdefault(repr(sorted(m.identity.items())), i)
+        weights = repr(sorted(m.identity.items()))
+        if weights in seen_weights:
+            add(("models", i), f"duplicate model (same weights as models[{seen_weights[weights]}])")
+        elif m.label in seen_labels:
+            add(("models", i), f"model label {m.label!r} is already used by models[{seen_labels[m.label]}]; "
+                "give one of them a distinct `name:`")
+        seen_weights.setdefault(weights, i)
+        seen_labels.setdefault(m.label, i)
 
     seen_methods: dict[str, int] = {}
     for i, meth in enumerate(spec.methods):
@@ -314,15 +336,19 @@ def _cross_checks(spec: SweepSpec, tree: _Located, file: str) -> list[SpecProble
             add(("methods", i), f"duplicate method (same as methods[{seen_methods[key]}])")
         seen_methods.setdefault(key, i)
 
-    for field, values in (("sparsities", spec.sparsities), ("seeds", spec.seeds),
-                          ("calibration", spec.calibration.samples)):
-        if len(set(values)) != len(values):
-            loc = ("calibration", "samples") if field == "calibration" else (field,)
-            add(loc, f"duplicate values in {list(values)}")
+    for loc, values in ((("sparsities",), spec.sparsities), (("seeds",), spec.seeds),
+                        (("calibration", "samples"), spec.calibration.samples)):
+        first: dict[Any, int] = {}
+        for i, value in enumerate(values):
+            if value in first:
+                add((*loc, i), f"duplicate value {value!r} (same as {_locate(tree, (*loc, first[value]))[1]})")
+            first.setdefault(value, i)
 
     prunes = any(m.name != "dense" for m in spec.methods)
     if prunes and not spec.sparsities:
-        add(("methods",), "pruning methods need at least one entry in `sparsities`")
+        first_pruning = next(i for i, m in enumerate(spec.methods) if m.name != "dense")
+        add(("sparsities",) if "sparsities" in tree.children else ("methods", first_pruning),
+            "pruning methods need at least one entry in `sparsities`")
     if not prunes and spec.sparsities:
         add(("sparsities",), "sparsities given but only the dense method is listed")
 
@@ -347,11 +373,14 @@ def parse_sweep(text: str, file: str = "<sweep>") -> SweepSpec:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        raise SpecError([SpecProblem(file, line, "", f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    if node is None or not isinstance(data, dict):
-        raise SpecError([SpecProblem(file, 1, "", "a sweep file is a YAML mapping (name:, models:, methods:, ...)")])
+        raise SpecError([_yaml_problem(exc, text, file)]) from None
+    if node is None:
+        raise SpecError([SpecProblem(file, 1, "", "the file is empty; a sweep file is a YAML mapping "
+                                                  "(name:, models:, methods:, ...)")])
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        raise SpecError([SpecProblem(file, node.start_mark.line + 1, "",
+                                     f"a sweep file is a YAML mapping (name:, models:, methods:, ...), not {kind}")])
     tree = _Located(node)
     problems = [SpecProblem(file, line, "", msg) for line, msg in _duplicate_keys(node)]
     try:
@@ -364,21 +393,42 @@ def parse_sweep(text: str, file: str = "<sweep>") -> SweepSpec:
                 msg = f"unknown key {loc[-1]!r}"
             elif err["type"] == "missing":
                 msg = f"missing required key {loc[-1]!r}"
-            problems.append(SpecProblem(file, tree.line_of(loc), _where(loc), msg))
-        raise SpecError(_dedupe(problems)) from None
+            problems.append(SpecProblem(file, *_locate(tree, loc), msg))
+        raise SpecError(_by_line(_dedupe(problems))) from None
     problems += _cross_checks(spec, tree, file)
     if problems:
-        raise SpecError(problems)
+        raise SpecError(_by_line(problems))
     return spec
 
 
 def _dedupe(problems: list[SpecProblem]) -> list[SpecProblem]:
     seen, out = set(), []
     for p in problems:
-        if (p.line, p.message) not in seen:
-            seen.add((p.line, p.message))
+        if (p.line, p.where, p.message) not in seen:
+            seen.add((p.line, p.where, p.message))
             out.append(p)
     return out
+
+
+def _by_line(problems: list[SpecProblem]) -> list[SpecProblem]:
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str, file: str) -> SpecProblem:
+    """A YAML syntax error at its line; an unclosed bracket is reported where it was opened,
+    not where the parser gave up (often the next key, or one past the end of the file)."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark else None
+    last_line = max(1, len(text.splitlines()))
+    if context_mark and (str(context).startswith("while parsing a flow") or (line or 0) > last_line):
+        line = context_mark.line + 1
+    elif line is not None and line > last_line:
+        line = last_line
+    if context and context_mark:
+        problem = f"{problem} ({context} started at line {context_mark.line + 1})"
+    return SpecProblem(file, line, "", f"invalid YAML: {problem}")
 
 
 def load_sweep(path: str | Path) -> SweepSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import lru_cache
 from typing import Any
@@ -10,7 +11,7 @@ import torch
 
 from twossp.data.sources import load_text
 from twossp.errors import DataUnavailable
-from twossp.spec import TextSource, source_identity, source_label
+from twossp.spec import TextSource, source_key, source_label
 
 
 def token_stream(tokenizer: Any, source: TextSource, seed: int = 0) -> torch.Tensor:
@@ -22,10 +23,14 @@ class _Hashable:
         self.source = source
 
     def __hash__(self) -> int:
-        return hash(source_identity(self.source))
+        return hash(self.identity)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Hashable) and source_identity(self.source) == source_identity(other.source)
+        return isinstance(other, _Hashable) and self.identity == other.identity
+
+    @property
+    def identity(self) -> str:
+        return json.dumps(source_key(self.source), sort_keys=True)
 
 
 @lru_cache(maxsize=16)

@@ -31,7 +31,8 @@ class DepthSearch:
 
 
 def naive_layer_forwards(num_layers: int, steps: int) -> int:
-    """Decoder-layer forwards of the naive search: sum_{k<steps} (N - k) full passes of N layers."""
+    """Decoder-layer forwards of the naive search on one window: sum_{k<steps} (N - k) full passes of
+    N layers."""
     return sum(num_layers - k for k in range(steps)) * num_layers
 
 
@@ -76,7 +77,9 @@ def remove_attention_greedy(model: nn.Module, adapter: FamilyAdapter, windows: t
     n = len(layers)
     norm = adapter.final_norm(model)
     state = _BlockInputs(model, adapter, windows, device)
-    result = DepthSearch(layer_forwards=n * len(windows), naive_layer_forwards=naive_layer_forwards(n, steps))
+    # both counts cover every calibration window (the naive search runs each candidate on all of them)
+    result = DepthSearch(layer_forwards=n * len(windows),
+                         naive_layer_forwards=naive_layer_forwards(n, steps) * len(windows))
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     total_candidates = sum(n - k for k in range(steps))
     evaluated = 0

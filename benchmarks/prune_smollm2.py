@@ -1,0 +1,403 @@
+"""2SSP on the real SmolLM2-135M-Instruct: pruning time, stage-2 work, perplexity, forward latency.
+
+    .venv/bin/python benchmarks/prune_smollm2.py --seq-len 1024 --json      # the reference setting
+    .venv/bin/python benchmarks/prune_smollm2.py --seq-len 128 --num-calibration 4 --eval-windows 4
+
+Protocol (PROTOCOL.md; everything on the CPU, fp32, 2 threads):
+- the model is loaded once (``twossp.runtime.loading.load_model``, builtin SmolLM2); every sparsity
+  prunes its own ``copy.deepcopy`` of the dense model, so loading is never part of pruning time;
+- calibration: the C4 subset's texts joined with "\\n\\n", tokenised once without special tokens,
+  the first n windows of L tokens (all n feed stage 1, the first one feeds stage 2);
+- evaluation: WikiText-2 test with "\\r" removed, tokenised once, the first w non-overlapping
+  windows of L tokens;
+- latency: one full forward (LM head included) of one L-token window, a few warm-up runs, then the
+  median of the timed runs, for the dense model and every pruned one.
+
+The data lives outside the repository (``../shared/data`` from the repo root, see its README); the
+script exits with status 2 and says so when it is absent. Progress goes to stderr; stdout carries
+either a rich table or, with ``--json``, one JSON object per line: a ``dense`` record, then one
+``sparsity`` record per sparsity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+C4_FILE = Path("c4") / "c4_validation_2k.derived.jsonl"
+WIKITEXT_FILE = Path("wikitext-2-raw") / "wiki.test.raw"
+
+# The authors' reference code (FabrizioSandri/2SSP) on this machine class (2 cores, fp32), SmolLM2-135M,
+# L=1024, 32 calibration windows. Only comparable to a run with the same L and n.
+REFERENCE = {
+    "seq_len": 1024,
+    "num_calibration": 32,
+    "by_sparsity": {
+        0.5: {"total_s": 740.0, "stage1_s": 130.0, "stage2_s": 610.0, "calibration_perplexity_evaluations": 213},
+        0.25: {"total_s": 360.0},
+    },
+}
+TARGET_LAYER_FORWARD_RATIO = 0.55  # stage-2 decoder-layer forwards / naive search's
+TARGET_TIME_RATIO = 0.6            # our total pruning time / the reference's
+
+
+# --- setup ------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Benchmark 2SSP pruning of SmolLM2-135M-Instruct on the CPU.")
+    p.add_argument("--seq-len", type=int, default=2048, help="window length L in tokens (default 2048)")
+    p.add_argument("--num-calibration", type=int, default=32, help="calibration windows n (default 32)")
+    p.add_argument("--eval-windows", type=int, default=32, help="WikiText-2 evaluation windows w (default 32)")
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.375, 0.5],
+                   help="target sparsities, fractions of the decoder-layer parameters (default 0.25 0.375 0.5)")
+    p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
+                   help="reference data folder (default ../shared/data from the repo root)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed forwards before the latency runs (default 2)")
+    p.add_argument("--timed-runs", type=int, default=5, help="timed forwards, median reported (default 5)")
+    p.add_argument("--verify-naive", action="store_true",
+                   help="re-run stage 2 as the naive search (a full perplexity evaluation per candidate) and "
+                        "check it makes the same choices; costly (about 2x stage 2)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    args = p.parse_args(argv)
+    problems = []
+    for name in ("seq_len", "num_calibration", "eval_windows", "timed_runs"):
+        if getattr(args, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        problems.append("--warmup must be at least 0")
+    problems += [f"sparsity {s} is not strictly between 0 and 1" for s in args.sparsities if not 0 < s < 1]
+    if problems:
+        p.error("; ".join(problems))
+    return args
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class Log:
+    """Progress on stderr, stamped with the seconds since start; stdout stays for results."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    def progress(self, label: str):
+        # Only the end of each phase: stage 2 reports every candidate, far too chatty for a log.
+        def report(phase: str, done: int, total: int) -> None:
+            if done == total:
+                self(f"{label}: {phase} done ({total})")
+        return report
+
+
+def tokenize(tokenizer: Any, text: str) -> torch.Tensor:
+    # The texts are far longer than the model's context on purpose: silence that warning.
+    log = logging.getLogger("transformers.tokenization_utils_base")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    finally:
+        log.setLevel(level)
+
+
+def read_texts(data_dir: Path) -> tuple[str, str]:
+    c4, wiki = data_dir / C4_FILE, data_dir / WIKITEXT_FILE
+    missing = [str(f) for f in (c4, wiki) if not f.is_file()]
+    if missing:
+        fail(f"reference data not found: {', '.join(missing)}. This benchmark reads the shared data folder "
+             f"(default ../shared/data from the repo root); give its location with --data-dir.")
+    with c4.open(encoding="utf-8") as f:
+        calibration = "\n\n".join(json.loads(line)["text"] for line in f if line.strip())
+    return calibration, wiki.read_text(encoding="utf-8").replace("\r", "")
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+# --- measurements -------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def forward_seconds(model: torch.nn.Module, window: torch.Tensor, device: torch.device, warmup: int,
+                    runs: int) -> float:
+    """Median wall clock of one full forward (LM head included) of one window, batch size 1."""
+    from twossp.runtime.device import synchronize
+
+    ids = window.view(1, -1).to(device)
+    times = []
+    for k in range(warmup + runs):
+        synchronize(device)
+        start = time.perf_counter()
+        model(input_ids=ids, use_cache=False)
+        synchronize(device)
+        if k >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def naive_stage2(dense: torch.nn.Module, adapter: Any, kept_ffn: list[torch.Tensor], windows: torch.Tensor,
+                 steps: int, device: torch.device) -> dict[str, Any]:
+    """Stage 2 the slow, obvious way, as an independent check of the library's incremental search:
+    stage 1 replayed from its kept neurons, then every candidate is a deep copy with that attention
+    removed and a full perplexity evaluation; the lowest wins (ties: the lowest block index)."""
+    from twossp.evaluate.perplexity import perplexity
+    from twossp.prune.width import prune_width
+
+    model = copy.deepcopy(dense)
+    prune_width(model, adapter, kept_ffn)
+    layers = adapter.layers(model)
+    removed, perplexities, forwards = [], [], 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        best, best_index = math.inf, -1
+        for i in range(len(layers)):
+            if not adapter.is_attention_present(layers[i]):
+                continue
+            candidate = copy.deepcopy(model)
+            adapter.remove_attention(candidate, i)
+            ppl = perplexity(candidate, adapter, windows, device).perplexity
+            forwards += len(layers) * windows.shape[0]
+            if ppl < best:
+                best, best_index = ppl, i
+        adapter.remove_attention(model, best_index)
+        removed.append(best_index)
+        perplexities.append(best)
+    return {"removed": removed, "calibration_perplexity": perplexities, "layer_forwards": forwards,
+            "seconds": time.perf_counter() - start}
+
+
+def reference_comparison(args: argparse.Namespace, sparsity: float, prune_s: float,
+                         layer_forward_ratio: float) -> dict[str, Any]:
+    comparable = args.seq_len == REFERENCE["seq_len"] and args.num_calibration == REFERENCE["num_calibration"]
+    ref = REFERENCE["by_sparsity"].get(sparsity) if comparable else None
+    time_ratio = prune_s / ref["total_s"] if ref else None
+    return {
+        "reference": ref,
+        "total_time_ratio_vs_reference": time_ratio,
+        "target_layer_forward_ratio": TARGET_LAYER_FORWARD_RATIO,
+        "meets_layer_forward_target": layer_forward_ratio <= TARGET_LAYER_FORWARD_RATIO,
+        "target_time_ratio": TARGET_TIME_RATIO,
+        "meets_time_target": None if time_ratio is None else time_ratio <= TARGET_TIME_RATIO,
+    }
+
+
+def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], None]) -> None:
+    """Measure everything; ``emit`` receives the dense record, then each sparsity's as soon as it is done."""
+    calibration_text, evaluation_text = read_texts(args.data_dir)
+
+    import transformers
+
+    from twossp.errors import TwosspError
+    from twossp.evaluate.perplexity import make_windows, perplexity
+    from twossp.families import adapter_for
+    from twossp.prune.budget import two_stage_budget
+    from twossp.prune.two_stage import prune_2ssp
+    from twossp.runtime.loading import load_model
+    from twossp.spec import ModelSpec
+
+    torch.set_num_threads(2)
+    device = torch.device("cpu")
+    start = time.perf_counter()
+    try:
+        dense, tokenizer = load_model(ModelSpec(builtin="smollm2-135m-instruct"), torch.float32, device)
+    except TwosspError as exc:
+        fail(str(exc))
+    load_s = time.perf_counter() - start
+    adapter = adapter_for(dense.config)
+    dense_counts = adapter.block_counts(dense)
+    log(f"model loaded in {load_s:.1f}s: {dense_counts.num_layers} layers, d_ff {dense_counts.intermediate_size}")
+
+    # Fail on an infeasible sparsity now rather than after an hour of pruning the others.
+    try:
+        for s in args.sparsities:
+            two_stage_budget(dense_counts, s, alpha=1.5)
+    except TwosspError as exc:
+        fail(str(exc))
+
+    calibration = make_windows(tokenize(tokenizer, calibration_text), args.seq_len, args.num_calibration)
+    evaluation = make_windows(tokenize(tokenizer, evaluation_text), args.seq_len, args.eval_windows)
+    for name, windows, wanted in (("calibration (C4)", calibration, args.num_calibration),
+                                  ("evaluation (WikiText-2)", evaluation, args.eval_windows)):
+        if windows.shape[0] < wanted:
+            fail(f"{name} text holds only {windows.shape[0]} windows of {args.seq_len} tokens, {wanted} asked")
+    log(f"tokenised: calibration {tuple(calibration.shape)}, evaluation {tuple(evaluation.shape)}")
+
+    dense_ppl = perplexity(dense, adapter, evaluation, device).perplexity
+    dense_fwd = forward_seconds(dense, evaluation[0], device, args.warmup, args.timed_runs)
+    log(f"dense: perplexity {dense_ppl:.3f}, forward {dense_fwd:.3f}s")
+    dense_record = {
+        "record": "dense",
+        "model": "smollm2-135m-instruct",
+        "seq_len": args.seq_len,
+        "num_calibration": args.num_calibration,
+        "eval_windows": args.eval_windows,
+        "num_layers": dense_counts.num_layers,
+        "ffn_width": dense_counts.intermediate_size,
+        "layer_params": dense_counts.layer_params,
+        "perplexity": dense_ppl,
+        "forward_s": dense_fwd,
+        "load_s": load_s,
+        "device": "cpu",
+        "dtype": "float32",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "git_revision": git_revision(),
+    }
+    emit(dense_record)
+
+    for s in args.sparsities:
+        label = f"sparsity {s}"
+        model = copy.deepcopy(dense)
+        outcome = prune_2ssp(model, adapter, calibration, s, device, alpha=1.5, num_calibration_second_stage=1,
+                             progress=log.progress(label))
+        depth = outcome.depth
+        achieved = 1 - adapter.block_counts(model).layer_params / dense_counts.layer_params
+        ppl = perplexity(model, adapter, evaluation, device).perplexity
+        fwd = forward_seconds(model, evaluation[0], device, args.warmup, args.timed_runs)
+        ratio = depth.layer_forwards / depth.naive_layer_forwards if depth.naive_layer_forwards else None
+        record = {
+            "record": "sparsity",
+            "sparsity": s,
+            "achieved_sparsity": achieved,
+            "attention_removed": outcome.removed_attention,
+            "ffn_kept": outcome.budget.ffn_keep,
+            "perplexity": ppl,
+            "dense_perplexity": dense_ppl,
+            "stage1_s": outcome.timings["stage 1"],
+            "stage2_s": outcome.timings["stage 2"],
+            "total_s": outcome.timings["prune"],
+            "stage2_layer_forwards": depth.layer_forwards,
+            "naive_layer_forwards": depth.naive_layer_forwards,
+            "layer_forward_ratio": ratio,
+            "stage2_candidates": sum(dense_counts.num_layers - k for k in range(len(outcome.removed_attention))),
+            "calibration_perplexity": depth.calibration_perplexity,
+            "forward_s": fwd,
+            "dense_forward_s": dense_fwd,
+            "speedup": dense_fwd / fwd,
+        }
+        record.update(reference_comparison(args, s, record["total_s"], ratio if ratio is not None else 0.0))
+        log(f"{label}: removed {outcome.removed_attention}, FFN {outcome.budget.ffn_keep}, perplexity {ppl:.3f}, "
+            f"prune {record['total_s']:.1f}s")
+        if args.verify_naive:
+            naive = naive_stage2(dense, adapter, outcome.kept_ffn, calibration[:1], len(outcome.removed_attention),
+                                 device)
+            diffs = [abs(a - b) / b for a, b in zip(depth.calibration_perplexity, naive["calibration_perplexity"])]
+            record["naive_check"] = {
+                "identical_choices": naive["removed"] == outcome.removed_attention,
+                "removed": naive["removed"],
+                "layer_forwards": naive["layer_forwards"],
+                "fast_layer_forwards": depth.layer_forwards,
+                "max_rel_calibration_perplexity_diff": max(diffs, default=0.0),
+                "seconds": naive["seconds"],
+            }
+            log(f"{label}: naive stage 2 removed {naive['removed']} in {naive['seconds']:.1f}s "
+                f"({naive['layer_forwards']} layer forwards vs {depth.layer_forwards})")
+        emit(record)
+        del model
+
+
+# --- output -------------------------------------------------------------------------------------------
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def print_table(args: argparse.Namespace, dense: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"2SSP on SmolLM2-135M-Instruct: L={args.seq_len}, {args.num_calibration} calibration "
+                        f"windows, {args.eval_windows} WikiText-2 windows (CPU fp32, {dense['threads']} threads)")
+    for col in ("sparsity", "achieved", "attention removed", "FFN kept", "PPL", "stage 1 s", "stage 2 s",
+                "total s", "stage-2 layer fwd / naive", "forward s", "speedup"):
+        table.add_column(col, justify="left" if col == "attention removed" else "right")
+    table.add_row("dense", "0", "-", str(dense["ffn_width"]), f"{dense['perplexity']:.3f}", "-", "-", "-", "-",
+                  f"{dense['forward_s']:.3f}", "1.00x")
+    for r in records:
+        table.add_row(
+            f"{r['sparsity']}", f"{r['achieved_sparsity']:.4f}", ", ".join(map(str, r["attention_removed"])),
+            str(r["ffn_kept"]), f"{r['perplexity']:.3f}", f"{r['stage1_s']:.1f}", f"{r['stage2_s']:.1f}",
+            f"{r['total_s']:.1f}",
+            f"{r['stage2_layer_forwards']:,} / {r['naive_layer_forwards']:,} = {_fmt(r['layer_forward_ratio'], '.3f')}",
+            f"{r['forward_s']:.3f}", f"{r['speedup']:.2f}x",
+        )
+    console.print(table)
+
+    console.print(
+        f"Reference (authors' code, this machine class, L={REFERENCE['seq_len']}, {REFERENCE['num_calibration']} "
+        "calibration windows): 740 s total at 0.5 (130 s stage 1, 610 s stage 2, 213 calibration-perplexity "
+        "evaluations), 360 s at 0.25."
+    )
+    console.print(f"Targets: stage-2 layer forwards <= {TARGET_LAYER_FORWARD_RATIO}x naive; total pruning time "
+                  f"<= {TARGET_TIME_RATIO}x the reference.")
+    for r in records:
+        lf = "meets" if r["meets_layer_forward_target"] else "MISSES"
+        line = f"  sparsity {r['sparsity']}: layer-forward ratio {_fmt(r['layer_forward_ratio'], '.3f')} ({lf} target)"
+        if r["total_time_ratio_vs_reference"] is not None:
+            tt = "meets" if r["meets_time_target"] else "MISSES"
+            line += (f"; total {r['total_s']:.1f}s / {r['reference']['total_s']:.0f}s = "
+                     f"{r['total_time_ratio_vs_reference']:.3f}x reference ({tt} target)")
+        else:
+            line += "; no reference time for this setting"
+        console.print(line)
+        if "naive_check" in r:
+            c = r["naive_check"]
+            verdict = "identical" if c["identical_choices"] else f"DIFFERENT (naive removed {c['removed']})"
+            console.print(f"    naive stage 2: choices {verdict}; layer forwards naive {c['layer_forwards']:,} vs "
+                          f"ours {c['fast_layer_forwards']:,}; max rel. calibration-PPL diff "
+                          f"{c['max_rel_calibration_perplexity_diff']:.2e}; {c['seconds']:.1f}s")
+    console.print(f"[dim]torch {dense['torch']}, transformers {dense['transformers']}, python {dense['python']}, "
+                  f"git {dense['git_revision']}, model load {dense['load_s']:.1f}s (excluded)[/dim]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.data_dir.is_dir():
+        fail(f"data folder not found: {args.data_dir}. This benchmark reads the shared reference data "
+             f"(default ../shared/data from the repo root); give its location with --data-dir.")
+    log = Log()
+    records: list[dict[str, Any]] = []
+
+    def emit(record: dict[str, Any]) -> None:
+        records.append(record)
+        if args.json:  # as soon as measured: a long run that dies still leaves its lines
+            print(json.dumps(record), flush=True)
+
+    run(args, log, emit)
+    dense, records = records[0], records[1:]
+    if not args.json:
+        print_table(args, dense, records)
+    naive_mismatch = any(not r["naive_check"]["identical_choices"] for r in records if "naive_check" in r)
+    return 1 if naive_mismatch else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

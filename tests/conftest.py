@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny deterministic Llama-layout models built from real transformers configs.
+
+Weights are re-drawn from a seeded generator after construction (norm scales and biases included),
+so that every parameter is non-trivial: biases that transformers initialises to zero and norm
+weights initialised to one would otherwise hide slicing or counting mistakes.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+FAMILIES = ("llama", "mistral", "qwen2")
+
+_CLASSES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+}
+
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def tiny_config(family: str = "llama", num_layers: int = 4, **overrides):
+    config_cls, model_cls = _CLASSES[family]
+    kwargs = {**TINY, "num_hidden_layers": num_layers, **overrides}
+    config = config_cls(**kwargs)
+    config.architectures = [model_cls.__name__]
+    return config
+
+
+def tiny_model(family: str = "llama", num_layers: int = 4, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny fp32 model in eval mode whose weights depend only on ``seed``."""
+    config = tiny_config(family, num_layers, **overrides)
+    torch.manual_seed(seed)
+    model = _CLASSES[family][1](config).to(torch.float32).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                # larger than the usual 0.02 so that logits are far from uniform and the greedy
+                # attention search has clear (non-tied) winners
+                p.copy_(0.15 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def random_tokens(n: int, length: int, vocab: int = TINY["vocab_size"], seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, length), generator=gen)
+
+
+@pytest.fixture
+def tiny() -> SimpleNamespace:
+    """The helpers above, for test modules (which should not import ``conftest``)."""
+    return SimpleNamespace(config=tiny_config, model=tiny_model, tokens=random_tokens, families=FAMILIES)
+
+
+@pytest.fixture
+def cpu() -> torch.device:
+    return torch.device("cpu")

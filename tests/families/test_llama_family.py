@@ -1,0 +1,161 @@
+"""Llama-layout adapters (Llama, Mistral, Qwen2): registry and structural surgery."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import GPT2Config, LlamaConfig
+
+from twossp.errors import UnsupportedArchitecture
+from twossp.families import adapter_for, supported_architectures
+from twossp.families.base import RemovedAttention
+from twossp.families.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
+from twossp.prune.width import prune_width
+
+FAMILIES = ["llama", "mistral", "qwen2"]
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _layer_numel(model: torch.nn.Module) -> int:
+    """Parameters inside the decoder layers, counted from the state dict's shapes alone."""
+    return sum(t.numel() for k, t in model.state_dict().items() if ".layers." in k)
+
+
+# --- registry --------------------------------------------------------------------------------
+
+def test_registry_resolves_each_family(tiny):
+    expected = {"llama": LlamaAdapter, "mistral": MistralAdapter, "qwen2": Qwen2Adapter}
+    for family, cls in expected.items():
+        assert type(adapter_for(tiny.config(family))) is cls
+    assert supported_architectures() == ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
+
+
+def test_unsupported_architecture_lists_supported():
+    config = GPT2Config()
+    config.architectures = ["GPT2LMHeadModel"]
+    with pytest.raises(UnsupportedArchitecture) as err:
+        adapter_for(config)
+    message = str(err.value)
+    assert "GPT2LMHeadModel" in message
+    for arch in supported_architectures():
+        assert arch in message
+
+
+def test_config_without_architectures():
+    with pytest.raises(UnsupportedArchitecture, match="model_type='llama'"):
+        adapter_for(LlamaConfig())
+
+
+def test_mixed_layer_types_rejected():
+    config = LlamaConfig(num_hidden_layers=2)
+    config.layer_types = ["full_attention", "sliding_attention"]
+    with pytest.raises(UnsupportedArchitecture, match="mixed"):
+        LlamaAdapter().check_supported(config)
+    config.layer_types = ["full_attention", "full_attention"]
+    LlamaAdapter().check_supported(config)
+
+
+# --- attention removal -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_removed_attention_owns_nothing_and_is_recorded(tiny, family):
+    model = tiny.model(family, num_layers=4)
+    adapter = adapter_for(model.config)
+    layer = adapter.layers(model)[1]
+    mlp_before = _params(layer.mlp)
+    attn_params = _params(layer.self_attn) + _params(layer.input_layernorm)
+
+    adapter.remove_attention(model, 1)
+    adapter.remove_attention(model, 3)
+
+    assert isinstance(layer.self_attn, RemovedAttention)
+    assert _params(layer.self_attn) == 0 and _params(layer.input_layernorm) == 0
+    # what is left of the block: its FFN and the norm feeding it
+    assert _params(layer) == mlp_before + _params(layer.post_attention_layernorm)
+    assert _params(layer) == _params(adapter.layers(model)[0]) - attn_params
+    assert model.config.twossp_removed_attention == [1, 3]
+    assert [adapter.is_attention_present(x) for x in adapter.layers(model)] == [True, False, True, False]
+    with pytest.raises(ValueError, match="already removed"):
+        adapter.remove_attention(model, 1)
+    with torch.no_grad():
+        logits = model(tiny.tokens(2, 8)).logits
+    assert logits.shape == (2, 8, 128) and torch.isfinite(logits).all()
+
+
+def test_removed_block_is_residual_plus_ffn(tiny):
+    # A block without attention computes h + mlp(post_attention_layernorm(h)).
+    model = tiny.model("llama", num_layers=2)
+    adapter = adapter_for(model.config)
+    adapter.remove_attention(model, 1)
+    layer = adapter.layers(model)[1]
+    captured = {}
+    handle = layer.register_forward_hook(
+        lambda mod, args, kwargs, out: captured.update(inp=args[0] if args else kwargs["hidden_states"], out=out),
+        with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(tiny.tokens(1, 8))
+    finally:
+        handle.remove()
+    h = captured["inp"]
+    out = captured["out"][0] if isinstance(captured["out"], tuple) else captured["out"]
+    with torch.no_grad():
+        torch.testing.assert_close(out, h + layer.mlp(layer.post_attention_layernorm(h)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generation_with_cache_equals_without(tiny, family):
+    model = tiny.model(family, num_layers=5)
+    adapter = adapter_for(model.config)
+    adapter.remove_attention(model, 0)  # block 0 too: the KV cache reads its length from slot 0
+    adapter.remove_attention(model, 2)
+    prompt = tiny.tokens(1, 6, seed=4)
+    kwargs = dict(do_sample=False, max_new_tokens=10, min_new_tokens=10, pad_token_id=0,
+                  return_dict_in_generate=True, output_scores=True)
+    with torch.no_grad():
+        cached = model.generate(prompt, use_cache=True, **kwargs)
+        uncached = model.generate(prompt, use_cache=False, **kwargs)
+    assert cached.sequences.shape == (1, 16)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for a, b in zip(cached.scores, uncached.scores):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # live attentions use consecutive cache slots from 0
+    assert [a.self_attn.layer_idx for a in adapter.layers(model) if adapter.is_attention_present(a)] == [0, 1, 2]
+
+
+def test_attention_bypassed_restores_even_on_error(tiny):
+    model = tiny.model("llama", num_layers=2)
+    adapter = adapter_for(model.config)
+    layer = adapter.layers(model)[0]
+    attn, norm = layer.self_attn, layer.input_layernorm
+    with pytest.raises(RuntimeError):
+        with adapter.attention_bypassed(layer):
+            assert not adapter.is_attention_present(layer)
+            raise RuntimeError("boom")
+    assert layer.self_attn is attn and layer.input_layernorm is norm
+    assert not hasattr(model.config, "twossp_removed_attention")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_achieved_sparsity_counted_from_state_dict(tiny, family):
+    dense = tiny.model(family, num_layers=4)
+    adapter = adapter_for(dense.config)
+    dense_numel = _layer_numel(dense)
+    pruned = copy.deepcopy(dense)
+    prune_width(pruned, adapter, [torch.arange(0, 128, 3)] * 4)  # 43 of 128 neurons
+    adapter.remove_attention(pruned, 0)
+    adapter.remove_attention(pruned, 2)
+
+    achieved = 1 - _layer_numel(pruned) / dense_numel
+    assert achieved == pytest.approx(1 - adapter.block_counts(pruned).layer_params / adapter.block_counts(dense).layer_params)
+    assert adapter.block_counts(dense).layer_params == dense_numel
+    # and by hand: two attentions (with their norms) and 85 neurons of every FFN are gone
+    d, attn = 64, _params(adapter.attention(adapter.layers(dense)[0]))
+    per_neuron = 3 * d  # a gate row, an up row, a down column (these models have no MLP biases)
+    removed = 2 * (attn + d) + 4 * 85 * per_neuron
+    assert dense_numel - _layer_numel(pruned) == removed

@@ -1,0 +1,239 @@
+"""The command line. The only module that prints for humans and chooses exit codes.
+
+Exit codes: 0 success; 1 a run failed or a library error; 2 invalid input (sweep file, usage);
+3 database schema out of date.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from twossp.errors import SchemaOutdated, SpecError, TwosspError
+
+console = Console()
+err = Console(stderr=True)
+
+DB_OPTION = click.option("--db", "db_url", envvar="TWOSSP_DB", default=None,
+                         help="SQLAlchemy URL or SQLite path (default: sqlite:///twossp.db; env TWOSSP_DB).")
+
+
+def _fail(exc: TwosspError) -> None:
+    if isinstance(exc, SpecError):
+        for problem in exc.problems:
+            err.print(f"[red]error[/] {problem}", highlight=False, soft_wrap=True)
+        err.print(f"{len(exc.problems)} problem(s) found")
+        sys.exit(2)
+    err.print(f"[red]error[/] {exc}", highlight=False, soft_wrap=True)
+    sys.exit(3 if isinstance(exc, SchemaOutdated) else 1)
+
+
+def _database(db_url: str | None, create: bool = True):
+    from twossp.db.session import Database
+
+    return Database(db_url, auto_upgrade=create)
+
+
+@click.group(help="twossp: structured pruning of LLMs with 2SSP, run as declarative sweeps.")
+@click.version_option(package_name="twossp")
+def main() -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------------- sweep
+@main.group(help="Validate, plan and run sweep files.")
+def sweep() -> None:
+    pass
+
+
+@sweep.command("validate", help="Check sweep files; report every problem with file and line.")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(files: tuple[str, ...]) -> None:
+    from twossp.plan import plan_sweep
+    from twossp.spec import load_sweep
+
+    problems = []
+    for file in files:
+        try:
+            spec = load_sweep(file)
+        except SpecError as exc:
+            problems += exc.problems
+            continue
+        console.print(f"[green]ok[/] {file}: sweep {spec.name!r}, {len(plan_sweep(spec))} runs", highlight=False)
+    if problems:
+        _fail(SpecError(problems))
+
+
+@sweep.command("plan", help="List the runs a sweep expands to, their keys, and which are already done.")
+@click.argument("file", type=click.Path(dir_okay=False))
+@DB_OPTION
+def plan(file: str, db_url: str | None) -> None:
+    from twossp.plan import plan_sweep
+    from twossp.spec import load_sweep
+
+    try:
+        spec = load_sweep(file)
+        runs = plan_sweep(spec)
+        statuses = _existing_statuses(db_url, [r.key for r in runs])
+    except TwosspError as exc:
+        _fail(exc)
+    table = Table(title=f"sweep {spec.name}: {len(runs)} runs")
+    for col in ("key", "model", "method", "sparsity", "calib", "seed", "in database"):
+        table.add_column(col)
+    for run in runs:
+        status = statuses.get(run.key, "new")
+        colour = {"completed": "green", "failed": "red", "new": "cyan"}.get(status, "yellow")
+        table.add_row(run.key, run.model.label, run.method.name,
+                      f"{run.sparsity:g}" if run.sparsity is not None else "-",
+                      str(run.calibration.samples) if run.calibration else "-",
+                      str(run.calibration.seed) if run.calibration else "-", f"[{colour}]{status}[/]")
+    console.print(table)
+    done = sum(1 for s in statuses.values() if s == "completed")
+    console.print(f"{done} of {len(runs)} runs already completed")
+
+
+def _existing_statuses(db_url: str | None, keys: list[str]) -> dict[str, str]:
+    """Read-only: a database that does not exist yet is not created by `plan`."""
+    from sqlalchemy.engine import make_url
+
+    from twossp.db import store
+    from twossp.db.session import database_url
+
+    url = database_url(db_url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+        return {}
+    db = _database(url, create=False)
+    try:
+        with db.session() as session:
+            return store.run_statuses(session, keys)
+    finally:
+        db.close()
+
+
+@sweep.command("run", help="Run a sweep: plan it, skip completed runs, execute the rest, store results.")
+@click.argument("file", type=click.Path(dir_okay=False))
+@DB_OPTION
+@click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
+              help="ray: local Ray cluster (or --address); local: in-process, one run at a time.")
+@click.option("--address", default=None, help="Attach to an existing Ray cluster (auto or HOST:PORT).")
+@click.option("--rerun-failed", is_flag=True, help="Also re-run runs that failed before.")
+def run(file: str, db_url: str | None, executor: str, address: str | None, rerun_failed: bool) -> None:
+    from twossp.dash.live import LiveSweep
+    from twossp.runtime.driver import run_sweep
+    from twossp.spec import load_sweep
+
+    try:
+        spec = load_sweep(file)
+        db = _database(db_url)
+    except TwosspError as exc:
+        _fail(exc)
+    if executor == "ray":
+        from twossp.runtime.executors import RayExecutor
+
+        with console.status("starting Ray" if not address else f"attaching to Ray at {address}"):
+            runner = RayExecutor(address=address)
+    else:
+        from twossp.runtime.executors import LocalExecutor
+
+        runner = LocalExecutor()
+    try:
+        outcome = run_sweep(spec, db, runner, path=str(Path(file).resolve()), rerun_failed=rerun_failed,
+                            display=LiveSweep(console))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: unfinished runs were released and will run next time")
+        sys.exit(130)
+    finally:
+        runner.close()
+        db.close()
+    console.print(f"[bold]{len(outcome.completed)} completed, {len(outcome.failed)} failed, "
+                  f"{len(outcome.skipped)} skipped[/] (already in {db.url})", highlight=False)
+    for failed_run, error in outcome.failed:
+        err.print(f"[red]failed[/] {failed_run.label} ({failed_run.key}): {error.strip().splitlines()[-1]}",
+                  highlight=False)
+    if outcome.failed:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------- results
+@main.command(help="Methods side by side per model and sparsity, against dense.")
+@DB_OPTION
+@click.option("--sweep", "sweep_name", default=None, help="Only runs of this sweep.")
+@click.option("--dashboard", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A dashboards/*.yaml view (default: dashboards/leaderboard.yaml).")
+def leaderboard(db_url: str | None, sweep_name: str | None, dashboard: str | None) -> None:
+    from twossp.dash.leaderboard import leaderboard_table, load_dashboard
+    from twossp.db import store
+
+    try:
+        db = _database(db_url)
+        view = load_dashboard(dashboard)
+    except TwosspError as exc:
+        _fail(exc)
+    with db.session() as session:
+        runs = store.completed_runs(session, sweep_name)
+        if not runs:
+            console.print(f"no completed runs in {db.url}" + (f" for sweep {sweep_name!r}" if sweep_name else ""))
+            return
+        console.print(leaderboard_table(runs, view))
+
+
+@main.command("runs", help="List runs with their status (and error, for failed ones).")
+@DB_OPTION
+@click.option("--status", type=click.Choice(["pending", "running", "completed", "failed"]), default=None)
+def runs_cmd(db_url: str | None, status: str | None) -> None:
+    from sqlalchemy import select
+
+    from twossp.db.models import Run
+
+    try:
+        db = _database(db_url)
+    except TwosspError as exc:
+        _fail(exc)
+    with db.session() as session:
+        query = select(Run).order_by(Run.id)
+        if status:
+            query = query.where(Run.status == status)
+        table = Table()
+        for col in ("key", "model", "method", "target", "achieved", "status", "error"):
+            table.add_column(col, overflow="fold")
+        for r in session.scalars(query):
+            error = (r.error or "").strip().splitlines()[-1] if r.error else ""
+            table.add_row(r.key, r.model, r.method, f"{r.target_sparsity:g}",
+                          f"{r.achieved_sparsity:.4f}" if r.achieved_sparsity is not None else "-", r.status, error)
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------- db
+@main.group(help="Database schema management (Alembic).")
+def db() -> None:
+    pass
+
+
+@db.command("upgrade", help="Upgrade the database schema to this version of twossp.")
+@DB_OPTION
+def db_upgrade(db_url: str | None) -> None:
+    from twossp.db.session import database_url, upgrade
+
+    url = database_url(db_url)
+    upgrade(url)
+    console.print(f"{url}: schema at head")
+
+
+@db.command("current", help="Print the schema revision of the database.")
+@DB_OPTION
+def db_current(db_url: str | None) -> None:
+    from twossp.db.session import current_revision, database_url, head_revision, make_engine
+
+    url = database_url(db_url)
+    engine = make_engine(url)
+    console.print(f"{url}: revision {current_revision(engine)} (head {head_revision(url)})")
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The result database: a public interface (documented in the README), managed by Alembic.
+
+sweeps 1-n runs; each run has scores, timings and one layer_masks row per decoder layer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    })
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    path: Mapped[Optional[str]] = mapped_column(Text)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    runs: Mapped[list["Run"]] = relationship(back_populates="sweep")
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    model: Mapped[str] = mapped_column(String(300), index=True)
+    method: Mapped[str] = mapped_column(String(50), index=True)
+    target_sparsity: Mapped[float] = mapped_column(Float)
+    achieved_sparsity: Mapped[Optional[float]] = mapped_column(Float)
+    calibration_samples: Mapped[Optional[int]] = mapped_column(Integer)
+    seed: Mapped[Optional[int]] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), index=True)  # pending | running | completed | failed
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    params_dense: Mapped[Optional[int]] = mapped_column(BigInteger)   # P_layers before pruning
+    params_pruned: Mapped[Optional[int]] = mapped_column(BigInteger)  # P_layers after pruning
+    host: Mapped[Optional[str]] = mapped_column(String(200))
+    device: Mapped[Optional[str]] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)             # the resolved run spec
+    versions: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)  # package versions, git revision
+    details: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)   # method-specific: budget, search trace
+
+    sweep: Mapped[Sweep] = relationship(back_populates="runs")
+    scores: Mapped[list["Score"]] = relationship(back_populates="run", cascade="all, delete-orphan")
+    timings: Mapped[list["Timing"]] = relationship(back_populates="run", cascade="all, delete-orphan")
+    layer_masks: Mapped[list["LayerMaskRow"]] = relationship(back_populates="run", cascade="all, delete-orphan",
+                                                             order_by="LayerMaskRow.layer")
+
+
+class Score(Base):
+    __tablename__ = "scores"
+    __table_args__ = (UniqueConstraint("run_id", "dataset", "metric"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    dataset: Mapped[str] = mapped_column(String(200))
+    metric: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float)
+
+    run: Mapped[Run] = relationship(back_populates="scores")
+
+
+class Timing(Base):
+    __tablename__ = "timings"
+    __table_args__ = (UniqueConstraint("run_id", "phase"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    phase: Mapped[str] = mapped_column(String(100))
+    seconds: Mapped[float] = mapped_column(Float)
+
+    run: Mapped[Run] = relationship(back_populates="timings")
+
+
+class LayerMaskRow(Base):
+    __tablename__ = "layer_masks"
+    __table_args__ = (UniqueConstraint("run_id", "layer"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    layer: Mapped[int] = mapped_column(Integer)
+    attention_kept: Mapped[bool] = mapped_column(Boolean)
+    ffn_kept: Mapped[int] = mapped_column(Integer)      # neurons kept
+    ffn_width: Mapped[int] = mapped_column(Integer)     # dense width: bits in ffn_mask
+    ffn_mask: Mapped[bytes] = mapped_column(LargeBinary)  # np.packbits(kept), big-endian bit order
+
+    run: Mapped[Run] = relationship(back_populates="layer_masks")

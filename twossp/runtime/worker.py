@@ -1,0 +1,171 @@
+"""The worker entry point: one run, start to finish (load -> prune -> evaluate), returning a
+``RunResult``. It never touches the database (the driver alone writes) and runs with or without Ray."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from twossp.errors import TwosspError
+from twossp.plan import RunSpec
+from twossp.spec import DenseMethod, TwoSSPMethod, source_label
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class MaskRecord:
+    layer: int
+    attention_kept: bool
+    ffn_kept: int
+    ffn_width: int
+    ffn_mask: bytes
+
+
+@dataclass
+class RunResult:
+    """Plain data, cheap to pickle across Ray; the driver turns it into rows."""
+
+    key: str
+    status: str                          # completed | failed
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    achieved_sparsity: float | None = None
+    params_dense: int | None = None
+    params_pruned: int | None = None
+    scores: list[tuple[str, str, float]] = field(default_factory=list)   # (dataset, metric, value)
+    timings: dict[str, float] = field(default_factory=dict)
+    masks: list[MaskRecord] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    host: str | None = None
+    device: str | None = None
+    versions: dict[str, Any] = field(default_factory=dict)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _git_revision() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    import twossp
+
+    return {"twossp": twossp.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "git": _git_revision()}
+
+
+def execute_run(run: RunSpec, progress: Progress | None = None) -> RunResult:
+    """Run one cell of the grid. Any exception becomes a ``failed`` result carrying its message
+    (library errors) or traceback (anything unexpected); it is never raised to the caller."""
+    result = RunResult(key=run.key, status="running", started_at=_now(), host=platform.node())
+    try:
+        _execute(run, result, progress)
+        result.status = "completed"
+    except TwosspError as exc:
+        result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - a failing run is recorded, the sweep goes on
+        result.status, result.error = "failed", traceback.format_exc(limit=20)
+    finally:
+        result.finished_at = _now()
+    return result
+
+
+def _execute(run: RunSpec, result: RunResult, progress: Progress | None) -> None:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from twossp.data.tokens import calibration_windows, token_stream
+    from twossp.evaluate.perplexity import make_windows, perplexity
+    from twossp.families import adapter_for
+    from twossp.prune.masks import layer_masks
+    from twossp.prune.two_stage import prune_2ssp
+    from twossp.runtime.device import DTYPES, device_name, release_memory, resolve_device, synchronize
+    from twossp.runtime.loading import load_model
+
+    hf_logging.disable_progress_bar()
+    result.versions = versions()
+    if run.runtime.threads:
+        torch.set_num_threads(run.runtime.threads)
+    device = resolve_device(run.runtime.device)
+    result.device = device_name(device)
+    tick = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal tick
+        synchronize(device)
+        now = time.perf_counter()
+        result.timings[phase] = result.timings.get(phase, 0.0) + now - tick
+        tick = now
+
+    if progress:
+        progress("load", 0, 1)
+    model, tokenizer = load_model(run.model, DTYPES[run.runtime.dtype], device)
+    adapter = adapter_for(model.config)
+    adapter.check_supported(model.config)
+    dense = adapter.block_counts(model)
+    result.params_dense = dense.layer_params
+    lap("load")
+
+    kept_ffn, removed = None, []
+    if isinstance(run.method, TwoSSPMethod):
+        assert run.sparsity is not None and run.calibration is not None
+        calib = run.calibration
+        if progress:
+            progress("calibration", 0, 1)
+        windows = calibration_windows(tokenizer, calib.source, calib.samples, calib.seq_len, calib.seed)
+        lap("calibration data")
+        outcome = prune_2ssp(model, adapter, windows, run.sparsity, device, alpha=run.method.alpha,
+                             num_calibration_second_stage=run.method.num_calibration_second_stage,
+                             progress=progress)
+        for phase, seconds in outcome.timings.items():
+            result.timings[phase] = seconds
+        tick = time.perf_counter()
+        kept_ffn, removed = outcome.kept_ffn, outcome.removed_attention
+        budget, depth = outcome.budget, outcome.depth
+        result.details = {
+            "budget": {"num_attention_removed": budget.num_attention_removed, "ffn_keep": budget.ffn_keep,
+                       "ffn_params_cut_per_block": budget.ffn_params_cut_per_block},
+            "removed_attention_order": removed,
+            "calibration_perplexity_after_each_removal": depth.calibration_perplexity,
+            "stage2_layer_forwards": depth.layer_forwards,
+            "stage2_naive_layer_forwards": depth.naive_layer_forwards,
+        }
+    elif not isinstance(run.method, DenseMethod):
+        raise TwosspError(f"method {run.method.name!r} has no executor")
+
+    pruned = adapter.block_counts(model)
+    result.params_pruned = pruned.layer_params
+    result.achieved_sparsity = 1 - pruned.layer_params / dense.layer_params
+    result.masks = [MaskRecord(m.layer, m.attention_kept, m.ffn_kept, m.ffn_width, m.ffn_mask)
+                    for m in layer_masks(dense.num_layers, dense.intermediate_size, kept_ffn, removed)]
+
+    seq_len = run.evaluation.seq_len or (run.calibration.seq_len if run.calibration else 2048)
+    for source in run.evaluation.perplexity:
+        label = source_label(source)
+        windows = make_windows(token_stream(tokenizer, source), seq_len, run.evaluation.max_windows)
+        if windows.shape[0] == 0:
+            raise TwosspError(f"evaluation text {label!r} is shorter than one window of {seq_len} tokens")
+        ppl = perplexity(model, adapter, windows, device, progress, phase=f"eval {label}")
+        result.scores.append((label, "perplexity", ppl.perplexity))
+        result.details.setdefault("evaluation_tokens", {})[label] = ppl.tokens
+        lap(f"eval {label}")
+    del model
+    release_memory(device)
