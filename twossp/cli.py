@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 a run failed or a library error; 2 invalid input (sweep
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -141,6 +142,8 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
         from twossp.runtime.executors import LocalExecutor
 
         runner = LocalExecutor()
+    # SIGTERM (a scheduler stopping us) is handled like Ctrl-C: unfinished runs are released.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         outcome = run_sweep(spec, db, runner, path=str(Path(file).resolve()), rerun_failed=rerun_failed,
                             display=LiveSweep(console))
@@ -157,6 +160,10 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
                   highlight=False)
     if outcome.failed:
         sys.exit(1)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------------- results
@@ -184,7 +191,8 @@ def leaderboard(db_url: str | None, sweep_name: str | None, dashboard: str | Non
 
 @main.command("runs", help="List runs with their status (and error, for failed ones).")
 @DB_OPTION
-@click.option("--status", type=click.Choice(["pending", "running", "completed", "failed"]), default=None)
+@click.option("--status", type=click.Choice(["pending", "running", "completed", "failed"]), default=None,
+              help="Only runs with this status.")
 def runs_cmd(db_url: str | None, status: str | None) -> None:
     from sqlalchemy import select
 

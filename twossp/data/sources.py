@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twossp.data.hub import unavailable, unreachable_reason
 from twossp.data.registry_wheels import LEE_BACKGROUND
 from twossp.errors import DataUnavailable
 from twossp.spec import FileSource, TextSource, source_label
@@ -104,16 +104,21 @@ def _read_rows(path: Path, fmt: str, field: str, limit: int | None) -> list[str]
 def _hub_download(name: str, hub: HubFile) -> Path:
     from huggingface_hub import hf_hub_download
 
+    args = dict(repo_id=hub.repo, filename=hub.filename, repo_type="dataset", revision=hub.revision)
     try:
-        return Path(hf_hub_download(hub.repo, hub.filename, repo_type="dataset", revision=hub.revision))
+        return Path(hf_hub_download(**args, local_files_only=True))  # already cached
+    except Exception:  # noqa: BLE001 - not cached: fetch it below
+        pass
+    hint = (f"Use a local copy instead, e.g. `{{path: /data/{Path(hub.filename).name}}}` in the sweep, "
+            "or the offline sources lee-calibration / lee-evaluation.")
+    what = f"text source {name!r} ({hub.repo}/{hub.filename})"
+    reason = unreachable_reason()
+    if reason:
+        raise unavailable(what, reason, hint)
+    try:
+        return Path(hf_hub_download(**args))
     except Exception as exc:  # noqa: BLE001 - any failure to fetch is one clear, actionable error
-        offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
-        reason = "HF_HUB_OFFLINE is set" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        raise DataUnavailable(
-            f"could not fetch text source {name!r} ({hub.repo}/{hub.filename}) from the Hugging Face hub "
-            f"({reason}). Use a local copy instead, e.g. `{{path: /data/{Path(hub.filename).name}}}` in the "
-            f"sweep, or the offline sources lee-calibration / lee-evaluation."
-        ) from None
+        raise unavailable(what, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", hint) from None
 
 
 def describe(source: TextSource) -> str:

@@ -5,15 +5,15 @@ the family registry before any weights are read."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from filelock import FileLock
 
 from twossp.cache import cache_dir
+from twossp.data.hub import unavailable, unreachable_reason
 from twossp.data.registry_wheels import SMOLLM2_GGUF
 from twossp.errors import DataUnavailable
 from twossp.families import adapter_for
@@ -59,13 +59,26 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     return target
 
 
-def _hub_error(spec: ModelSpec, exc: Exception) -> DataUnavailable:
-    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
-    reason = "HF_HUB_OFFLINE is set" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    return DataUnavailable(
-        f"could not fetch model {spec.hub!r} from the Hugging Face hub ({reason}). Download it where the hub "
-        f"is reachable and give its directory as `path:` in the sweep (or `gguf:` for a GGUF file)."
-    )
+def _hub_error(spec: ModelSpec, reason: str) -> DataUnavailable:
+    return unavailable(f"model {spec.hub!r}", reason, "Download it where the hub is reachable and give its "
+                       "directory as `path:` in the sweep (or `gguf:` for a GGUF file).")
+
+
+def _from_hub_or_cache(spec: ModelSpec, load: Callable[..., Any]) -> Any:
+    """``load(local_files_only=...)`` from the local cache first, then from the hub if reachable."""
+    if not spec.hub:
+        return load()
+    try:
+        return load(local_files_only=True)
+    except OSError:
+        pass
+    reason = unreachable_reason()
+    if reason:
+        raise _hub_error(spec, reason)
+    try:
+        return load()
+    except OSError as exc:
+        raise _hub_error(spec, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
 
 
 def load_config(spec: ModelSpec) -> Any:
@@ -73,10 +86,9 @@ def load_config(spec: ModelSpec) -> Any:
 
     where, extra = model_directory(spec)
     try:
-        return AutoConfig.from_pretrained(where, trust_remote_code=spec.trust_remote_code, **extra)
+        return _from_hub_or_cache(
+            spec, lambda **kw: AutoConfig.from_pretrained(where, trust_remote_code=spec.trust_remote_code, **extra, **kw))
     except OSError as exc:
-        if spec.hub:
-            raise _hub_error(spec, exc) from None
         raise DataUnavailable(f"cannot read a model config from {where}: {exc}") from None
 
 
@@ -87,14 +99,9 @@ def load_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> tup
     config = load_config(spec)
     adapter_for(config).check_supported(config)
     where, extra = model_directory(spec)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=spec.trust_remote_code, **extra)
-        model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=dtype, trust_remote_code=spec.trust_remote_code, **extra
-        )
-    except OSError as exc:
-        if spec.hub:
-            raise _hub_error(spec, exc) from None
-        raise
+    common = dict(trust_remote_code=spec.trust_remote_code, **extra)
+    tokenizer = _from_hub_or_cache(spec, lambda **kw: AutoTokenizer.from_pretrained(where, **common, **kw))
+    model = _from_hub_or_cache(
+        spec, lambda **kw: AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **common, **kw))
     model.config = model.config.__class__.from_dict(model.config.to_dict())  # never edit a shared config
     return model.to(device).eval(), tokenizer

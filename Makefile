@@ -1,0 +1,27 @@
+# The two commands of the README:
+#   make quickstart   set up .venv, run sweeps/quickstart.yaml (offline SmolLM2, local Ray, SQLite), show the leaderboard
+#   make test         set up .venv, run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU build of torch for this machine class; override on GPU hosts, e.g. make TORCH='torch>=2.4' quickstart
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+
+.PHONY: install quickstart test
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) '$(TORCH)' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torch, transformers, ray, sqlalchemy, twossp"
+	touch $@
+
+quickstart: install
+	$(BIN)/twossp sweep run sweeps/quickstart.yaml
+	$(BIN)/twossp leaderboard
+
+test: install
+	$(BIN)/pytest
