@@ -84,3 +84,38 @@ def tiny() -> SimpleNamespace:
 @pytest.fixture
 def cpu() -> torch.device:
     return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# On-disk fixtures for the CLI, database and driver tests (appended; see tests/tiny_checkpoint.py)
+# --------------------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import uuid  # noqa: E402
+
+from tiny_checkpoint import tiny_checkpoint  # noqa: E402,F401  (session-scoped fixture)
+
+#: An admin URL of a throwaway PostgreSQL server (e.g. postgresql+psycopg://postgres@127.0.0.1:55432/postgres).
+#: When set, every test taking ``db_url`` also runs against a fresh database created on that server.
+POSTGRES_ADMIN_URL = os.environ.get("TWOSSP_TEST_POSTGRES")
+
+
+@pytest.fixture(params=["sqlite"] + (["postgresql"] if POSTGRES_ADMIN_URL else []))
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A URL of an empty database: a SQLite file in ``tmp_path`` (or a fresh Postgres database)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'results.db'}"
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"twossp_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -97,16 +97,20 @@ def plan(file: str, db_url: str | None) -> None:
     console.print(f"{done} of {len(runs)} runs already completed")
 
 
-def _existing_statuses(db_url: str | None, keys: list[str]) -> dict[str, str]:
-    """Read-only: a database that does not exist yet is not created by `plan`."""
+def _missing_sqlite_file(url: str) -> bool:
     from sqlalchemy.engine import make_url
 
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and bool(parsed.database) and not Path(parsed.database).exists()
+
+
+def _existing_statuses(db_url: str | None, keys: list[str]) -> dict[str, str]:
+    """Read-only: a database that does not exist yet is not created by `plan`."""
     from twossp.db import store
     from twossp.db.session import database_url
 
     url = database_url(db_url)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+    if _missing_sqlite_file(url):
         return {}
     db = _database(url, create=False)
     try:
@@ -143,7 +147,7 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
 
         runner = LocalExecutor()
     # SIGTERM (a scheduler stopping us) is handled like Ctrl-C: unfinished runs are released.
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         outcome = run_sweep(spec, db, runner, path=str(Path(file).resolve()), rerun_failed=rerun_failed,
                             display=LiveSweep(console))
@@ -151,10 +155,12 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
         err.print("[yellow]interrupted[/]: unfinished runs were released and will run next time")
         sys.exit(130)
     finally:
+        signal.signal(signal.SIGTERM, previous_handler)
         runner.close()
         db.close()
+    console.print()
     console.print(f"[bold]{len(outcome.completed)} completed, {len(outcome.failed)} failed, "
-                  f"{len(outcome.skipped)} skipped[/] (already in {db.url})", highlight=False)
+                  f"{len(outcome.skipped)} skipped[/] (results in {db.url})", highlight=False)
     for failed_run, error in outcome.failed:
         err.print(f"[red]failed[/] {failed_run.label} ({failed_run.key}): {error.strip().splitlines()[-1]}",
                   highlight=False)
@@ -228,7 +234,10 @@ def db_upgrade(db_url: str | None) -> None:
     from twossp.db.session import database_url, upgrade
 
     url = database_url(db_url)
-    upgrade(url)
+    try:
+        upgrade(url)
+    except TwosspError as exc:
+        _fail(exc)
     console.print(f"{url}: schema at head")
 
 
@@ -238,6 +247,9 @@ def db_current(db_url: str | None) -> None:
     from twossp.db.session import current_revision, database_url, head_revision, make_engine
 
     url = database_url(db_url)
+    if _missing_sqlite_file(url):
+        console.print(f"{url}: no database yet (head {head_revision(url)})")
+        return
     engine = make_engine(url)
     console.print(f"{url}: revision {current_revision(engine)} (head {head_revision(url)})")
     engine.dispose()

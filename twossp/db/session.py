@@ -11,6 +11,7 @@ from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect
@@ -48,11 +49,21 @@ def make_engine(url: str) -> Engine:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except CommandError as exc:
+        raise SchemaOutdated(f"cannot upgrade {url}: {exc} (written by a newer twossp?)") from None
 
 
 def head_revision(url: str) -> str | None:
     return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+
+def known_revision(url: str, revision: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(alembic_config(url)).get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -83,6 +94,11 @@ class Database:
             raise SchemaOutdated(
                 f"database {self.url} has tables but no twossp schema version; "
                 f"point --db at a new file or database, or run: {hint}"
+            )
+        if not known_revision(self.url, current):
+            raise SchemaOutdated(
+                f"database {self.url} is at schema {current}, which this version of twossp does not know "
+                f"(written by a newer twossp?); upgrade twossp rather than the database"
             )
         raise SchemaOutdated(f"database {self.url} is at schema {current}, twossp needs {head}; run: {hint}")
 

@@ -5,6 +5,7 @@ driver's thread; neither touches the database."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable, Iterable, Iterator
 
@@ -73,7 +74,7 @@ class RayExecutor:
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                         _node_ip_address="127.0.0.1", log_to_driver=False)
+                         _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.ERROR)
                 self._started = True
         self._task = ray.remote(_ray_task)
         self._board_cls = ray.remote(num_cpus=0)(_ProgressBoard)
