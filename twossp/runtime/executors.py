@@ -62,6 +62,11 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        if not address:
+            # A private single-node cluster with every listener on loopback. Ray reads this flag
+            # when it is first imported, so it is set before the import.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
         self._ray = ray
@@ -70,11 +75,8 @@ class RayExecutor:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                # A private single-node cluster, every listener on loopback only.
-                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                         _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.ERROR)
+                         log_to_driver=False, logging_level=logging.ERROR)
                 self._started = True
         self._task = ray.remote(_ray_task)
         self._board_cls = ray.remote(num_cpus=0)(_ProgressBoard)
