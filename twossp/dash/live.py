@@ -28,12 +28,14 @@ class LiveSweep:
             prior = statuses.get(run.key)
             state = "skipped" if prior in ("completed", "failed") and prior is not None else "queued"
             self.rows[run.key] = {"run": run, "state": state if state != "skipped" else f"done ({prior})",
-                                  "phase": "", "done": 0, "total": 1, "note": "", "since": None}
+                                  "phase": "", "done": int(state == "skipped"), "total": 1, "note": "",
+                                  "since": None}
         skipped = sum(1 for r in self.rows.values() if r["state"].startswith("done"))
         self.console.print(f"[bold]{len(runs)} runs planned[/], {skipped} already in the database, "
                            f"{len(runs) - skipped} to run")
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
-        self.live.start()
+        if self.console.is_terminal:  # logs and pipes get one line per finished run instead
+            self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+            self.live.start()
 
     def progress(self, key: str, phase: str, done: int, total: int) -> None:
         row = self.rows.get(key)
@@ -56,8 +58,7 @@ class LiveSweep:
         elapsed = (result.finished_at - result.started_at).total_seconds() if result.started_at and result.finished_at else 0
         colour = _STYLE.get(result.status, "")
         message = f"[{colour}]{result.status}[/] {run.label} [dim]({run.key}, {elapsed:.0f}s)[/] {row['note']}"
-        if self.live:
-            self.live.console.print(message)
+        self.console.print(message, highlight=False)
         self._refresh()
 
     def stop(self) -> None:
@@ -73,7 +74,7 @@ class LiveSweep:
     def _render(self) -> Group:
         table = Table(title="sweep", expand=False, show_lines=False)
         for col in ("run", "key", "state", "step", "progress", "result"):
-            table.add_column(col, no_wrap=col != "result", overflow="fold")
+            table.add_column(col, no_wrap=col != "result", overflow="fold", min_width=len(col))
         for key, row in self.rows.items():
             bar = ProgressBar(total=row["total"], completed=row["done"], width=20)
             step = f"{row['phase']} {row['done']}/{row['total']}" if row["state"] == "running" else ""
