@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict
+from rich import box
 from rich.table import Table
 
 from twossp.db.models import Run
@@ -49,12 +50,15 @@ def leaderboard_table(runs: list[Run], view: Dashboard) -> Table:
                 s.dataset: s.value for s in run.scores if s.metric == view.metric}
         cells[(run.model, run.target_sparsity, run.method, run.calibration_samples or 0, _evaluation_identity(run))].append(run)
 
-    table = Table(title=view.title)
-    for col in ("model", "sparsity", "method", "achieved", "calib", "seeds"):
-        table.add_column(col, justify="right" if col not in ("model", "method") else "left")
+    table = Table(title=view.title, box=box.SIMPLE_HEAD,
+                  caption=f"{view.metric} per dataset; Δ: change against {view.baseline}; "
+                          "n: calibration samples; achieved: sparsity counted on the pruned model")
+    table.add_column("model", no_wrap=True)
+    for col in ("target", "method", "achieved", "n", "seeds"):
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     for ds in datasets:
-        table.add_column(f"{ds} {view.metric}", justify="right")
-        table.add_column(f"vs {view.baseline}", justify="right")
+        table.add_column(ds, justify="right", no_wrap=True)
+        table.add_column("Δ", justify="right", no_wrap=True)
 
     order = sorted(cells, key=lambda k: (k[0], k[1], k[2] != view.baseline, k[2], k[3]))
     previous = None
