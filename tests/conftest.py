@@ -93,28 +93,36 @@ def cpu() -> torch.device:
 import os  # noqa: E402
 import uuid  # noqa: E402
 
+from pg_server import postgres_server, unavailable_reason  # noqa: E402
 from tiny_checkpoint import tiny_checkpoint  # noqa: E402,F401  (session-scoped fixture)
 
-#: An admin URL of a throwaway PostgreSQL server (e.g. postgresql+psycopg://postgres@127.0.0.1:55432/postgres).
-#: When set, every test taking ``db_url`` also runs against a fresh database created on that server.
-POSTGRES_ADMIN_URL = os.environ.get("TWOSSP_TEST_POSTGRES")
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """A throwaway PostgreSQL server on 127.0.0.1 for the whole session (see tests/pg_server.py)."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with postgres_server() as url:
+        yield url
 
 
-@pytest.fixture(params=["sqlite"] + (["postgresql"] if POSTGRES_ADMIN_URL else []))
+@pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    """A URL of an empty database: a SQLite file in ``tmp_path`` (or a fresh Postgres database)."""
+    """A URL of an empty database: a SQLite file in ``tmp_path``, or a fresh Postgres database."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'results.db'}"
         return
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
+    admin_url = request.getfixturevalue("postgres_admin_url")
     name = f"twossp_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
