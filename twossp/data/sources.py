@@ -13,7 +13,7 @@ from typing import Any
 from twossp.data.hub import unavailable, unreachable_reason
 from twossp.data.registry_wheels import LEE_BACKGROUND
 from twossp.errors import DataUnavailable
-from twossp.spec import FileSource, TextSource, source_label
+from twossp.spec import FileSource, TextSource
 
 SEPARATOR = "\n\n"
 
@@ -119,7 +119,3 @@ def _hub_download(name: str, hub: HubFile) -> Path:
         return Path(hf_hub_download(**args))
     except Exception as exc:  # noqa: BLE001 - any failure to fetch is one clear, actionable error
         raise unavailable(what, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", hint) from None
-
-
-def describe(source: TextSource) -> str:
-    return source_label(source)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Iterable
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload
@@ -82,12 +82,3 @@ def completed_runs(session: Session, sweep: str | None = None) -> list[Run]:
     if sweep:
         query = query.join(Sweep).where(Sweep.name == sweep)
     return list(session.scalars(query))
-
-
-def run_rows(session: Session, keys: Iterable[str]) -> dict[str, Run]:
-    keys = list(keys)
-    return {r.key: r for r in session.scalars(select(Run).where(Run.key.in_(keys)))} if keys else {}
-
-
-def as_dict(row: Run) -> dict[str, Any]:
-    return {c.name: getattr(row, c.name) for c in Run.__table__.columns}
