@@ -142,6 +142,20 @@ def git_revision() -> str | None:
 # --- measurements -------------------------------------------------------------------------------------
 
 @torch.no_grad()
+def matmul_gflops(repeats: int = 20) -> float:
+    """Throughput of a fixed fp32 matmul (one FFN projection at L=1024), best of three: the cores are
+    shared, and a probe before and after each measurement shows how much of the machine it had."""
+    a, b = torch.randn(1024, 576), torch.randn(576, 1536)
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return repeats * 2 * a.shape[0] * a.shape[1] * b.shape[1] / best / 1e9
+
+
+@torch.no_grad()
 def forward_seconds(model: torch.nn.Module, window: torch.Tensor, device: torch.device, warmup: int,
                     runs: int) -> float:
     """Median wall clock of one full forward (LM head included) of one window, batch size 1."""
@@ -159,12 +173,19 @@ def forward_seconds(model: torch.nn.Module, window: torch.Tensor, device: torch.
     return statistics.median(times)
 
 
+def shared_tensors(model: torch.nn.Module) -> dict[int, torch.Tensor]:
+    """A ``deepcopy`` memo that shares every parameter and buffer: the copy gets its own modules and
+    config, so removing an attention (structural, never in place) leaves ``model`` untouched, while
+    the ~0.5 GB of weights are not copied for every candidate."""
+    return {id(t): t for t in (*model.parameters(), *model.buffers())}
+
+
 @torch.no_grad()
 def naive_stage2(dense: torch.nn.Module, adapter: Any, kept_ffn: list[torch.Tensor], windows: torch.Tensor,
                  steps: int, device: torch.device) -> dict[str, Any]:
     """Stage 2 the slow, obvious way, as an independent check of the library's incremental search:
     stage 1 replayed from its kept neurons, then every candidate is a deep copy with that attention
-    removed and a full perplexity evaluation; the lowest wins (ties: the lowest block index)."""
+    removed (weights shared) and a full perplexity evaluation; the lowest wins (ties: the lowest block index)."""
     from twossp.evaluate.perplexity import perplexity
     from twossp.prune.width import prune_width
 
@@ -178,7 +199,7 @@ def naive_stage2(dense: torch.nn.Module, adapter: Any, kept_ffn: list[torch.Tens
         for i in range(len(layers)):
             if not adapter.is_attention_present(layers[i]):
                 continue
-            candidate = copy.deepcopy(model)
+            candidate = copy.deepcopy(model, memo=shared_tensors(model))
             adapter.remove_attention(candidate, i)
             ppl = perplexity(candidate, adapter, windows, device).perplexity
             forwards += len(layers) * windows.shape[0]
@@ -191,16 +212,19 @@ def naive_stage2(dense: torch.nn.Module, adapter: Any, kept_ffn: list[torch.Tens
             "seconds": time.perf_counter() - start}
 
 
-def reference_comparison(args: argparse.Namespace, sparsity: float, prune_s: float,
-                         layer_forward_ratio: float) -> dict[str, Any]:
+def reference_comparison(args: argparse.Namespace, sparsity: float, prune_s: float, stage_s: tuple[float, float],
+                         layer_forward_ratio: float | None) -> dict[str, Any]:
     comparable = args.seq_len == REFERENCE["seq_len"] and args.num_calibration == REFERENCE["num_calibration"]
     ref = REFERENCE["by_sparsity"].get(sparsity) if comparable else None
     time_ratio = prune_s / ref["total_s"] if ref else None
     return {
         "reference": ref,
         "total_time_ratio_vs_reference": time_ratio,
+        "stage1_time_ratio_vs_reference": stage_s[0] / ref["stage1_s"] if ref and "stage1_s" in ref else None,
+        "stage2_time_ratio_vs_reference": stage_s[1] / ref["stage2_s"] if ref and "stage2_s" in ref else None,
         "target_layer_forward_ratio": TARGET_LAYER_FORWARD_RATIO,
-        "meets_layer_forward_target": layer_forward_ratio <= TARGET_LAYER_FORWARD_RATIO,
+        "meets_layer_forward_target": None if layer_forward_ratio is None
+        else layer_forward_ratio <= TARGET_LAYER_FORWARD_RATIO,
         "target_time_ratio": TARGET_TIME_RATIO,
         "meets_time_target": None if time_ratio is None else time_ratio <= TARGET_TIME_RATIO,
     }
@@ -247,6 +271,7 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
             fail(f"{name} text holds only {windows.shape[0]} windows of {args.seq_len} tokens, {wanted} asked")
     log(f"tokenised: calibration {tuple(calibration.shape)}, evaluation {tuple(evaluation.shape)}")
 
+    probe = matmul_gflops()
     dense_ppl = perplexity(dense, adapter, evaluation, device).perplexity
     dense_fwd = forward_seconds(dense, evaluation[0], device, args.warmup, args.timed_runs)
     log(f"dense: perplexity {dense_ppl:.3f}, forward {dense_fwd:.3f}s")
@@ -262,6 +287,7 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
         "perplexity": dense_ppl,
         "forward_s": dense_fwd,
         "load_s": load_s,
+        "matmul_gflops": probe,
         "device": "cpu",
         "dtype": "float32",
         "threads": torch.get_num_threads(),
@@ -275,9 +301,15 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
     for s in args.sparsities:
         label = f"sparsity {s}"
         model = copy.deepcopy(dense)
+        probe = matmul_gflops()
+        cpu_start = time.process_time()
         outcome = prune_2ssp(model, adapter, calibration, s, device, alpha=1.5, num_calibration_second_stage=1,
                              progress=log.progress(label))
+        cpu_s = time.process_time() - cpu_start
+        probe_after = matmul_gflops()
         depth = outcome.depth
+        widths = {adapter.ffn_width(layer) for layer in adapter.layers(model)}
+        ffn_kept = widths.pop() if len(widths) == 1 else sorted(widths)  # 2SSP keeps the same width everywhere
         achieved = 1 - adapter.block_counts(model).layer_params / dense_counts.layer_params
         ppl = perplexity(model, adapter, evaluation, device).perplexity
         fwd = forward_seconds(model, evaluation[0], device, args.warmup, args.timed_runs)
@@ -287,12 +319,14 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
             "sparsity": s,
             "achieved_sparsity": achieved,
             "attention_removed": outcome.removed_attention,
-            "ffn_kept": outcome.budget.ffn_keep,
+            "ffn_kept": ffn_kept,
             "perplexity": ppl,
             "dense_perplexity": dense_ppl,
             "stage1_s": outcome.timings["stage 1"],
             "stage2_s": outcome.timings["stage 2"],
             "total_s": outcome.timings["prune"],
+            "prune_cpu_s": cpu_s,
+            "matmul_gflops_before_after": [probe, probe_after],
             "stage2_layer_forwards": depth.layer_forwards,
             "naive_layer_forwards": depth.naive_layer_forwards,
             "layer_forward_ratio": ratio,
@@ -302,8 +336,8 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
             "dense_forward_s": dense_fwd,
             "speedup": dense_fwd / fwd,
         }
-        record.update(reference_comparison(args, s, record["total_s"], ratio if ratio is not None else 0.0))
-        log(f"{label}: removed {outcome.removed_attention}, FFN {outcome.budget.ffn_keep}, perplexity {ppl:.3f}, "
+        record.update(reference_comparison(args, s, record["total_s"], (record["stage1_s"], record["stage2_s"]), ratio))
+        log(f"{label}: removed {outcome.removed_attention}, FFN {ffn_kept}, perplexity {ppl:.3f}, "
             f"prune {record['total_s']:.1f}s")
         if args.verify_naive:
             naive = naive_stage2(dense, adapter, outcome.kept_ffn, calibration[:1], len(outcome.removed_attention),
@@ -333,24 +367,31 @@ def print_table(args: argparse.Namespace, dense: dict[str, Any], records: list[d
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    table = Table(title=f"2SSP on SmolLM2-135M-Instruct: L={args.seq_len}, {args.num_calibration} calibration "
-                        f"windows, {args.eval_windows} WikiText-2 windows (CPU fp32, {dense['threads']} threads)")
-    for col in ("sparsity", "achieved", "attention removed", "FFN kept", "PPL", "stage 1 s", "stage 2 s",
-                "total s", "stage-2 layer fwd / naive", "forward s", "speedup"):
-        table.add_column(col, justify="left" if col == "attention removed" else "right")
-    table.add_row("dense", "0", "-", str(dense["ffn_width"]), f"{dense['perplexity']:.3f}", "-", "-", "-", "-",
-                  f"{dense['forward_s']:.3f}", "1.00x")
+    # Redirected to a file, rich would wrap at 80 columns; the two tables need a little more.
+    console = Console() if sys.stdout.isatty() else Console(width=110)
+    title = (f"2SSP on SmolLM2-135M-Instruct, L={args.seq_len}, {args.num_calibration} calibration windows, "
+             f"{args.eval_windows} WikiText-2 windows, CPU fp32, {dense['threads']} threads")
+    quality = Table(title=title)
+    for col in ("sparsity", "achieved", "attention removed (in order)", "FFN kept", "WikiText-2 PPL",
+                "forward s", "speedup"):
+        quality.add_column(col, justify="left" if col.startswith("attention") else "right")
+    quality.add_row("dense", "0", "-", str(dense["ffn_width"]), f"{dense['perplexity']:.3f}",
+                    f"{dense['forward_s']:.3f}", "1.00x")
     for r in records:
-        table.add_row(
-            f"{r['sparsity']}", f"{r['achieved_sparsity']:.4f}", ", ".join(map(str, r["attention_removed"])),
-            str(r["ffn_kept"]), f"{r['perplexity']:.3f}", f"{r['stage1_s']:.1f}", f"{r['stage2_s']:.1f}",
-            f"{r['total_s']:.1f}",
-            f"{r['stage2_layer_forwards']:,} / {r['naive_layer_forwards']:,} = {_fmt(r['layer_forward_ratio'], '.3f')}",
-            f"{r['forward_s']:.3f}", f"{r['speedup']:.2f}x",
-        )
-    console.print(table)
+        quality.add_row(f"{r['sparsity']}", f"{r['achieved_sparsity']:.4f}", ", ".join(map(str, r["attention_removed"])),
+                        str(r["ffn_kept"]), f"{r['perplexity']:.3f}", f"{r['forward_s']:.3f}", f"{r['speedup']:.2f}x")
+    console.print(quality)
 
+    cost = Table(title="Pruning cost (model loading excluded; probe = fp32 matmul GFLOP/s before/after)")
+    for col in ("sparsity", "stage 1 s", "stage 2 s", "total s", "CPU s", "stage-2 layer fwd", "naive", "ratio",
+                "total / ref.", "probe"):
+        cost.add_column(col, justify="right")
+    for r in records:
+        cost.add_row(f"{r['sparsity']}", f"{r['stage1_s']:.1f}", f"{r['stage2_s']:.1f}", f"{r['total_s']:.1f}",
+                     f"{r['prune_cpu_s']:.1f}", f"{r['stage2_layer_forwards']:,}", f"{r['naive_layer_forwards']:,}",
+                     _fmt(r["layer_forward_ratio"], ".3f"), _fmt(r["total_time_ratio_vs_reference"], ".3f"),
+                     "/".join(f"{g:.0f}" for g in r["matmul_gflops_before_after"]))
+    console.print(cost)
     console.print(
         f"Reference (authors' code, this machine class, L={REFERENCE['seq_len']}, {REFERENCE['num_calibration']} "
         "calibration windows): 740 s total at 0.5 (130 s stage 1, 610 s stage 2, 213 calibration-perplexity "
@@ -359,12 +400,15 @@ def print_table(args: argparse.Namespace, dense: dict[str, Any], records: list[d
     console.print(f"Targets: stage-2 layer forwards <= {TARGET_LAYER_FORWARD_RATIO}x naive; total pruning time "
                   f"<= {TARGET_TIME_RATIO}x the reference.")
     for r in records:
-        lf = "meets" if r["meets_layer_forward_target"] else "MISSES"
+        lf = {True: "meets", False: "MISSES", None: "no"}[r["meets_layer_forward_target"]]
         line = f"  sparsity {r['sparsity']}: layer-forward ratio {_fmt(r['layer_forward_ratio'], '.3f')} ({lf} target)"
         if r["total_time_ratio_vs_reference"] is not None:
             tt = "meets" if r["meets_time_target"] else "MISSES"
             line += (f"; total {r['total_s']:.1f}s / {r['reference']['total_s']:.0f}s = "
                      f"{r['total_time_ratio_vs_reference']:.3f}x reference ({tt} target)")
+            if r["stage2_time_ratio_vs_reference"] is not None:
+                line += (f"; stage 1 {r['stage1_time_ratio_vs_reference']:.3f}x, "
+                         f"stage 2 {r['stage2_time_ratio_vs_reference']:.3f}x the reference's")
         else:
             line += "; no reference time for this setting"
         console.print(line)
@@ -375,7 +419,8 @@ def print_table(args: argparse.Namespace, dense: dict[str, Any], records: list[d
                           f"ours {c['fast_layer_forwards']:,}; max rel. calibration-PPL diff "
                           f"{c['max_rel_calibration_perplexity_diff']:.2e}; {c['seconds']:.1f}s")
     console.print(f"[dim]torch {dense['torch']}, transformers {dense['transformers']}, python {dense['python']}, "
-                  f"git {dense['git_revision']}, model load {dense['load_s']:.1f}s (excluded)[/dim]")
+                  f"git {dense['git_revision']}, model load {dense['load_s']:.1f}s (excluded), matmul probe at "
+                  f"start {dense['matmul_gflops']:.0f} GFLOP/s[/dim]")
 
 
 def main(argv: list[str] | None = None) -> int:
