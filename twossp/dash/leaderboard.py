@@ -50,11 +50,12 @@ def leaderboard_table(runs: list[Run], view: Dashboard) -> Table:
                 s.dataset: s.value for s in run.scores if s.metric == view.metric}
         cells[(run.model, run.target_sparsity, run.method, run.calibration_samples or 0, _evaluation_identity(run))].append(run)
 
-    table = Table(title=view.title, box=box.SIMPLE_HEAD,
+    table = Table(title=view.title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
                   caption=f"{view.metric} per dataset; Δ: change against {view.baseline}; "
-                          "n: calibration samples; achieved: sparsity counted on the pruned model")
+                          "n: calibration samples; achieved: sparsity counted on the pruned model; "
+                          "several seeds: mean ±sd")
     table.add_column("model", no_wrap=True)
-    for col in ("target", "method", "achieved", "n", "seeds"):
+    for col in ("target", "method", "achieved", "n"):
         table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     for ds in datasets:
         table.add_column(ds, justify="right", no_wrap=True)
@@ -71,14 +72,14 @@ def leaderboard_table(runs: list[Run], view: Dashboard) -> Table:
         base = baseline.get((model, evaluation), {})
         achieved = [r.achieved_sparsity for r in group if r.achieved_sparsity is not None]
         row = [model, f"{sparsity:.3g}", method, f"{statistics.mean(achieved):.3f}" if achieved else "-",
-               str(calib or "-"), str(len(group))]
+               str(calib or "-")]
         for ds in datasets:
             values = [s.value for r in group for s in r.scores if s.dataset == ds and s.metric == view.metric]
             if not values:
                 row += ["-", "-"]
                 continue
             value = statistics.mean(values)
-            row.append(f"{value:.2f}")
+            row.append(f"{value:.2f}" + (f" ±{statistics.stdev(values):.2f}" if len(values) > 1 else ""))
             if method == view.baseline or ds not in base:
                 row.append("")
             else:
