@@ -77,7 +77,7 @@ COMMANDS = list(_commands(cli.main))
 def test_the_command_tree() -> None:
     assert {" ".join(p) for p, _ in COMMANDS} == {
         "", "sweep", "sweep validate", "sweep plan", "sweep run", "leaderboard", "runs", "db", "db upgrade",
-        "db current"}
+        "db current", "list", "list methods", "list families"}
 
 
 @pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) or "twossp" for p, _ in COMMANDS])
@@ -429,3 +429,21 @@ def test_a_database_at_an_unknown_revision_is_refused(tmp_path: Path) -> None:
     upgrade = invoke("db", "upgrade", "--db", db_file)
     assert upgrade.exit_code == 3 and "Traceback" not in upgrade.output
     assert "cannot upgrade" in upgrade.output and "ffffffffffff" in upgrade.output
+
+
+def test_list_methods_and_families_print_one_per_line_with_a_description() -> None:
+    from twossp.families import supported_architectures
+    from twossp.spec import METHODS
+
+    methods = invoke("list", "methods")
+    assert methods.exit_code == 0
+    lines = methods.output.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == list(METHODS)
+    assert all(len(line.split("\t")[1]) > 10 for line in lines)
+    assert "arXiv 2501.17771" in methods.output
+
+    families = invoke("list", "families")
+    assert families.exit_code == 0
+    lines = families.output.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == supported_architectures()
+    assert "SmolLM2" in families.output

@@ -140,8 +140,7 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
     if executor == "ray":
         from twossp.runtime.executors import RayExecutor
 
-        with console.status("starting Ray" if not address else f"attaching to Ray at {address}"):
-            runner = RayExecutor(address=address)
+        runner = RayExecutor(address=address)
     else:
         from twossp.runtime.executors import LocalExecutor
 
@@ -220,6 +219,29 @@ def runs_cmd(db_url: str | None, status: str | None) -> None:
             table.add_row(r.key, r.model, r.method, f"{r.target_sparsity:g}",
                           f"{r.achieved_sparsity:.4f}" if r.achieved_sparsity is not None else "-", r.status, error)
     console.print(table)
+
+
+# ---------------------------------------------------------------------------------- list
+@main.group("list", help="What twossp supports.")
+def list_group() -> None:
+    pass
+
+
+@list_group.command("methods", help="Sweep methods, one per line, with the paper each follows.")
+def list_methods() -> None:
+    from twossp.spec import METHODS
+
+    for name, cls in METHODS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        click.echo(f"{name}\t{doc}")
+
+
+@list_group.command("families", help="Supported model architectures (config.architectures), one per line.")
+def list_families() -> None:
+    from twossp.families import family_descriptions
+
+    for arch, description in family_descriptions().items():
+        click.echo(f"{arch}\t{description}")
 
 
 # ---------------------------------------------------------------------------------- db

@@ -54,7 +54,6 @@ class FamilyAdapter:
     """Base adapter. Subclasses name the submodules of their family's decoder layer."""
 
     name = "?"
-    description = ""
     #: Attributes of a decoder layer that a removed attention takes with it: the attention itself
     #: and the norm that only feeds it. Replaced by a weightless stand-in and ``nn.Identity``.
     attention_attr = "self_attn"

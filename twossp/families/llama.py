@@ -18,7 +18,6 @@ from twossp.prune.budget import BlockCounts
 
 class LlamaAdapter(FamilyAdapter):
     name = "llama"
-    description = "Llama 2/3.x, SmolLM2 (LlamaForCausalLM)"
     attention_bias_default = False
 
     def ffn_down(self, layer: nn.Module) -> nn.Linear:
@@ -61,12 +60,10 @@ class LlamaAdapter(FamilyAdapter):
 
 class MistralAdapter(LlamaAdapter):
     name = "mistral"
-    description = "Mistral 7B (MistralForCausalLM)"
 
 
 class Qwen2Adapter(LlamaAdapter):
     name = "qwen2"
-    description = "Qwen2 / Qwen2.5 (Qwen2ForCausalLM; q/k/v carry biases, o does not)"
     attention_bias_default = True
 
     def attention_has_bias(self, config: Any) -> bool:

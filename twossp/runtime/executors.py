@@ -62,28 +62,36 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
-        if not address:
+        self.address, self.num_cpus = address, num_cpus
+        self._ray = None
+        self._started = False
+
+    def _connect(self):
+        """Start (or attach to) Ray on first use, so a sweep with nothing to run starts nothing."""
+        if self._ray is not None:
+            return self._ray
+        if not self.address:
             # A private single-node cluster with every listener on loopback. Ray reads this flag
             # when it is first imported, so it is set before the import.
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
-        self._ray = ray
-        self._started = False
         if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=False)
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
             else:
-                ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False,
                          log_to_driver=False, logging_level=logging.ERROR)
                 self._started = True
+        self._ray = ray
         self._task = ray.remote(_ray_task)
         self._board_cls = ray.remote(num_cpus=0)(_ProgressBoard)
+        return ray
 
     def unsatisfiable(self, run: RunSpec) -> str | None:
         """Why no node of the cluster could ever run ``run``, or None."""
-        total = self._ray.cluster_resources()
+        total = self._connect().cluster_resources()
         for resource, need in (("CPU", run.model.cpus), ("GPU", run.model.gpus)):
             if need and total.get(resource, 0) < need:
                 return (f"run needs {need:g} {resource} but the Ray cluster has {total.get(resource, 0):g}; "
@@ -91,7 +99,10 @@ class RayExecutor:
         return None
 
     def execute(self, runs: Iterable[RunSpec], on_progress: OnProgress) -> Iterator[tuple[RunSpec, RunResult]]:
-        ray = self._ray
+        runs = list(runs)
+        if not runs:
+            return
+        ray = self._connect()
         board = self._board_cls.remote()
         pending: dict[Any, RunSpec] = {}
         for run in runs:
@@ -121,5 +132,5 @@ class RayExecutor:
             ray.kill(board)
 
     def close(self) -> None:
-        if self._started:
+        if self._started and self._ray is not None:
             self._ray.shutdown()
