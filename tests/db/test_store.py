@@ -18,7 +18,8 @@ from twossp.db import store
 from twossp.db.models import LayerMaskRow, Run, Score, Sweep, Timing
 from twossp.db.session import Database
 from twossp.plan import RunSpec, plan_sweep
-from twossp.runtime.worker import MaskRecord, RunResult
+from twossp.prune.masks import LayerMask
+from twossp.runtime.worker import RunResult
 from twossp.spec import parse_sweep
 
 SWEEP = """\
@@ -69,7 +70,7 @@ def completed(run: RunSpec, ppl: float = 12.5) -> RunResult:
         achieved_sparsity=0.25, params_dense=400, params_pruned=300,
         scores=[("eval.txt", "perplexity", ppl), ("other.txt", "perplexity", ppl + 1)],
         timings={"load": 0.5, "prune": 1.5},
-        masks=[MaskRecord(0, False, 3, 8, mask), MaskRecord(1, True, 3, 8, mask)],
+        masks=[LayerMask(0, False, 8, mask), LayerMask(1, True, 8, mask)],
         details={"budget": {"num_attention_removed": 1, "ffn_keep": 3}},
         host="host", device="cpu", versions={"twossp": "0.1.0"},
     )

@@ -1,16 +1,18 @@
-"""Layer masks: what a pruned model kept, in the dense model's indices. Stored in the database
-(``layer_masks``) and enough to rebuild the pruned model from the dense weights."""
+"""Layer masks: what a pruned model kept, in the dense model's indices. Returned by workers,
+stored in the database (``layer_masks``) and enough to rebuild the pruned model from the dense
+weights. Importing this module does not import torch (the sweep driver unpickles masks)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
-from twossp.families.base import FamilyAdapter
-from twossp.prune.width import prune_width
+if TYPE_CHECKING:
+    from torch import nn
+
+    from twossp.families.base import FamilyAdapter
 
 
 @dataclass(frozen=True)
@@ -29,24 +31,29 @@ class LayerMask:
         return np.flatnonzero(bits)
 
 
-def pack_indices(indices: torch.Tensor | np.ndarray, width: int) -> bytes:
+def pack_indices(indices: Sequence[int] | np.ndarray, width: int) -> bytes:
     bits = np.zeros(width, dtype=bool)
     bits[np.asarray(indices, dtype=np.int64)] = True
     return np.packbits(bits).tobytes()
 
 
-def layer_masks(num_layers: int, dense_width: int, kept_ffn: list[torch.Tensor] | None,
+def layer_masks(num_layers: int, dense_width: int, kept_ffn: Sequence[Sequence[int]] | None,
                 removed_attention: list[int]) -> list[LayerMask]:
+    """One mask per block; ``kept_ffn=None`` means every neuron kept (e.g. the dense model)."""
     removed = set(removed_attention)
     masks = []
     for i in range(num_layers):
-        kept = kept_ffn[i] if kept_ffn is not None else torch.arange(dense_width)
+        kept = kept_ffn[i] if kept_ffn is not None else np.arange(dense_width)
         masks.append(LayerMask(i, i not in removed, dense_width, pack_indices(kept, dense_width)))
     return masks
 
 
 def apply_masks(model: nn.Module, adapter: FamilyAdapter, masks: list[LayerMask]) -> None:
     """Rebuild a pruned model from the dense one: the same structural surgery, replayed."""
+    import torch
+
+    from twossp.prune.width import prune_width
+
     layers = adapter.layers(model)
     if len(masks) != len(layers):
         raise ValueError(f"{len(masks)} layer masks for a model with {len(layers)} layers")

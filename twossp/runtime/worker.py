@@ -14,18 +14,10 @@ from typing import Any, Callable
 
 from twossp.errors import TwosspError
 from twossp.plan import RunSpec
+from twossp.prune.masks import LayerMask, layer_masks
 from twossp.spec import DenseMethod, TwoSSPMethod, source_label
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class MaskRecord:
-    layer: int
-    attention_kept: bool
-    ffn_kept: int
-    ffn_width: int
-    ffn_mask: bytes
 
 
 @dataclass
@@ -42,7 +34,7 @@ class RunResult:
     params_pruned: int | None = None
     scores: list[tuple[str, str, float]] = field(default_factory=list)   # (dataset, metric, value)
     timings: dict[str, float] = field(default_factory=dict)
-    masks: list[MaskRecord] = field(default_factory=list)
+    masks: list[LayerMask] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     host: str | None = None
     device: str | None = None
@@ -95,7 +87,6 @@ def _execute(run: RunSpec, result: RunResult, progress: Progress | None) -> None
     from twossp.data.tokens import calibration_windows, token_stream
     from twossp.evaluate.perplexity import make_windows, perplexity
     from twossp.families import adapter_for
-    from twossp.prune.masks import layer_masks
     from twossp.prune.two_stage import prune_2ssp
     from twossp.runtime.device import DTYPES, device_name, release_memory, resolve_device, synchronize
     from twossp.runtime.loading import load_model
@@ -118,8 +109,7 @@ def _execute(run: RunSpec, result: RunResult, progress: Progress | None) -> None
     if progress:
         progress("load", 0, 1)
     model, tokenizer = load_model(run.model, DTYPES[run.runtime.dtype], device)
-    adapter = adapter_for(model.config)
-    adapter.check_supported(model.config)
+    adapter = adapter_for(model.config)  # load_model has already checked the architecture
     dense = adapter.block_counts(model)
     result.params_dense = dense.layer_params
     lap("load")
@@ -154,8 +144,7 @@ def _execute(run: RunSpec, result: RunResult, progress: Progress | None) -> None
     pruned = adapter.block_counts(model)
     result.params_pruned = pruned.layer_params
     result.achieved_sparsity = 1 - pruned.layer_params / dense.layer_params
-    result.masks = [MaskRecord(m.layer, m.attention_kept, m.ffn_kept, m.ffn_width, m.ffn_mask)
-                    for m in layer_masks(dense.num_layers, dense.intermediate_size, kept_ffn, removed)]
+    result.masks = layer_masks(dense.num_layers, dense.intermediate_size, kept_ffn, removed)
 
     seq_len = run.evaluation.seq_len or (run.calibration.seq_len if run.calibration else 2048)
     for source in run.evaluation.perplexity:
