@@ -267,3 +267,30 @@ def test_importing_spec_and_plan_does_not_import_torch() -> None:
     code = "import sys, twossp.spec, twossp.plan; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_relative_paths_are_relative_to_the_sweep_file(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "sweeps"
+    folder.mkdir()
+    sweep = folder / "local.yaml"
+    sweep.write_text(
+        "name: local\n"
+        "models:\n  - path: ../models/tiny\n  - gguf: m.gguf\n  - path: /abs/model\n"
+        "methods: [dense, 2ssp]\nsparsities: [0.5]\n"
+        "calibration:\n  source: {path: data/calib.jsonl}\n  samples: [1]\n  seq_len: 16\n"
+        "evaluation:\n  perplexity: [{path: data/eval.txt}, lee-evaluation]\n"
+    )
+    monkeypatch.chdir(tmp_path)  # the working directory must not matter
+    spec = load_sweep("sweeps/local.yaml")
+    assert spec.models[0].path == str(folder.resolve() / "../models/tiny")
+    assert spec.models[1].gguf == str(folder.resolve() / "m.gguf")
+    assert spec.models[2].path == "/abs/model"
+    assert spec.calibration.source.path == str(folder.resolve() / "data/calib.jsonl")
+    assert spec.evaluation.perplexity[0].path == str(folder.resolve() / "data/eval.txt")
+    assert spec.evaluation.perplexity[1] == "lee-evaluation"
+
+    from twossp.plan import plan_sweep
+
+    keys = [r.key for r in plan_sweep(spec)]
+    monkeypatch.chdir(folder)
+    assert [r.key for r in plan_sweep(load_sweep("local.yaml"))] == keys

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -47,6 +48,16 @@ NAMED_SOURCES: dict[str, str] = {
 }
 
 
+def _relative_to_sweep(value: str | None, info: ValidationInfo) -> str | None:
+    """Relative paths in a sweep file are relative to the file's folder, not the working directory:
+    a sweep then names the same files (and gives the same run keys) wherever it is run from."""
+    if value is None:
+        return value
+    path = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    return str(Path(base) / path) if base and not path.is_absolute() else str(path)
+
+
 class FileSource(Strict):
     """Local text: plain text (whole file), JSONL or parquet (one document per row)."""
 
@@ -54,6 +65,8 @@ class FileSource(Strict):
     format: Literal["text", "jsonl", "parquet"] | None = None
     text_field: str = "text"
     max_documents: int | None = Field(default=None, ge=1)
+
+    _resolve = field_validator("path")(_relative_to_sweep)
 
     @property
     def resolved_format(self) -> str:
@@ -129,6 +142,8 @@ class ModelSpec(Strict):
     trust_remote_code: bool = False
     gpus: float = Field(default=0, ge=0)
     cpus: float = Field(default=1, gt=0)
+
+    _resolve = field_validator("path", "gguf")(_relative_to_sweep)
 
     @field_validator("builtin")
     @classmethod
@@ -367,8 +382,9 @@ def _cross_checks(spec: SweepSpec, tree: _Located, file: str) -> list[SpecProble
     return problems
 
 
-def parse_sweep(text: str, file: str = "<sweep>") -> SweepSpec:
-    """Parse and validate sweep YAML; raise ``SpecError`` listing every problem with its line."""
+def parse_sweep(text: str, file: str = "<sweep>", base_dir: str | Path | None = None) -> SweepSpec:
+    """Parse and validate sweep YAML; raise ``SpecError`` listing every problem with its line.
+    Relative paths in it are taken relative to ``base_dir`` (the sweep file's folder) when given."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -384,7 +400,7 @@ def parse_sweep(text: str, file: str = "<sweep>") -> SweepSpec:
     tree = _Located(node)
     problems = [SpecProblem(file, line, "", msg) for line, msg in _duplicate_keys(node)]
     try:
-        spec = SweepSpec.model_validate(data)
+        spec = SweepSpec.model_validate(data, context={"base_dir": str(base_dir) if base_dir else None})
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(err["loc"])
@@ -439,4 +455,4 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise SpecError([SpecProblem(str(path), None, "", f"cannot read sweep file: {exc.strerror}")]) from None
     except UnicodeDecodeError:
         raise SpecError([SpecProblem(str(path), None, "", "sweep file is not UTF-8 text")]) from None
-    return parse_sweep(text, str(path))
+    return parse_sweep(text, str(path), base_dir=path.resolve().parent)
