@@ -90,7 +90,6 @@ def cpu() -> torch.device:
 # On-disk fixtures for the CLI, database and driver tests (appended; see tests/tiny_checkpoint.py)
 # --------------------------------------------------------------------------------------------
 
-import os  # noqa: E402
 import uuid  # noqa: E402
 
 from pg_server import postgres_server, unavailable_reason  # noqa: E402

@@ -8,6 +8,8 @@ The sweeps run in-process (``--executor local``) on the tiny on-disk checkpoint 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import shlex
 import sqlite3
@@ -447,3 +449,41 @@ def test_list_methods_and_families_print_one_per_line_with_a_description() -> No
     lines = families.output.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == supported_architectures()
     assert "SmolLM2" in families.output
+
+
+PAPER_CONFIGS = {  # the published configs' relevant fields (PROTOCOL.md's table)
+    "llama2-7b": {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 11008,
+                  "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32},
+    "qwen25-7b": {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 3584, "intermediate_size": 18944,
+                  "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4},
+    "phi3-medium": {"architectures": ["Phi3ForCausalLM"], "hidden_size": 5120, "intermediate_size": 17920,
+                    "num_hidden_layers": 40, "num_attention_heads": 40, "num_key_value_heads": 10},
+}
+
+
+def test_plan_shows_what_each_sparsity_removes_from_configs_alone(tmp_path: Path) -> None:
+    for name, config in PAPER_CONFIGS.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))  # a config, no weights
+    sweep = tmp_path / "paper.yaml"
+    sweep.write_text(
+        "name: paper\nmodels:\n" + "".join(f"  - path: {n}\n" for n in PAPER_CONFIGS)
+        + "methods: [dense, 2ssp]\nsparsities: [0.25, 0.375, 0.5]\n"
+        "calibration: {source: lee-calibration, samples: [32], seq_len: 2048}\n"
+        "evaluation: {perplexity: [lee-evaluation]}\n")
+    env = {**os.environ, "COLUMNS": "250"}
+    result = subprocess.run([sys.executable, "-c", _NO_TORCH, "sweep", "plan", str(sweep), "--db",
+                             str(tmp_path / "none.db")], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr  # and no torch was imported
+    lines = result.stdout.splitlines()
+
+    def cell(model: str, sparsity: str) -> str:
+        return next(line for line in lines if f" {model} " in line and f" {sparsity} " in line)
+
+    for sparsity, expected in (("0.25", "5 attn, FFN 11008->7744"), ("0.375", "9 attn, FFN 11008->6368"),
+                               ("0.5", "13 attn, FFN 11008->4992")):
+        assert expected in cell("llama2-7b", sparsity)
+    for sparsity, expected in (("0.25", "0 attn, FFN 18944->13525"), ("0.375", "0 attn, FFN 18944->10816"),
+                               ("0.5", "1 attn, FFN 18944->8204")):
+        assert expected in cell("qwen25-7b", sparsity)
+    assert "unsupported architecture Phi3ForCausalLM" in cell("phi3-medium", "0.5")

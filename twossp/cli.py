@@ -74,6 +74,7 @@ def validate(files: tuple[str, ...]) -> None:
 @DB_OPTION
 def plan(file: str, db_url: str | None) -> None:
     from twossp.plan import plan_sweep
+    from twossp.runtime.loading import local_config
     from twossp.spec import load_sweep
 
     try:
@@ -82,8 +83,9 @@ def plan(file: str, db_url: str | None) -> None:
         statuses = _existing_statuses(db_url, [r.key for r in runs])
     except TwosspError as exc:
         _fail(exc)
+    configs = {m.label: local_config(m) for m in spec.models}
     table = Table(title=f"sweep {spec.name}: {len(runs)} runs")
-    for col in ("key", "model", "method", "sparsity", "calib", "seed", "in database"):
+    for col in ("key", "model", "method", "sparsity", "calib", "seed", "will remove", "in database"):
         table.add_column(col)
     for run in runs:
         status = statuses.get(run.key, "new")
@@ -91,10 +93,29 @@ def plan(file: str, db_url: str | None) -> None:
         table.add_row(run.key, run.model.label, run.method.name,
                       f"{run.sparsity:g}" if run.sparsity is not None else "-",
                       str(run.calibration.samples) if run.calibration else "-",
-                      str(run.calibration.seed) if run.calibration else "-", f"[{colour}]{status}[/]")
+                      str(run.calibration.seed) if run.calibration else "-",
+                      _will_remove(run, configs[run.model.label]), f"[{colour}]{status}[/]")
     console.print(table)
     done = sum(1 for s in statuses.values() if s == "completed")
     console.print(f"{done} of {len(runs)} runs already completed")
+    if any(c is None for c in configs.values()):
+        console.print("[dim]will remove: shown once a model's config.json is local (path:, the hub cache, "
+                      "or a builtin/GGUF model after its first run)[/]")
+
+
+def _will_remove(run, config) -> str:
+    """Attention submodules and FFN width a 2SSP run will give, from the config alone."""
+    from twossp.plan import expected_budget
+
+    if config is None:
+        return "?" if run.method.name != "dense" else "-"
+    try:
+        budget = expected_budget(run, config)
+    except TwosspError as exc:
+        return f"[red]{exc}[/]"
+    if budget is None:
+        return "-"
+    return f"{budget.num_attention_removed} attn, FFN {config['intermediate_size']}->{budget.ffn_keep}"
 
 
 def _missing_sqlite_file(url: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -22,8 +22,12 @@ from twossp.spec import (
     Strict,
     SweepSpec,
     TextSource,
+    TwoSSPMethod,
     source_key,
 )
+
+if TYPE_CHECKING:
+    from twossp.prune.budget import Budget
 
 
 class CalibrationRun(Strict):
@@ -97,3 +101,14 @@ def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
 
 
 __all__ = ["CalibrationRun", "MethodSpec", "RunSpec", "plan_sweep"]
+
+
+def expected_budget(run: RunSpec, config: Any) -> "Budget | None":
+    """What a 2SSP run will remove, from the model's config alone (Eq. 5); None for other methods.
+    Raises ``BudgetError`` or ``UnsupportedArchitecture`` exactly as the run itself would."""
+    from twossp.families import config_block_counts
+    from twossp.prune.budget import two_stage_budget
+
+    if not isinstance(run.method, TwoSSPMethod) or run.sparsity is None:
+        return None
+    return two_stage_budget(config_block_counts(config), run.sparsity, run.method.alpha)

@@ -11,11 +11,16 @@ from twossp.errors import UnsupportedArchitecture
 
 if TYPE_CHECKING:
     from twossp.families.base import FamilyAdapter
+    from twossp.prune.budget import BlockCounts
 
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "LlamaForCausalLM": ("twossp.families.llama:LlamaAdapter", "Llama 2, Llama 3.x, SmolLM2"),
-    "MistralForCausalLM": ("twossp.families.llama:MistralAdapter", "Mistral 7B (v0.1-v0.3)"),
-    "Qwen2ForCausalLM": ("twossp.families.llama:Qwen2Adapter", "Qwen2, Qwen2.5 (q/k/v biases counted)"),
+#: architecture -> (adapter, what it covers, parameter counts from a config alone; torch-free)
+_REGISTRY: dict[str, tuple[str, str, str]] = {
+    "LlamaForCausalLM": ("twossp.families.llama:LlamaAdapter", "Llama 2, Llama 3.x, SmolLM2",
+                         "twossp.families.config_counts:llama"),
+    "MistralForCausalLM": ("twossp.families.llama:MistralAdapter", "Mistral 7B (v0.1-v0.3)",
+                           "twossp.families.config_counts:llama"),
+    "Qwen2ForCausalLM": ("twossp.families.llama:Qwen2Adapter", "Qwen2, Qwen2.5 (q/k/v biases counted)",
+                         "twossp.families.config_counts:qwen2"),
 }
 
 
@@ -25,17 +30,36 @@ def supported_architectures() -> list[str]:
 
 def family_descriptions() -> dict[str, str]:
     """Architecture string -> what it covers, without importing any adapter (or torch)."""
-    return {arch: desc for arch, (_, desc) in sorted(_REGISTRY.items())}
+    return {arch: desc for arch, (_, desc, _) in sorted(_REGISTRY.items())}
+
+
+def _entry(config: Any) -> tuple[str, str, str]:
+    get = config.get if isinstance(config, dict) else lambda name, default=None: getattr(config, name, default)
+    archs = list(get("architectures") or [])
+    for arch in archs:
+        if arch in _REGISTRY:
+            return _REGISTRY[arch]
+    got = ", ".join(archs) or f"model_type={get('model_type', '?')!r} with no architectures"
+    raise UnsupportedArchitecture(
+        f"unsupported architecture {got}; supported: {', '.join(supported_architectures())}"
+    )
+
+
+def _load(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def adapter_for(config: Any) -> "FamilyAdapter":
     """The adapter for a transformers config; ``UnsupportedArchitecture`` lists the supported ones."""
-    archs = list(getattr(config, "architectures", None) or [])
-    for arch in archs:
-        if arch in _REGISTRY:
-            module, cls = _REGISTRY[arch][0].split(":")
-            return getattr(importlib.import_module(module), cls)()
-    got = ", ".join(archs) or f"model_type={getattr(config, 'model_type', '?')!r} with no architectures"
-    raise UnsupportedArchitecture(
-        f"unsupported architecture {got}; supported: {', '.join(supported_architectures())}"
-    )
+    return _load(_entry(config)[0])()
+
+
+def config_block_counts(config: Any, adapter: type | None = None) -> "BlockCounts":
+    """Parameter counts from a config (object or ``config.json`` dict) alone, without torch; with
+    ``adapter`` (a class), that family's counting, whatever the config's architecture says."""
+    if adapter is None:
+        return _load(_entry(config)[2])(config)
+    name = f"{adapter.__module__}:{adapter.__qualname__}"
+    counts = next(entry[2] for entry in _REGISTRY.values() if entry[0] == name)
+    return _load(counts)(config)

@@ -99,8 +99,10 @@ class FamilyAdapter:
         )
 
     def config_block_counts(self, config: Any) -> BlockCounts:
-        """The same counts from a config alone (no weights), for planning."""
-        raise NotImplementedError
+        """The same counts from a config alone (no weights), for planning; see ``config_counts``."""
+        from twossp.families import config_block_counts
+
+        return config_block_counts(config, type(self))
 
     def ffn_width(self, layer: nn.Module) -> int:
         return self.ffn_down(layer).in_features

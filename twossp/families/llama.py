@@ -13,12 +13,10 @@ from torch import nn
 
 from twossp.errors import UnsupportedArchitecture
 from twossp.families.base import FamilyAdapter, slice_columns, slice_rows
-from twossp.prune.budget import BlockCounts
 
 
 class LlamaAdapter(FamilyAdapter):
     name = "llama"
-    attention_bias_default = False
 
     def ffn_down(self, layer: nn.Module) -> nn.Linear:
         return layer.mlp.down_proj
@@ -30,24 +28,6 @@ class LlamaAdapter(FamilyAdapter):
         mlp.down_proj = slice_columns(mlp.down_proj, keep)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = len(keep)
-
-    def attention_has_bias(self, config: Any) -> bool:
-        return bool(getattr(config, "attention_bias", self.attention_bias_default))
-
-    def config_block_counts(self, config: Any) -> BlockCounts:
-        d, d_ff = config.hidden_size, config.intermediate_size
-        heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or d // heads
-        attn = d * heads * head_dim + 2 * d * kv * head_dim + heads * head_dim * d
-        if self.attention_has_bias(config):
-            attn += heads * head_dim + 2 * kv * head_dim + self.o_bias(config) * d
-        mlp = 3 * d * d_ff + (2 * d_ff + d if getattr(config, "mlp_bias", False) else 0)
-        norms = 2 * d
-        n = config.num_hidden_layers
-        return BlockCounts(n, d_ff, attn, mlp, n * (attn + mlp + norms))
-
-    def o_bias(self, config: Any) -> int:
-        return 1
 
     def check_supported(self, config: Any) -> None:
         types = getattr(config, "layer_types", None)
@@ -64,10 +44,3 @@ class MistralAdapter(LlamaAdapter):
 
 class Qwen2Adapter(LlamaAdapter):
     name = "qwen2"
-    attention_bias_default = True
-
-    def attention_has_bias(self, config: Any) -> bool:
-        return True
-
-    def o_bias(self, config: Any) -> int:
-        return 0

@@ -1,15 +1,15 @@
 """Loading a sweep's model: from the hub, a local directory, a GGUF file (dequantised once into a
 cached safetensors directory) or the builtin offline SmolLM2. The architecture is checked against
-the family registry before any weights are read."""
+the family registry before any weights are read. Importing this module does not import torch."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
 from filelock import FileLock
 
 from twossp.cache import cache_dir
@@ -18,6 +18,18 @@ from twossp.data.registry_wheels import SMOLLM2_GGUF
 from twossp.errors import DataUnavailable
 from twossp.families import adapter_for
 from twossp.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+BUILTIN_DIR = "smollm2-135m-instruct"
+
+
+def _converted_gguf_dir(gguf: Path) -> Path:
+    """The cache directory a GGUF file is dequantised into, keyed by its path, size and mtime."""
+    stat = gguf.stat()
+    tag = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir("models") / f"{gguf.stem}-{tag}"
 
 
 def model_directory(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
@@ -32,14 +44,32 @@ def model_directory(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
         gguf = Path(spec.gguf)
         if not gguf.is_file():
             raise DataUnavailable(f"GGUF file not found: {gguf}")
-        stat = gguf.stat()
-        tag = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-        return str(convert_gguf(gguf, cache_dir("models") / f"{gguf.stem}-{tag}")), {}
-    return str(convert_gguf(SMOLLM2_GGUF.extract(), cache_dir("models") / "smollm2-135m-instruct")), {}
+        return str(convert_gguf(gguf, _converted_gguf_dir(gguf))), {}
+    return str(convert_gguf(SMOLLM2_GGUF.extract(), cache_dir("models") / BUILTIN_DIR)), {}
+
+
+def local_config(spec: ModelSpec) -> dict[str, Any] | None:
+    """The model's ``config.json`` if it can be read without downloading or converting anything
+    (a local directory, an already converted GGUF or builtin, a hub model in the local cache)."""
+    if spec.hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(spec.hub, "config.json", revision=spec.revision)
+        path = Path(found) if isinstance(found, str) else None
+    elif spec.path:
+        path = Path(spec.path) / "config.json"
+    elif spec.gguf:
+        path = _converted_gguf_dir(Path(spec.gguf)) / "config.json" if Path(spec.gguf).is_file() else None
+    else:
+        path = cache_dir("models") / BUILTIN_DIR / "config.json"
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text())
 
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantise a GGUF checkpoint once (~35 s for SmolLM2-135M) into a plain safetensors directory."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with FileLock(str(target) + ".lock"):
@@ -92,7 +122,7 @@ def load_config(spec: ModelSpec) -> Any:
         raise DataUnavailable(f"cannot read a model config from {where}: {exc}") from None
 
 
-def load_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
+def load_model(spec: ModelSpec, dtype: "torch.dtype", device: "torch.device") -> tuple[Any, Any]:
     """(model in eval mode on ``device``, tokenizer). Unsupported architectures fail before weights load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

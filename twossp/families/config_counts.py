@@ -1,0 +1,35 @@
+"""Parameter counts from a model's config alone: no weights and no torch, so ``sweep plan`` can
+show what each sparsity will remove before anything is downloaded (PROTOCOL.md, Terms)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twossp.prune.budget import BlockCounts
+
+
+def _get(config: Any, name: str, default: Any = None) -> Any:
+    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+
+
+def llama_layout(config: Any, qkv_bias: bool, o_bias: bool) -> BlockCounts:
+    """q, k, v, o projections (GQA from ``num_key_value_heads``), gate/up/down FFN, two norms."""
+    d, d_ff, n = _get(config, "hidden_size"), _get(config, "intermediate_size"), _get(config, "num_hidden_layers")
+    heads = _get(config, "num_attention_heads")
+    kv = _get(config, "num_key_value_heads") or heads
+    head_dim = _get(config, "head_dim") or d // heads
+    attn = d * heads * head_dim + 2 * d * kv * head_dim + heads * head_dim * d
+    attn += (heads * head_dim + 2 * kv * head_dim if qkv_bias else 0) + (d if o_bias else 0)
+    mlp = 3 * d * d_ff + (2 * d_ff + d if _get(config, "mlp_bias", False) else 0)
+    return BlockCounts(n, d_ff, attn, mlp, n * (attn + mlp + 2 * d))
+
+
+def llama(config: Any) -> BlockCounts:
+    """Llama, SmolLM2, Mistral: ``attention_bias`` puts a bias on all four projections."""
+    bias = bool(_get(config, "attention_bias", False))
+    return llama_layout(config, qkv_bias=bias, o_bias=bias)
+
+
+def qwen2(config: Any) -> BlockCounts:
+    """Qwen2/2.5: q, k and v always carry a bias, o never does."""
+    return llama_layout(config, qkv_bias=True, o_bias=False)
