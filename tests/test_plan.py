@@ -225,3 +225,15 @@ def test_same_cell_in_two_sweeps_has_the_same_key() -> None:
     small = plan(BASE)
     big = plan(mutated(lambda d: d.update(name="bigger", sparsities=[0.25, 0.5], seeds=[0, 1])))
     assert {r.key for r in small} <= {r.key for r in big}
+
+
+def test_the_order_of_evaluation_datasets_does_not_change_keys() -> None:
+    from twossp.spec import parse_sweep
+
+    def keys(datasets: str) -> list[str]:
+        spec = parse_sweep("name: s\nmodels: [{hub: org/m}]\nmethods: [dense, 2ssp]\nsparsities: [0.5]\n"
+                           f"calibration: {{source: lee-calibration}}\nevaluation: {{perplexity: {datasets}}}\n")
+        return [r.key for r in plan_sweep(spec)]
+
+    assert keys("[wikitext2, c4, {path: /d/x.txt}]") == keys("[{path: /d/x.txt}, c4, wikitext2]")
+    assert keys("[wikitext2, c4]") != keys("[wikitext2]")

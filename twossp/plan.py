@@ -56,7 +56,9 @@ class RunSpec(Strict):
             "sparsity": self.sparsity,
             "dtype": self.runtime.dtype,
             "evaluation": {
-                "perplexity": [source_key(s) for s in self.evaluation.perplexity],
+                # the order datasets are listed in changes no score
+                "perplexity": sorted((source_key(s) for s in self.evaluation.perplexity),
+                                     key=lambda k: json.dumps(k, sort_keys=True)),
                 "seq_len": self.evaluation.seq_len,
                 "max_windows": self.evaluation.max_windows,
             },
