@@ -294,3 +294,23 @@ def test_relative_paths_are_relative_to_the_sweep_file(tmp_path, monkeypatch) ->
     keys = [r.key for r in plan_sweep(spec)]
     monkeypatch.chdir(folder)
     assert [r.key for r in plan_sweep(load_sweep("local.yaml"))] == keys
+
+
+def test_type_errors_and_cross_section_problems_are_reported_in_the_same_round() -> None:
+    text = (
+        "name: both\n"
+        "models:\n"
+        "  - hub: org/model\n"
+        "  - hub: org/model\n"          # line 4: duplicate of models[0]
+        "methods: [dense, 2ssp, 2ssp]\n"  # line 5: duplicate method
+        "sparsities: [0.5, 0.5]\n"      # line 6: duplicate value
+        "calibration: {samples: [4], seq_len: short}\n"  # line 7: wrong type
+    )
+    with pytest.raises(SpecError) as info:
+        parse_sweep(text, "both.yaml")
+    found = {(p.line, p.message) for p in info.value.problems}
+    messages = " | ".join(p.message for p in info.value.problems)
+    assert any(line == 7 and "valid integer" in msg for line, msg in found), messages
+    assert any(line == 4 and "duplicate model" in msg for line, msg in found), messages
+    assert any(line == 5 and "duplicate method" in msg for line, msg in found), messages
+    assert any(line == 6 and "duplicate value 0.5" in msg for line, msg in found), messages

@@ -7,7 +7,8 @@ imports torch, so ``twossp sweep validate`` stays instant.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    TypeAdapter,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -325,8 +327,32 @@ def _duplicate_keys(node: yaml.Node, path: str = "") -> list[tuple[int, str]]:
     return found
 
 
-def _cross_checks(spec: SweepSpec, tree: _Located, file: str) -> list[SpecProblem]:
-    """Checks that span sections; each reported with the line of the offending entry."""
+def _partial_spec(data: dict[str, Any], context: dict[str, Any]) -> SimpleNamespace:
+    """The parts of an invalid sweep that do validate on their own (an invalid list item becomes
+    None, an invalid section None), so the cross-section checks run in the same round as the
+    type errors: one `validate` reports every problem."""
+
+    def attempt(adapter: TypeAdapter, value: Any) -> Any:
+        try:
+            return adapter.validate_python(value, context=context)
+        except ValidationError:
+            return None
+
+    parts: dict[str, Any] = {}
+    for name, field in SweepSpec.model_fields.items():
+        if name not in data:
+            parts[name] = [] if field.is_required() else field.get_default(call_default_factory=True)
+        elif get_origin(field.annotation) is list:
+            item = TypeAdapter(get_args(field.annotation)[0])
+            parts[name] = [attempt(item, v) for v in data[name]] if isinstance(data[name], list) else None
+        else:
+            parts[name] = attempt(TypeAdapter(field.annotation), data[name])
+    return SimpleNamespace(**parts)
+
+
+def _cross_checks(spec: SweepSpec | SimpleNamespace, tree: _Located, file: str) -> list[SpecProblem]:
+    """Checks that span sections; each reported with the line of the offending entry. On a partly
+    invalid sweep (see ``_partial_spec``) a check runs only when everything it reads is valid."""
     problems: list[SpecProblem] = []
 
     def add(loc: tuple[Any, ...], message: str) -> None:
@@ -334,7 +360,9 @@ def _cross_checks(spec: SweepSpec, tree: _Located, file: str) -> list[SpecProble
 
     seen_weights: dict[str, int] = {}
     seen_labels: dict[str, int] = {}
-    for i, m in enumerate(spec.models):
+    for i, m in enumerate(spec.models or []):
+        if m is None:
+            continue
         weights = repr(sorted(m.identity.items()))
         if weights in seen_weights:
             add(("models", i), f"duplicate model (same weights as models[{seen_weights[weights]}])")
@@ -345,20 +373,28 @@ def _cross_checks(spec: SweepSpec, tree: _Located, file: str) -> list[SpecProble
         seen_labels.setdefault(m.label, i)
 
     seen_methods: dict[str, int] = {}
-    for i, meth in enumerate(spec.methods):
+    for i, meth in enumerate(spec.methods or []):
+        if meth is None:
+            continue
         key = meth.model_dump_json()
         if key in seen_methods:
             add(("methods", i), f"duplicate method (same as methods[{seen_methods[key]}])")
         seen_methods.setdefault(key, i)
 
+    calibration, evaluation = spec.calibration, spec.evaluation
     for loc, values in ((("sparsities",), spec.sparsities), (("seeds",), spec.seeds),
-                        (("calibration", "samples"), spec.calibration.samples)):
+                        (("calibration", "samples"), calibration.samples if calibration else [])):
         first: dict[Any, int] = {}
-        for i, value in enumerate(values):
+        for i, value in enumerate(values or []):
+            if value is None:
+                continue
             if value in first:
                 add((*loc, i), f"duplicate value {value!r} (same as {_locate(tree, (*loc, first[value]))[1]})")
             first.setdefault(value, i)
 
+    if spec.methods is None or None in spec.methods or spec.sparsities is None or calibration is None \
+            or evaluation is None:
+        return problems  # the checks below need every method, the sparsities and both sections
     prunes = any(m.name != "dense" for m in spec.methods)
     if prunes and not spec.sparsities:
         first_pruning = next(i for i, m in enumerate(spec.methods) if m.name != "dense")
@@ -367,18 +403,18 @@ def _cross_checks(spec: SweepSpec, tree: _Located, file: str) -> list[SpecProble
     if not prunes and spec.sparsities:
         add(("sparsities",), "sparsities given but only the dense method is listed")
 
-    calib = source_identity(spec.calibration.source)
-    for i, src in enumerate(spec.evaluation.perplexity):
+    calib = source_identity(calibration.source)
+    for i, src in enumerate(evaluation.perplexity):
         if source_identity(src) == calib and prunes:
             add(("evaluation", "perplexity", i), "evaluation text is the calibration text; they must not overlap")
-    labels = [source_label(s) for s in spec.evaluation.perplexity]
+    labels = [source_label(s) for s in evaluation.perplexity]
     if len(set(labels)) != len(labels):
         add(("evaluation", "perplexity"), f"duplicate evaluation datasets in {labels}")
     for i, meth in enumerate(spec.methods):
-        if isinstance(meth, TwoSSPMethod) and meth.num_calibration_second_stage > min(spec.calibration.samples):
+        if isinstance(meth, TwoSSPMethod) and meth.num_calibration_second_stage > min(calibration.samples):
             add(("methods", i, "num_calibration_second_stage"),
                 f"needs {meth.num_calibration_second_stage} calibration samples but the smallest "
-                f"calibration size is {min(spec.calibration.samples)}")
+                f"calibration size is {min(calibration.samples)}")
     return problems
 
 
@@ -399,8 +435,9 @@ def parse_sweep(text: str, file: str = "<sweep>", base_dir: str | Path | None = 
                                      f"a sweep file is a YAML mapping (name:, models:, methods:, ...), not {kind}")])
     tree = _Located(node)
     problems = [SpecProblem(file, line, "", msg) for line, msg in _duplicate_keys(node)]
+    context = {"base_dir": str(base_dir) if base_dir else None}
     try:
-        spec = SweepSpec.model_validate(data, context={"base_dir": str(base_dir) if base_dir else None})
+        spec = SweepSpec.model_validate(data, context=context)
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(err["loc"])
@@ -410,6 +447,7 @@ def parse_sweep(text: str, file: str = "<sweep>", base_dir: str | Path | None = 
             elif err["type"] == "missing":
                 msg = f"missing required key {loc[-1]!r}"
             problems.append(SpecProblem(file, *_locate(tree, loc), msg))
+        problems += _cross_checks(_partial_spec(data, context), tree, file)
         raise SpecError(_by_line(_dedupe(problems))) from None
     problems += _cross_checks(spec, tree, file)
     if problems:
