@@ -79,7 +79,7 @@ COMMANDS = list(_commands(cli.main))
 def test_the_command_tree() -> None:
     assert {" ".join(p) for p, _ in COMMANDS} == {
         "", "sweep", "sweep validate", "sweep plan", "sweep run", "leaderboard", "runs", "db", "db upgrade",
-        "db current", "list", "list methods", "list families"}
+        "db current", "list", "list methods", "list families", "export"}
 
 
 @pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) or "twossp" for p, _ in COMMANDS])

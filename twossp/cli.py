@@ -242,6 +242,22 @@ def runs_cmd(db_url: str | None, status: str | None) -> None:
     console.print(table)
 
 
+@main.command("export", help="Save a completed run's pruned model to DIR, rebuilt from the dense weights "
+              "and the masks stored in the database; twossp.load_pruned(DIR) reloads it.")
+@click.argument("run_key")
+@click.argument("directory", type=click.Path(file_okay=False))
+@DB_OPTION
+def export(run_key: str, directory: str, db_url: str | None) -> None:
+    from twossp.checkpoint import export_run
+
+    try:
+        db = _database(db_url)
+        saved = export_run(db, run_key, directory)
+    except TwosspError as exc:
+        _fail(exc)
+    console.print(f"saved to {saved.directory}: {saved.note}", highlight=False, soft_wrap=True)
+
+
 # ---------------------------------------------------------------------------------- list
 @main.group("list", help="What twossp supports.")
 def list_group() -> None:

@@ -140,3 +140,25 @@ def test_leaderboard_shows_the_runs(swept):
     assert out.returncode == 0, out.stderr
     for text in ("smollm2-135m-instruct", "dense", "2ssp", "lee-evaluation", "%"):
         assert text in out.stdout
+
+
+def test_exported_checkpoint_reloads_to_the_stored_perplexity(swept):
+    work, db, _, _ = swept
+    with Session(create_engine(db)) as s:
+        run = s.scalars(select(Run).where(Run.target_sparsity == 0.375, Run.status == "completed")).one()
+        stored = s.scalars(select(Score.value).where(Score.run_id == run.id)).one()
+        removed = sorted(run.details["removed_attention_order"])
+    out = _twossp("export", run.key, str(work / "exported"), "--db", db, cwd=work)
+    assert out.returncode == 0, out.stderr
+    assert f"attention removed in blocks {removed}" in out.stdout
+
+    import twossp
+
+    torch.set_num_threads(1)
+    model = twossp.load_pruned(work / "exported")
+    _, tokenizer = load_model(ModelSpec(builtin="smollm2-135m-instruct"), torch.float32, torch.device("cpu"))
+    adapter = adapter_for(model.config)
+    windows = make_windows(token_stream(tokenizer, "lee-evaluation"), 64, 4)
+    assert perplexity(model, adapter, windows, torch.device("cpu")).perplexity == pytest.approx(stored, rel=1e-5)
+    pruned_params = sum(p.numel() for p in adapter.layers(model).parameters())
+    assert pruned_params == run.params_pruned
