@@ -16,16 +16,22 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
-FAMILIES = ("llama", "mistral", "qwen2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 _CLASSES = {
     "llama": (LlamaConfig, LlamaForCausalLM),
     "mistral": (MistralConfig, MistralForCausalLM),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "phi3": (Phi3Config, Phi3ForCausalLM),
 }
 
 TINY = dict(
@@ -46,6 +52,8 @@ TINY = dict(
 def tiny_config(family: str = "llama", num_layers: int = 4, **overrides):
     config_cls, model_cls = _CLASSES[family]
     kwargs = {**TINY, "num_hidden_layers": num_layers, **overrides}
+    if family == "qwen3":
+        kwargs.setdefault("head_dim", 16)  # Qwen3Config defaults to 128, far too wide for hidden 64
     config = config_cls(**kwargs)
     config.architectures = [model_cls.__name__]
     return config

@@ -26,7 +26,7 @@ def logits(model, tokens):
         return model(tokens).logits
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "phi3"])
 def test_pruned_model_round_trips_to_identical_logits_and_weights(tiny, cpu, tmp_path, family) -> None:
     model = tiny.model(family, num_layers=6)
     outcome = prune_2ssp(model, adapter_for(model.config), tiny.tokens(3, 24), 0.5, cpu)

@@ -486,4 +486,6 @@ def test_plan_shows_what_each_sparsity_removes_from_configs_alone(tmp_path: Path
     for sparsity, expected in (("0.25", "0 attn, FFN 18944->13525"), ("0.375", "0 attn, FFN 18944->10816"),
                                ("0.5", "1 attn, FFN 18944->8204")):
         assert expected in cell("qwen25-7b", sparsity)
-    assert "unsupported architecture Phi3ForCausalLM" in cell("phi3-medium", "0.5")
+    for sparsity, expected in (("0.25", "1 attn, FFN 17920->12480"), ("0.375", "3 attn, FFN 17920->9920"),
+                               ("0.5", "6 attn, FFN 17920->7466")):
+        assert expected in cell("phi3-medium", sparsity)

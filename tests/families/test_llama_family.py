@@ -11,7 +11,7 @@ from transformers import GPT2Config, LlamaConfig
 from twossp.errors import UnsupportedArchitecture
 from twossp.families import adapter_for, supported_architectures
 from twossp.families.base import RemovedAttention
-from twossp.families.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
+from twossp.families.llama import LlamaAdapter, MistralAdapter, Phi3Adapter, Qwen2Adapter, Qwen3Adapter
 from twossp.prune.width import prune_width
 
 FAMILIES = ["llama", "mistral", "qwen2"]
@@ -29,10 +29,12 @@ def _layer_numel(model: torch.nn.Module) -> int:
 # --- registry --------------------------------------------------------------------------------
 
 def test_registry_resolves_each_family(tiny):
-    expected = {"llama": LlamaAdapter, "mistral": MistralAdapter, "qwen2": Qwen2Adapter}
+    expected = {"llama": LlamaAdapter, "mistral": MistralAdapter, "qwen2": Qwen2Adapter,
+                "qwen3": Qwen3Adapter, "phi3": Phi3Adapter}
     for family, cls in expected.items():
         assert type(adapter_for(tiny.config(family))) is cls
-    assert supported_architectures() == ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
+    assert supported_architectures() == ["LlamaForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM",
+                                         "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
 
 
 def test_unsupported_architecture_lists_supported():

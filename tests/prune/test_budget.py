@@ -138,6 +138,9 @@ def test_alpha_must_be_positive():
     ("llama", {"attention_bias": True, "mlp_bias": True}, 4),  # q, k, v, o and gate, up, down biases
     ("mistral", {}, 0),
     ("qwen2", {}, 3),                                           # q, k, v only
+    ("qwen3", {}, 0),                                           # plus q_norm and k_norm weights
+    ("qwen3", {"attention_bias": True}, 4),
+    ("phi3", {}, 0),                                            # fused qkv_proj and gate_up_proj
 ])
 def test_config_counts_match_instantiated_model(tiny, family, overrides, attn_biases):
     model = tiny.model(family, num_layers=3, **overrides)

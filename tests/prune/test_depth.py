@@ -33,7 +33,7 @@ def _brute_force(model, adapter, windows, steps, device):
     return removed, ppls, model
 
 
-@pytest.mark.parametrize("family,num_windows", [("llama", 1), ("llama", 2), ("qwen2", 2)])
+@pytest.mark.parametrize("family,num_windows", [("llama", 1), ("llama", 2), ("qwen2", 2), ("qwen3", 1), ("phi3", 1)])
 def test_greedy_equals_brute_force(tiny, cpu, family, num_windows):
     n, steps = 6, 3
     model = tiny.model(family, num_layers=n, seed=11)

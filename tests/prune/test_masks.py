@@ -14,7 +14,7 @@ from twossp.prune.two_stage import prune_2ssp
 from twossp.prune.width import neuron_scores
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3"])
 def test_masks_rebuild_a_2ssp_model(tiny, cpu, family):
     n = 6
     dense = tiny.model(family, num_layers=n, seed=21)

@@ -75,7 +75,7 @@ def test_top_neurons_keeps_exactly_the_top_scored():
     assert set(kept.tolist()) == set(order[:37])
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3"])
 def test_prune_width_slices_and_matches_zeroed_dense(tiny, cpu, family):
     dense = tiny.model(family, num_layers=4, mlp_bias=(family == "llama"))
     adapter = adapter_for(dense.config)
@@ -90,6 +90,12 @@ def test_prune_width_slices_and_matches_zeroed_dense(tiny, cpu, family):
     assert dense.config.intermediate_size == 128  # the dense model's config is untouched
     for layer_d, layer_p, k in zip(dense.model.layers, pruned.model.layers, kept):
         md, mp = layer_d.mlp, layer_p.mlp
+        if family == "phi3":  # fused gate_up_proj: gate rows, then up rows, each sliced at k
+            assert torch.equal(mp.gate_up_proj.weight, torch.cat([md.gate_up_proj.weight[k],
+                                                                  md.gate_up_proj.weight[128 + k]]))
+            assert torch.equal(mp.down_proj.weight, md.down_proj.weight[:, k])
+            assert adapter.ffn_width(layer_p) == keep
+            continue
         assert torch.equal(mp.gate_proj.weight, md.gate_proj.weight[k])
         assert torch.equal(mp.up_proj.weight, md.up_proj.weight[k])
         assert torch.equal(mp.down_proj.weight, md.down_proj.weight[:, k])

@@ -21,6 +21,10 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
                            "twossp.families.config_counts:llama"),
     "Qwen2ForCausalLM": ("twossp.families.llama:Qwen2Adapter", "Qwen2, Qwen2.5 (q/k/v biases counted)",
                          "twossp.families.config_counts:qwen2"),
+    "Qwen3ForCausalLM": ("twossp.families.llama:Qwen3Adapter", "Qwen3 (q/k norms counted with the attention)",
+                         "twossp.families.config_counts:qwen3"),
+    "Phi3ForCausalLM": ("twossp.families.llama:Phi3Adapter", "Phi-3, Phi-3.5 (fused qkv_proj and gate_up_proj)",
+                        "twossp.families.config_counts:llama"),
 }
 
 

@@ -33,3 +33,12 @@ def llama(config: Any) -> BlockCounts:
 def qwen2(config: Any) -> BlockCounts:
     """Qwen2/2.5: q, k and v always carry a bias, o never does."""
     return llama_layout(config, qkv_bias=True, o_bias=False)
+
+
+def qwen3(config: Any) -> BlockCounts:
+    """Qwen3: the Llama layout plus a q and a k RMS norm (``head_dim`` each) inside the attention."""
+    counts = llama(config)
+    head_dim = _get(config, "head_dim") or _get(config, "hidden_size") // _get(config, "num_attention_heads")
+    extra = 2 * head_dim
+    return BlockCounts(counts.num_layers, counts.intermediate_size, counts.attn_params + extra,
+                       counts.mlp_params, counts.layer_params + counts.num_layers * extra)

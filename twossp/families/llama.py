@@ -44,3 +44,22 @@ class MistralAdapter(LlamaAdapter):
 
 class Qwen2Adapter(LlamaAdapter):
     name = "qwen2"
+
+
+class Qwen3Adapter(LlamaAdapter):
+    """Qwen3: the Llama layout plus per-head q/k RMS norms inside the attention (removed with it)."""
+
+    name = "qwen3"
+
+
+class Phi3Adapter(LlamaAdapter):
+    """Phi-3 / Phi-3.5: fused ``qkv_proj`` (removed whole with the attention) and fused
+    ``gate_up_proj`` (gate rows, then up rows), which stage 1 splits, slices and re-fuses."""
+
+    name = "phi3"
+
+    def prune_ffn(self, layer: nn.Module, keep: torch.Tensor) -> None:
+        mlp = layer.mlp
+        width = mlp.down_proj.in_features
+        mlp.gate_up_proj = slice_rows(mlp.gate_up_proj, torch.cat([keep, keep + width]))
+        mlp.down_proj = slice_columns(mlp.down_proj, keep)
