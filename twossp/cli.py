@@ -105,14 +105,16 @@ def plan(file: str, db_url: str | None) -> None:
 
 def _will_remove(run, config) -> str:
     """Attention submodules and FFN width a 2SSP run will give, from the config alone."""
-    from twossp.plan import expected_budget
+    from twossp.plan import expected_blocks, expected_budget
 
     if config is None:
         return "?" if run.method.name != "dense" else "-"
     try:
-        budget = expected_budget(run, config)
+        budget, blocks = expected_budget(run, config), expected_blocks(run, config)
     except TwosspError as exc:
         return f"[red]{exc}[/]"
+    if blocks is not None:
+        return f"{blocks} of {config['num_hidden_layers']} blocks"
     if budget is None:
         return "-"
     return f"{budget.num_attention_removed} attn, FFN {config['intermediate_size']}->{budget.ffn_keep}"

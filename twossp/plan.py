@@ -114,3 +114,13 @@ def expected_budget(run: RunSpec, config: Any) -> "Budget | None":
     if not isinstance(run.method, TwoSSPMethod) or run.sparsity is None:
         return None
     return two_stage_budget(config_block_counts(config), run.sparsity, run.method.alpha)
+
+
+def expected_blocks(run: RunSpec, config: Any) -> int | None:
+    """Whole blocks a depth baseline will remove (ceil(s * N)), from the config alone."""
+    from twossp.families import config_block_counts
+    from twossp.prune.budget import blocks_to_remove
+
+    if run.method.name not in ("shortgpt", "window") or run.sparsity is None:
+        return None
+    return blocks_to_remove(config_block_counts(config).num_layers, run.sparsity)

@@ -206,9 +206,23 @@ class TwoSSPMethod(Strict):
     num_calibration_second_stage: int = Field(default=1, ge=1)
 
 
-METHODS: dict[str, type[Strict]] = {"dense": DenseMethod, "2ssp": TwoSSPMethod}
+class ShortGPTMethod(Strict):
+    """ShortGPT (arXiv 2403.03853): drop the ceil(s*N) blocks of lowest Block Influence."""
 
-MethodSpec = Annotated[Union[DenseMethod, TwoSSPMethod], Field(discriminator="name")]
+    name: Literal["shortgpt"] = "shortgpt"
+
+
+class WindowMethod(Strict):
+    """Gromov et al. (arXiv 2403.17887): drop the ceil(s*N) consecutive blocks whose input and
+    output hidden states are most similar."""
+
+    name: Literal["window"] = "window"
+
+
+METHODS: dict[str, type[Strict]] = {"dense": DenseMethod, "2ssp": TwoSSPMethod, "shortgpt": ShortGPTMethod,
+                                    "window": WindowMethod}
+
+MethodSpec = Annotated[Union[DenseMethod, TwoSSPMethod, ShortGPTMethod, WindowMethod], Field(discriminator="name")]
 
 
 def _method_shorthand(value: Any) -> Any:

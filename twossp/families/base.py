@@ -142,6 +142,25 @@ class FamilyAdapter:
             setattr(layer, self.attention_attr, saved[0])
             setattr(layer, self.attention_norm_attr, saved[1])
 
+    def remove_blocks(self, model: nn.Module, indices: list[int]) -> None:
+        """Delete whole decoder blocks: the layer list is rebuilt without them, the remaining
+        attentions re-indexed, and ``num_hidden_layers`` (and ``layer_types``) updated, so the
+        config stays a stock one."""
+        drop = set(indices)
+        layers = self.layers(model)
+        if not drop <= set(range(len(layers))):
+            raise ValueError(f"blocks {sorted(drop)} out of range for {len(layers)} blocks")
+        new_index = {old: new for new, old in enumerate(i for i in range(len(layers)) if i not in drop)}
+        self.decoder(model).layers = nn.ModuleList(layer for i, layer in enumerate(layers) if i not in drop)
+        config = model.config
+        config.num_hidden_layers = len(new_index)
+        if getattr(config, "layer_types", None):
+            config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in drop]
+        removed = getattr(config, "twossp_removed_attention", None)
+        if removed:
+            config.twossp_removed_attention = sorted(new_index[i] for i in removed if i in new_index)
+        self._renumber_cache_slots(model)
+
     def _renumber_cache_slots(self, model: nn.Module) -> None:
         slot = 0
         for layer in self.layers(model):

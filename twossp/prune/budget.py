@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from twossp.errors import BudgetError
@@ -55,3 +56,9 @@ def two_stage_budget(counts: BlockCounts, sparsity: float, alpha: float = 1.5) -
     if d_keep < 1:
         raise BudgetError(f"sparsity {sparsity} leaves no FFN neuron in a block (d_keep={d_keep})")
     return Budget(sparsity, n_attn, m, d_keep)
+
+
+def blocks_to_remove(num_layers: int, sparsity: float) -> int:
+    """Depth baselines round the sparsity up to whole blocks: ceil(s * N) (PROTOCOL.md), guarding
+    against float noise (0.3 * 10 is 3.0000000000000004)."""
+    return math.ceil(round(sparsity * num_layers, 9))

@@ -23,6 +23,11 @@ class LayerMask:
     ffn_mask: bytes       # kept neurons, np.packbits(bool[ffn_width]) (big-endian bit order)
 
     @property
+    def removed_block(self) -> bool:
+        """The whole block is gone: no attention and no FFN neuron left."""
+        return not self.attention_kept and self.ffn_kept == 0
+
+    @property
     def ffn_kept(self) -> int:
         return int(self.kept_indices().size)
 
@@ -38,12 +43,15 @@ def pack_indices(indices: Sequence[int] | np.ndarray, width: int) -> bytes:
 
 
 def layer_masks(num_layers: int, dense_width: int, kept_ffn: Sequence[Sequence[int]] | None,
-                removed_attention: list[int]) -> list[LayerMask]:
-    """One mask per block; ``kept_ffn=None`` means every neuron kept (e.g. the dense model)."""
-    removed = set(removed_attention)
+                removed_attention: list[int], removed_blocks: Sequence[int] = ()) -> list[LayerMask]:
+    """One mask per dense block; ``kept_ffn=None`` means every neuron kept (e.g. the dense model).
+    A removed block keeps neither its attention nor any FFN neuron."""
+    removed = set(removed_attention) | set(removed_blocks)
     masks = []
     for i in range(num_layers):
         kept = kept_ffn[i] if kept_ffn is not None else np.arange(dense_width)
+        if i in removed_blocks:
+            kept = np.arange(0)
         masks.append(LayerMask(i, i not in removed, dense_width, pack_indices(kept, dense_width)))
     return masks
 
@@ -58,8 +66,12 @@ def apply_masks(model: nn.Module, adapter: FamilyAdapter, masks: list[LayerMask]
     if len(masks) != len(layers):
         raise ValueError(f"{len(masks)} layer masks for a model with {len(layers)} layers")
     ordered = sorted(masks, key=lambda m: m.layer)
-    if any(m.ffn_kept < m.ffn_width for m in ordered):
-        prune_width(model, adapter, [torch.from_numpy(m.kept_indices()) for m in ordered])
-    for m in ordered:
+    blocks = [m.layer for m in ordered if m.removed_block]
+    if blocks:
+        adapter.remove_blocks(model, blocks)
+    remaining = [m for m in ordered if not m.removed_block]
+    if any(m.ffn_kept < m.ffn_width for m in remaining):
+        prune_width(model, adapter, [torch.from_numpy(m.kept_indices()) for m in remaining])
+    for index, m in enumerate(remaining):
         if not m.attention_kept:
-            adapter.remove_attention(model, m.layer)
+            adapter.remove_attention(model, index)

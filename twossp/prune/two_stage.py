@@ -21,9 +21,11 @@ Progress = Callable[[str, int, int], None]
 class PruneOutcome:
     """What a pruning method did, in terms of the dense model's indices."""
 
-    kept_ffn: list[torch.Tensor]        # per block: kept neuron indices of the dense FFN, ascending
-    removed_attention: list[int]        # blocks whose attention was removed, in order of removal
+    kept_ffn: list[torch.Tensor] | None  # per block: kept neuron indices of the dense FFN (None: all)
+    removed_attention: list[int]         # blocks whose attention was removed, in order of removal
     timings: dict[str, float] = field(default_factory=dict)
+    removed_blocks: list[int] = field(default_factory=list)  # whole blocks deleted (dense indices)
+    details: dict = field(default_factory=dict)              # method-specific record for the database
     budget: Budget | None = None
     depth: DepthSearch | None = None
 
@@ -48,6 +50,14 @@ def prune_2ssp(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tens
         kept_ffn=kept,
         removed_attention=depth.removed,
         timings={"stage 1": stage1 - start, "stage 2": stage2 - stage1, "prune": stage2 - start},
+        details={
+            "budget": {"num_attention_removed": budget.num_attention_removed, "ffn_keep": budget.ffn_keep,
+                       "ffn_params_cut_per_block": budget.ffn_params_cut_per_block},
+            "removed_attention_order": depth.removed,
+            "calibration_perplexity_after_each_removal": depth.calibration_perplexity,
+            "stage2_layer_forwards": depth.layer_forwards,
+            "stage2_naive_layer_forwards": depth.naive_layer_forwards,
+        },
         budget=budget,
         depth=depth,
     )

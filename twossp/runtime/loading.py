@@ -133,5 +133,4 @@ def load_model(spec: ModelSpec, dtype: "torch.dtype", device: "torch.device") ->
     tokenizer = _from_hub_or_cache(spec, lambda **kw: AutoTokenizer.from_pretrained(where, **common, **kw))
     model = _from_hub_or_cache(
         spec, lambda **kw: AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **common, **kw))
-    model.config = model.config.__class__.from_dict(model.config.to_dict())  # never edit a shared config
     return model.to(device).eval(), tokenizer

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from twossp.errors import TwosspError
 from twossp.plan import RunSpec
 from twossp.prune.masks import LayerMask, layer_masks
-from twossp.spec import DenseMethod, TwoSSPMethod, source_label
+from twossp.spec import source_label
 
 Progress = Callable[[str, int, int], None]
 
@@ -87,7 +87,7 @@ def _execute(run: RunSpec, result: RunResult, progress: Progress | None) -> None
     from twossp.data.tokens import calibration_windows, token_stream
     from twossp.evaluate.perplexity import make_windows, perplexity
     from twossp.families import adapter_for
-    from twossp.prune.two_stage import prune_2ssp
+    from twossp.prune.methods import prune
     from twossp.runtime.device import DTYPES, device_name, release_memory, resolve_device, synchronize
     from twossp.runtime.loading import load_model
 
@@ -114,37 +114,26 @@ def _execute(run: RunSpec, result: RunResult, progress: Progress | None) -> None
     result.params_dense = dense.layer_params
     lap("load")
 
-    kept_ffn, removed = None, []
-    if isinstance(run.method, TwoSSPMethod):
-        assert run.sparsity is not None and run.calibration is not None
+    outcome = None
+    if run.sparsity is not None:  # every method but dense prunes
+        assert run.calibration is not None
         calib = run.calibration
         if progress:
             progress("calibration", 0, 1)
         windows = calibration_windows(tokenizer, calib.source, calib.samples, calib.seq_len, calib.seed)
         lap("calibration data")
-        outcome = prune_2ssp(model, adapter, windows, run.sparsity, device, alpha=run.method.alpha,
-                             num_calibration_second_stage=run.method.num_calibration_second_stage,
-                             progress=progress)
-        for phase, seconds in outcome.timings.items():
-            result.timings[phase] = seconds
+        outcome = prune(model, adapter, windows, run.sparsity, run.method, device, progress)
+        result.timings.update(outcome.timings)
+        result.details = dict(outcome.details)
         tick = time.perf_counter()
-        kept_ffn, removed = outcome.kept_ffn, outcome.removed_attention
-        budget, depth = outcome.budget, outcome.depth
-        result.details = {
-            "budget": {"num_attention_removed": budget.num_attention_removed, "ffn_keep": budget.ffn_keep,
-                       "ffn_params_cut_per_block": budget.ffn_params_cut_per_block},
-            "removed_attention_order": removed,
-            "calibration_perplexity_after_each_removal": depth.calibration_perplexity,
-            "stage2_layer_forwards": depth.layer_forwards,
-            "stage2_naive_layer_forwards": depth.naive_layer_forwards,
-        }
-    elif not isinstance(run.method, DenseMethod):
-        raise TwosspError(f"method {run.method.name!r} has no executor")
 
     pruned = adapter.block_counts(model)
     result.params_pruned = pruned.layer_params
     result.achieved_sparsity = 1 - pruned.layer_params / dense.layer_params
-    result.masks = layer_masks(dense.num_layers, dense.intermediate_size, kept_ffn, removed)
+    result.masks = layer_masks(dense.num_layers, dense.intermediate_size,
+                               outcome.kept_ffn if outcome else None,
+                               outcome.removed_attention if outcome else [],
+                               outcome.removed_blocks if outcome else [])
 
     seq_len = run.evaluation.seq_len or (run.calibration.seq_len if run.calibration else 2048)
     for source in run.evaluation.perplexity:
