@@ -85,6 +85,7 @@ def leaderboard_table(runs: list[Run], view: Dashboard) -> Table:
             else:
                 change = (value / base[ds] - 1) * 100
                 worse = change > 0 if view.lower_is_better else change < 0
-                row.append(f"[{'red' if worse else 'green'}]{change:+.1f}%[/]")
+                shown = f"{change:+.0f}%" if abs(change) >= 100 else f"{change:+.1f}%"
+                row.append(f"[{'red' if worse else 'green'}]{shown}[/]")
         table.add_row(*row)
     return table
