@@ -1,13 +1,22 @@
-"""2SSP on the real SmolLM2-135M-Instruct: pruning time, stage-2 work, perplexity, forward latency.
+"""2SSP (and the block-removal baselines) on the real SmolLM2-135M-Instruct: pruning time, stage-2
+work, perplexity, forward latency.
 
     .venv/bin/python benchmarks/prune_smollm2.py --seq-len 1024 --json      # the reference setting
     .venv/bin/python benchmarks/prune_smollm2.py --seq-len 128 --num-calibration 4 --eval-windows 4
+    .venv/bin/python benchmarks/prune_smollm2.py --seq-len 128 --num-calibration 4 --eval-windows 4 --method all
+
+``--method`` picks the pruning method from the library's registry (``twossp.prune.methods.prune``):
+``2ssp`` (default), ``shortgpt`` (drop the ceil(s*N) blocks of lowest Block Influence), ``window``
+(drop the ceil(s*N) consecutive blocks whose input and output are most similar), or ``all`` (each
+method at each sparsity, one combined table). The block methods score blocks on all n calibration
+windows; they have no stage 2, so the stage-2 and reference columns are 2SSP's only.
 
 Protocol (PROTOCOL.md; everything on the CPU, fp32, 2 threads):
 - the model is loaded once (``twossp.runtime.loading.load_model``, builtin SmolLM2); every sparsity
   prunes its own ``copy.deepcopy`` of the dense model, so loading is never part of pruning time;
 - calibration: the C4 subset's texts joined with "\\n\\n", tokenised once without special tokens,
-  the first n windows of L tokens (all n feed stage 1, the first one feeds stage 2);
+  the first n windows of L tokens (all n feed stage 1, the first one feeds stage 2; all n feed the
+  block methods' scores);
 - evaluation: WikiText-2 test with "\\r" removed, tokenised once, the first w non-overlapping
   windows of L tokens;
 - latency: one full forward (LM head included) of one L-token window, a few warm-up runs, then the
@@ -16,7 +25,7 @@ Protocol (PROTOCOL.md; everything on the CPU, fp32, 2 threads):
 The data lives outside the repository (``../shared/data`` from the repo root, see its README); the
 script exits with status 2 and says so when it is absent. Progress goes to stderr; stdout carries
 either a rich table or, with ``--json``, one JSON object per line: a ``dense`` record, then one
-``sparsity`` record per sparsity.
+``sparsity`` record per method and sparsity (each with a ``method`` field).
 """
 
 from __future__ import annotations
@@ -52,12 +61,14 @@ REFERENCE = {
 }
 TARGET_LAYER_FORWARD_RATIO = 0.55  # stage-2 decoder-layer forwards / naive search's
 TARGET_TIME_RATIO = 0.6            # our total pruning time / the reference's
+METHODS = ("2ssp", "shortgpt", "window")  # --method all runs them in this order
 
 
 # --- setup ------------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Benchmark 2SSP pruning of SmolLM2-135M-Instruct on the CPU.")
+    p = argparse.ArgumentParser(description="Benchmark 2SSP (or a block-removal baseline) pruning of "
+                                            "SmolLM2-135M-Instruct on the CPU.")
     p.add_argument("--seq-len", type=int, default=2048, help="window length L in tokens (default 2048)")
     p.add_argument("--num-calibration", type=int, default=32, help="calibration windows n (default 32)")
     p.add_argument("--eval-windows", type=int, default=32, help="WikiText-2 evaluation windows w (default 32)")
@@ -67,9 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="reference data folder (default ../shared/data from the repo root)")
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards before the latency runs (default 2)")
     p.add_argument("--timed-runs", type=int, default=5, help="timed forwards, median reported (default 5)")
+    p.add_argument("--method", choices=(*METHODS, "all"), default="2ssp",
+                   help="pruning method: 2ssp (default), shortgpt, window, or all (each method at each sparsity, "
+                        "one combined table)")
     p.add_argument("--verify-naive", action="store_true",
                    help="re-run stage 2 as the naive search (a full perplexity evaluation per candidate) and "
-                        "check it makes the same choices; costly (about 2x stage 2)")
+                        "check it makes the same choices; costly (about 2x stage 2); 2SSP only")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     args = p.parse_args(argv)
     problems = []
@@ -239,10 +253,13 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
     from twossp.errors import TwosspError
     from twossp.evaluate.perplexity import make_windows, perplexity
     from twossp.families import adapter_for
-    from twossp.prune.budget import two_stage_budget
-    from twossp.prune.two_stage import prune_2ssp
+    from twossp.prune.budget import blocks_to_remove, two_stage_budget
+    from twossp.prune.methods import prune
     from twossp.runtime.loading import load_model
-    from twossp.spec import ModelSpec
+    from twossp.spec import ModelSpec, ShortGPTMethod, TwoSSPMethod, WindowMethod
+
+    methods = METHODS if args.method == "all" else (args.method,)
+    specs = {"2ssp": TwoSSPMethod(), "shortgpt": ShortGPTMethod(), "window": WindowMethod()}
 
     torch.set_num_threads(2)
     device = torch.device("cpu")
@@ -259,7 +276,10 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
     # Fail on an infeasible sparsity now rather than after an hour of pruning the others.
     try:
         for s in args.sparsities:
-            two_stage_budget(dense_counts, s, alpha=1.5)
+            if "2ssp" in methods:
+                two_stage_budget(dense_counts, s, alpha=specs["2ssp"].alpha)
+            if set(methods) - {"2ssp"} and blocks_to_remove(dense_counts.num_layers, s) >= dense_counts.num_layers:
+                fail(f"sparsity {s} removes all {dense_counts.num_layers} blocks with the block methods")
     except TwosspError as exc:
         fail(str(exc))
 
@@ -277,6 +297,7 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
     log(f"dense: perplexity {dense_ppl:.3f}, forward {dense_fwd:.3f}s")
     dense_record = {
         "record": "dense",
+        "method": "dense",
         "model": "smollm2-135m-instruct",
         "seq_len": args.seq_len,
         "num_calibration": args.num_calibration,
@@ -298,63 +319,120 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
     }
     emit(dense_record)
 
-    for s in args.sparsities:
-        label = f"sparsity {s}"
-        model = copy.deepcopy(dense)
-        probe = matmul_gflops()
-        cpu_start = time.process_time()
-        outcome = prune_2ssp(model, adapter, calibration, s, device, alpha=1.5, num_calibration_second_stage=1,
-                             progress=log.progress(label))
-        cpu_s = time.process_time() - cpu_start
-        probe_after = matmul_gflops()
-        depth = outcome.depth
-        widths = {adapter.ffn_width(layer) for layer in adapter.layers(model)}
-        ffn_kept = widths.pop() if len(widths) == 1 else sorted(widths)  # 2SSP keeps the same width everywhere
-        achieved = 1 - adapter.block_counts(model).layer_params / dense_counts.layer_params
-        ppl = perplexity(model, adapter, evaluation, device).perplexity
-        fwd = forward_seconds(model, evaluation[0], device, args.warmup, args.timed_runs)
-        ratio = depth.layer_forwards / depth.naive_layer_forwards if depth.naive_layer_forwards else None
-        record = {
-            "record": "sparsity",
-            "sparsity": s,
-            "achieved_sparsity": achieved,
-            "attention_removed": outcome.removed_attention,
-            "ffn_kept": ffn_kept,
-            "perplexity": ppl,
-            "dense_perplexity": dense_ppl,
-            "stage1_s": outcome.timings["stage 1"],
-            "stage2_s": outcome.timings["stage 2"],
-            "total_s": outcome.timings["prune"],
-            "prune_cpu_s": cpu_s,
-            "matmul_gflops_before_after": [probe, probe_after],
-            "stage2_layer_forwards": depth.layer_forwards,
-            "naive_layer_forwards": depth.naive_layer_forwards,
-            "layer_forward_ratio": ratio,
-            "stage2_candidates": sum(dense_counts.num_layers - k for k in range(len(outcome.removed_attention))),
-            "calibration_perplexity": depth.calibration_perplexity,
-            "forward_s": fwd,
-            "dense_forward_s": dense_fwd,
-            "speedup": dense_fwd / fwd,
+    for name in methods:
+        for s in args.sparsities:
+            label = f"sparsity {s}" if args.method == "2ssp" else f"{name}, sparsity {s}"
+            model = copy.deepcopy(dense)
+            probe = matmul_gflops()
+            cpu_start = time.process_time()
+            outcome = prune(model, adapter, calibration, s, specs[name], device, progress=log.progress(label))
+            cpu_s = time.process_time() - cpu_start
+            probe_after = matmul_gflops()
+            measured = {"label": label, "probe": probe, "probe_after": probe_after, "cpu_s": cpu_s,
+                        "dense_ppl": dense_ppl, "dense_fwd": dense_fwd, "dense_counts": dense_counts}
+            if name == "2ssp":
+                record = two_ssp_record(args, log, model, dense, adapter, calibration, evaluation, device, s,
+                                        outcome, measured)
+            else:
+                record = block_record(args, log, name, model, adapter, evaluation, device, s, outcome, measured)
+            emit(record)
+            del model
+
+
+def two_ssp_record(args: argparse.Namespace, log: Log, model: torch.nn.Module, dense: torch.nn.Module,
+                   adapter: Any, calibration: torch.Tensor, evaluation: torch.Tensor, device: torch.device,
+                   s: float, outcome: Any, measured: dict[str, Any]) -> dict[str, Any]:
+    """The 2SSP record: stage timings, stage-2 work against the naive search, the reference comparison."""
+    from twossp.evaluate.perplexity import perplexity
+
+    label, probe, probe_after, cpu_s = measured["label"], measured["probe"], measured["probe_after"], measured["cpu_s"]
+    dense_ppl, dense_fwd, dense_counts = measured["dense_ppl"], measured["dense_fwd"], measured["dense_counts"]
+    depth = outcome.depth
+    widths = {adapter.ffn_width(layer) for layer in adapter.layers(model)}
+    ffn_kept = widths.pop() if len(widths) == 1 else sorted(widths)  # 2SSP keeps the same width everywhere
+    achieved = 1 - adapter.block_counts(model).layer_params / dense_counts.layer_params
+    ppl = perplexity(model, adapter, evaluation, device).perplexity
+    fwd = forward_seconds(model, evaluation[0], device, args.warmup, args.timed_runs)
+    ratio = depth.layer_forwards / depth.naive_layer_forwards if depth.naive_layer_forwards else None
+    record = {
+        "record": "sparsity",
+        "method": "2ssp",
+        "sparsity": s,
+        "achieved_sparsity": achieved,
+        "attention_removed": outcome.removed_attention,
+        "ffn_kept": ffn_kept,
+        "perplexity": ppl,
+        "dense_perplexity": dense_ppl,
+        "stage1_s": outcome.timings["stage 1"],
+        "stage2_s": outcome.timings["stage 2"],
+        "total_s": outcome.timings["prune"],
+        "prune_cpu_s": cpu_s,
+        "matmul_gflops_before_after": [probe, probe_after],
+        "stage2_layer_forwards": depth.layer_forwards,
+        "naive_layer_forwards": depth.naive_layer_forwards,
+        "layer_forward_ratio": ratio,
+        "stage2_candidates": sum(dense_counts.num_layers - k for k in range(len(outcome.removed_attention))),
+        "calibration_perplexity": depth.calibration_perplexity,
+        "forward_s": fwd,
+        "dense_forward_s": dense_fwd,
+        "speedup": dense_fwd / fwd,
+    }
+    record.update(reference_comparison(args, s, record["total_s"], (record["stage1_s"], record["stage2_s"]), ratio))
+    log(f"{label}: removed {outcome.removed_attention}, FFN {ffn_kept}, perplexity {ppl:.3f}, "
+        f"prune {record['total_s']:.1f}s")
+    if args.verify_naive:
+        naive = naive_stage2(dense, adapter, outcome.kept_ffn, calibration[:1], len(outcome.removed_attention),
+                             device)
+        diffs = [abs(a - b) / b for a, b in zip(depth.calibration_perplexity, naive["calibration_perplexity"])]
+        record["naive_check"] = {
+            "identical_choices": naive["removed"] == outcome.removed_attention,
+            "removed": naive["removed"],
+            "layer_forwards": naive["layer_forwards"],
+            "fast_layer_forwards": depth.layer_forwards,
+            "max_rel_calibration_perplexity_diff": max(diffs, default=0.0),
+            "seconds": naive["seconds"],
         }
-        record.update(reference_comparison(args, s, record["total_s"], (record["stage1_s"], record["stage2_s"]), ratio))
-        log(f"{label}: removed {outcome.removed_attention}, FFN {ffn_kept}, perplexity {ppl:.3f}, "
-            f"prune {record['total_s']:.1f}s")
-        if args.verify_naive:
-            naive = naive_stage2(dense, adapter, outcome.kept_ffn, calibration[:1], len(outcome.removed_attention),
-                                 device)
-            diffs = [abs(a - b) / b for a, b in zip(depth.calibration_perplexity, naive["calibration_perplexity"])]
-            record["naive_check"] = {
-                "identical_choices": naive["removed"] == outcome.removed_attention,
-                "removed": naive["removed"],
-                "layer_forwards": naive["layer_forwards"],
-                "fast_layer_forwards": depth.layer_forwards,
-                "max_rel_calibration_perplexity_diff": max(diffs, default=0.0),
-                "seconds": naive["seconds"],
-            }
-            log(f"{label}: naive stage 2 removed {naive['removed']} in {naive['seconds']:.1f}s "
-                f"({naive['layer_forwards']} layer forwards vs {depth.layer_forwards})")
-        emit(record)
-        del model
+        log(f"{label}: naive stage 2 removed {naive['removed']} in {naive['seconds']:.1f}s "
+            f"({naive['layer_forwards']} layer forwards vs {depth.layer_forwards})")
+    return record
+
+
+def block_record(args: argparse.Namespace, log: Log, name: str, model: torch.nn.Module, adapter: Any,
+                 evaluation: torch.Tensor, device: torch.device, s: float, outcome: Any,
+                 measured: dict[str, Any]) -> dict[str, Any]:
+    """A block method's record: whole blocks removed (dense indices), their scores, no stage 2."""
+    from twossp.evaluate.perplexity import perplexity
+
+    dense_counts = measured["dense_counts"]
+    counts = adapter.block_counts(model)
+    widths = {adapter.ffn_width(layer) for layer in adapter.layers(model)}
+    ffn_kept = widths.pop() if len(widths) == 1 else sorted(widths)
+    achieved = 1 - counts.layer_params / dense_counts.layer_params
+    ppl = perplexity(model, adapter, evaluation, device).perplexity
+    fwd = forward_seconds(model, evaluation[0], device, args.warmup, args.timed_runs)
+    record = {
+        "record": "sparsity",
+        "method": name,
+        "sparsity": s,
+        "achieved_sparsity": achieved,
+        "removed_blocks": outcome.removed_blocks,
+        "blocks_removed": len(outcome.removed_blocks),
+        "layers_kept": counts.num_layers,
+        "attention_removed": outcome.removed_attention,
+        "ffn_kept": ffn_kept,
+        "perplexity": ppl,
+        "dense_perplexity": measured["dense_ppl"],
+        "total_s": outcome.timings["prune"],
+        "prune_cpu_s": measured["cpu_s"],
+        "matmul_gflops_before_after": [measured["probe"], measured["probe_after"]],
+        "block_scores": outcome.details.get("scores"),
+        "forward_s": fwd,
+        "dense_forward_s": measured["dense_fwd"],
+        "speedup": measured["dense_fwd"] / fwd,
+    }
+    log(f"{measured['label']}: removed blocks {outcome.removed_blocks}, perplexity {ppl:.3f}, "
+        f"prune {record['total_s']:.1f}s")
+    return record
 
 
 # --- output -------------------------------------------------------------------------------------------
@@ -392,6 +470,12 @@ def print_table(args: argparse.Namespace, dense: dict[str, Any], records: list[d
                      _fmt(r["layer_forward_ratio"], ".3f"), _fmt(r["total_time_ratio_vs_reference"], ".3f"),
                      "/".join(f"{g:.0f}" for g in r["matmul_gflops_before_after"]))
     console.print(cost)
+    print_2ssp_notes(console, records)
+    print_environment(console, dense)
+
+
+def print_2ssp_notes(console: Any, records: list[dict[str, Any]]) -> None:
+    """The reference setting, the targets, and how each 2SSP record fares against them."""
     console.print(
         f"Reference (authors' code, this machine class, L={REFERENCE['seq_len']}, {REFERENCE['num_calibration']} "
         "calibration windows): 740 s total at 0.5 (130 s stage 1, 610 s stage 2, 213 calibration-perplexity "
@@ -418,9 +502,59 @@ def print_table(args: argparse.Namespace, dense: dict[str, Any], records: list[d
             console.print(f"    naive stage 2: choices {verdict}; layer forwards naive {c['layer_forwards']:,} vs "
                           f"ours {c['fast_layer_forwards']:,}; max rel. calibration-PPL diff "
                           f"{c['max_rel_calibration_perplexity_diff']:.2e}; {c['seconds']:.1f}s")
+
+
+def print_environment(console: Any, dense: dict[str, Any]) -> None:
     console.print(f"[dim]torch {dense['torch']}, transformers {dense['transformers']}, python {dense['python']}, "
                   f"git {dense['git_revision']}, model load {dense['load_s']:.1f}s (excluded), matmul probe at "
                   f"start {dense['matmul_gflops']:.0f} GFLOP/s[/dim]")
+
+
+def print_combined_table(args: argparse.Namespace, dense: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """One table, method x sparsity; the stage-2 and reference columns are 2SSP's ('-' for block methods)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    methods = ", ".join(dict.fromkeys(r["method"] for r in records))
+    title = (f"{methods} on SmolLM2-135M-Instruct, L={args.seq_len}, {args.num_calibration} calibration windows, "
+             f"{args.eval_windows} WikiText-2 windows, CPU fp32, {dense['threads']} threads")
+    table = Table(title=title)
+    columns = ("method", "sparsity", "achieved", "removed", "FFN kept", "prune s", "stage 1 s", "stage 2 s",
+               "CPU s", "st-2 layer fwd", "ratio", "total/ref", "WikiText-2 PPL", "forward s", "speedup", "probe")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("method", "removed") else "right", no_wrap=True)
+    dash = "-"
+    table.add_row("dense", "0", "0", dash, str(dense["ffn_width"]), dash, dash, dash, dash, dash, dash, dash,
+                  f"{dense['perplexity']:.3f}", f"{dense['forward_s']:.3f}", "1.00x", f"{dense['matmul_gflops']:.0f}")
+    for r in records:
+        two_ssp = r["method"] == "2ssp"
+        removed = f"{len(r['attention_removed'])} attn" if two_ssp else f"{len(r['removed_blocks'])} blocks"
+        table.add_row(
+            r["method"], f"{r['sparsity']}", f"{r['achieved_sparsity']:.4f}", removed, str(r["ffn_kept"]),
+            f"{r['total_s']:.1f}",
+            f"{r['stage1_s']:.1f}" if two_ssp else dash,
+            f"{r['stage2_s']:.1f}" if two_ssp else dash,
+            f"{r['prune_cpu_s']:.1f}",
+            f"{r['stage2_layer_forwards']:,}" if two_ssp else dash,
+            _fmt(r["layer_forward_ratio"], ".3f") if two_ssp else dash,
+            _fmt(r["total_time_ratio_vs_reference"], ".3f") if two_ssp else dash,
+            f"{r['perplexity']:.3f}", f"{r['forward_s']:.3f}", f"{r['speedup']:.2f}x",
+            "/".join(f"{g:.0f}" for g in r["matmul_gflops_before_after"]),
+        )
+    console.print(table)
+    console.print("prune s: pruning wall clock (model loading excluded); st-2 layer fwd, ratio: 2SSP stage-2 "
+                  "decoder-layer forwards and their ratio to the naive search's; total/ref: pruning time / the "
+                  "authors' reference; probe: fp32 matmul GFLOP/s before/after pruning. Removed (dense indices): "
+                  "2SSP's attentions in order of removal, the block methods' whole blocks:")
+    for r in records:
+        what = (f"attention {', '.join(map(str, r['attention_removed']))}" if r["method"] == "2ssp"
+                else f"blocks {', '.join(map(str, r['removed_blocks']))}")
+        console.print(f"  {r['method']} {r['sparsity']}: {what}")
+    two_ssp_records = [r for r in records if r["method"] == "2ssp"]
+    if two_ssp_records:
+        print_2ssp_notes(console, two_ssp_records)
+    print_environment(console, dense)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -439,7 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     run(args, log, emit)
     dense, records = records[0], records[1:]
     if not args.json:
-        print_table(args, dense, records)
+        if args.method == "2ssp":
+            print_table(args, dense, records)
+        else:
+            print_combined_table(args, dense, records)
     naive_mismatch = any(not r["naive_check"]["identical_choices"] for r in records if "naive_check" in r)
     return 1 if naive_mismatch else 0
 
