@@ -24,6 +24,7 @@ from twossp.prune.methods import prune
 from twossp.spec import ShortGPTMethod, WindowMethod
 
 
+@torch.no_grad()
 def manual_states(model, tokens):
     """Block inputs and the last block's output at the last token, by running the layers by hand."""
     inner = model.model
@@ -34,11 +35,10 @@ def manual_states(model, tokens):
         positions = torch.arange(ids.shape[1]).view(1, -1)
         rope = inner.rotary_emb(hidden, position_ids=positions)
         states = [hidden[0, -1]]
-        with torch.no_grad():
-            for layer in inner.layers:
-                hidden = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rope)
-                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-                states.append(hidden[0, -1])
+        for layer in inner.layers:
+            hidden = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rope)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            states.append(hidden[0, -1])
         out.append(torch.stack(states))
     return torch.stack(out)
 
