@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import lru_cache
 from typing import Any
@@ -11,31 +10,17 @@ import torch
 
 from twossp.data.sources import load_text
 from twossp.errors import DataUnavailable
-from twossp.spec import TextSource, source_key, source_label
+from twossp.spec import TextSource, source_label
 
 
 def token_stream(tokenizer: Any, source: TextSource, seed: int = 0) -> torch.Tensor:
-    return _cached(tokenizer, _Hashable(source), seed).clone()
-
-
-class _Hashable:
-    def __init__(self, source: TextSource):
-        self.source = source
-
-    def __hash__(self) -> int:
-        return hash(self.identity)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Hashable) and self.identity == other.identity
-
-    @property
-    def identity(self) -> str:
-        return json.dumps(source_key(self.source), sort_keys=True)
+    # Sources are hashable (names are strings, file sources frozen models), so they key the cache.
+    return _cached(tokenizer, source, seed).clone()
 
 
 @lru_cache(maxsize=16)
-def _cached(tokenizer: Any, source: _Hashable, seed: int) -> torch.Tensor:
-    text = load_text(source.source, seed)
+def _cached(tokenizer: Any, source: TextSource, seed: int) -> torch.Tensor:
+    text = load_text(source, seed)
     # The text is deliberately longer than the model's context: silence the length warning.
     log = logging.getLogger("transformers.tokenization_utils_base")
     level = log.level
