@@ -219,10 +219,38 @@ class WindowMethod(Strict):
     name: Literal["window"] = "window"
 
 
-METHODS: dict[str, type[Strict]] = {"dense": DenseMethod, "2ssp": TwoSSPMethod, "shortgpt": ShortGPTMethod,
-                                    "window": WindowMethod}
+class BlockPrunerMethod(Strict):
+    """BlockPruner (arXiv 2406.10594): greedily remove the attention or FFN submodule whose removal
+    gives the lowest calibration perplexity, until the sparsity is reached."""
 
-MethodSpec = Annotated[Union[DenseMethod, TwoSSPMethod, ShortGPTMethod, WindowMethod], Field(discriminator="name")]
+    name: Literal["blockpruner"] = "blockpruner"
+    num_calibration: int = Field(default=1, ge=1)  # windows scoring each candidate (PROTOCOL.md: one)
+
+
+class EvoPressMethod(Strict):
+    """EvoPress (arXiv 2410.14649): evolutionary search over which ceil(s*N) blocks to drop,
+    fitness = KL divergence to the dense model, multi-step selection."""
+
+    name: Literal["evopress"] = "evopress"
+    generations: int = Field(default=50, ge=1)
+    offspring: int = Field(default=16, ge=1)
+    search_seed: int = Field(default=0, ge=0)
+
+
+class SliceGPTMethod(Strict):
+    """SliceGPT (arXiv 2401.15024): PCA rotations fused into the weights, hidden width sliced;
+    the parameters of the added shortcut matrices are counted."""
+
+    name: Literal["slicegpt"] = "slicegpt"
+    round_to: int = Field(default=8, ge=1)  # the sliced width is a multiple of this
+
+
+METHODS: dict[str, type[Strict]] = {"dense": DenseMethod, "2ssp": TwoSSPMethod, "shortgpt": ShortGPTMethod,
+                                    "window": WindowMethod, "blockpruner": BlockPrunerMethod,
+                                    "evopress": EvoPressMethod, "slicegpt": SliceGPTMethod}
+
+MethodSpec = Annotated[Union[DenseMethod, TwoSSPMethod, ShortGPTMethod, WindowMethod, BlockPrunerMethod,
+                             EvoPressMethod, SliceGPTMethod], Field(discriminator="name")]
 
 
 def _method_shorthand(value: Any) -> Any:

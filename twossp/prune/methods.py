@@ -3,6 +3,7 @@ The worker asks this module; it never branches on method names itself."""
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import Callable
 
@@ -47,10 +48,21 @@ def _whole_blocks(select: Callable[[torch.Tensor, int], list[int]],
     return run
 
 
+def _lazy(path: str) -> Runner:
+    """A runner defined in its own module, imported on first use."""
+    def run(*args, **kwargs) -> PruneOutcome:  # noqa: ANN002, ANN003
+        module, name = path.split(":")
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+    return run
+
+
 RUNNERS: dict[str, Runner] = {
     "2ssp": _two_ssp,
     "shortgpt": _whole_blocks(shortgpt_blocks, lambda states, count: block_influence(states)),
     "window": _whole_blocks(window_blocks, window_similarity),
+    "blockpruner": _lazy("twossp.prune.blockpruner:run"),
+    "evopress": _lazy("twossp.prune.evopress:run"),
+    "slicegpt": _lazy("twossp.prune.slicegpt:run"),
 }
 
 
