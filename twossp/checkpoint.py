@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 REMOVED_KEY = "twossp_removed_attention"
+REMOVED_FFN_KEY = "twossp_removed_ffn"
 
 
 class CheckpointError(TwosspError):
@@ -33,14 +34,16 @@ class SavedCheckpoint:
     directory: Path
     stock: bool                  # loadable by plain AutoModelForCausalLM.from_pretrained
     removed_attention: list[int]
+    removed_ffn: list[int] = ()  # type: ignore[assignment]
 
     @property
     def note(self) -> str:
         if self.stock:
             return ("a plain Hugging Face checkpoint: AutoModelForCausalLM.from_pretrained (and serving engines) "
                     "load it as it is")
-        return (f"attention removed in blocks {self.removed_attention}, which a stock config cannot express: "
-                "load it with twossp.load_pruned(DIR)")
+        gone = [f"attention removed in blocks {self.removed_attention}"] if self.removed_attention else []
+        gone += [f"FFN removed in blocks {list(self.removed_ffn)}"] if self.removed_ffn else []
+        return f"{' and '.join(gone)}, which a stock config cannot express: load it with twossp.load_pruned(DIR)"
 
 
 def save_pruned(model: "nn.Module", tokenizer: Any, directory: str | Path) -> SavedCheckpoint:
@@ -49,18 +52,22 @@ def save_pruned(model: "nn.Module", tokenizer: Any, directory: str | Path) -> Sa
 
     directory = Path(directory)
     adapter = adapter_for(model.config)
-    removed = [i for i, layer in enumerate(adapter.layers(model)) if not adapter.is_attention_present(layer)]
-    widths = {adapter.ffn_width(layer) for layer in adapter.layers(model)}
-    if len(widths) != 1:
+    layers = adapter.layers(model)
+    removed = [i for i, layer in enumerate(layers) if not adapter.is_attention_present(layer)]
+    removed_ffn = [i for i, layer in enumerate(layers) if not adapter.is_ffn_present(layer)]
+    widths = {adapter.ffn_width(layer) for layer in layers if adapter.is_ffn_present(layer)}
+    if len(widths) > 1:
         raise CheckpointError(f"FFN widths differ between blocks ({sorted(widths)}); a config cannot express that")
-    if removed:
-        setattr(model.config, REMOVED_KEY, removed)
-    elif hasattr(model.config, REMOVED_KEY):
-        delattr(model.config, REMOVED_KEY)  # nothing non-standard left: a stock checkpoint
+    for key, blocks in ((REMOVED_KEY, removed), (REMOVED_FFN_KEY, removed_ffn)):
+        if blocks:
+            setattr(model.config, key, blocks)
+        elif hasattr(model.config, key):
+            delattr(model.config, key)  # nothing non-standard left of this kind
     model.save_pretrained(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    return SavedCheckpoint(directory, stock=not removed, removed_attention=removed)
+    return SavedCheckpoint(directory, stock=not removed and not removed_ffn, removed_attention=removed,
+                           removed_ffn=removed_ffn)
 
 
 def load_pruned(directory: str | Path, dtype: "torch.dtype | None" = None,
@@ -73,6 +80,7 @@ def load_pruned(directory: str | Path, dtype: "torch.dtype | None" = None,
 
     config = AutoConfig.from_pretrained(directory)
     removed = list(getattr(config, REMOVED_KEY, None) or [])
+    removed_ffn = list(getattr(config, REMOVED_FFN_KEY, None) or [])
     adapter = adapter_for(config)
     log = logging.getLogger("transformers.modeling_utils")
     level = log.level
@@ -84,9 +92,13 @@ def load_pruned(directory: str | Path, dtype: "torch.dtype | None" = None,
         log.setLevel(level)
     layer_prefix = _layer_prefix(model, adapter)
     removable = {f"{layer_prefix}.{i}.{attr}." for i in removed
-                 for attr in (adapter.attention_attr, adapter.attention_norm_attr)}
+                 for attr in (adapter.attention_attr, *adapter.attention_norm_attrs)}
+    removable |= {f"{layer_prefix}.{i}.{attr}." for i in removed_ffn
+                  for attr in (adapter.ffn_attr, *adapter.ffn_norm_attrs)}
     for i in removed:
         adapter.remove_attention(model, i)
+    for i in removed_ffn:
+        adapter.remove_ffn(model, i)
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(tuple(removable)))
     unexpected = sorted(info.get("unexpected_keys", ()))
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))

@@ -161,3 +161,82 @@ def test_achieved_sparsity_counted_from_state_dict(tiny, family):
     per_neuron = 3 * d  # a gate row, an up row, a down column (these models have no MLP biases)
     removed = 2 * (attn + d) + 4 * 85 * per_neuron
     assert dense_numel - _layer_numel(pruned) == removed
+
+
+# --- FFN removal (BlockPruner removes attention and FFN submodules separately) ----------------
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+def test_removed_ffn_owns_nothing_and_block_is_residual_plus_attention(tiny, family):
+    model = tiny.model(family, num_layers=3)
+    adapter = adapter_for(model.config)
+    layer = adapter.layers(model)[1]
+    before = _params(layer)
+    ffn_params = _params(layer.mlp) + _params(layer.post_attention_layernorm)
+    adapter.remove_ffn(model, 1)
+    assert not adapter.is_ffn_present(layer) and adapter.is_attention_present(layer)
+    assert _params(layer) == before - ffn_params
+    assert model.config.twossp_removed_ffn == [1]
+    with pytest.raises(ValueError, match="already removed"):
+        adapter.remove_ffn(model, 1)
+    captured = {}
+    handle = layer.register_forward_hook(
+        lambda mod, args, kwargs, out: captured.update(inp=args[0] if args else kwargs["hidden_states"],
+                                                       kwargs=kwargs, out=out),
+        with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(tiny.tokens(1, 8))
+    finally:
+        handle.remove()
+    h = captured["inp"]
+    attn_kwargs = {k: v for k, v in captured["kwargs"].items() if k in ("attention_mask", "position_embeddings")}
+    with torch.no_grad():
+        attn, _ = layer.self_attn(layer.input_layernorm(h), **attn_kwargs)
+        torch.testing.assert_close(captured["out"], h + attn)
+
+
+def test_ffn_bypassed_restores(tiny):
+    model = tiny.model("llama", num_layers=2)
+    adapter = adapter_for(model.config)
+    layer = adapter.layers(model)[0]
+    mlp, norm = layer.mlp, layer.post_attention_layernorm
+    with adapter.ffn_bypassed(layer):
+        assert not adapter.is_ffn_present(layer)
+    assert layer.mlp is mlp and layer.post_attention_layernorm is norm
+    assert not hasattr(model.config, "twossp_removed_ffn")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_submodule_removal_keeps_generation_and_rebuilds_from_masks(tiny, family, tmp_path):
+    from twossp.checkpoint import load_pruned, save_pruned
+    from twossp.prune.masks import apply_masks, layer_masks
+
+    dense = tiny.model(family, num_layers=5)
+    adapter = adapter_for(dense.config)
+    model = copy.deepcopy(dense)
+    adapter.remove_attention(model, 0)
+    adapter.remove_ffn(model, 0)       # block 0 is now the identity: kept as two stand-ins
+    adapter.remove_ffn(model, 3)
+    adapter.remove_attention(model, 2)
+    prompt = tiny.tokens(1, 6, seed=4)
+    kwargs = dict(do_sample=False, max_new_tokens=8, min_new_tokens=8, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(model.generate(prompt, use_cache=True, **kwargs),
+                           model.generate(prompt, use_cache=False, **kwargs))
+        expected = model(prompt).logits
+
+    # masks: block 0 loses both submodules, so the rebuild deletes it whole (the same function)
+    masks = layer_masks(5, 128, None, [0, 2], removed_ffn=[0, 3])
+    assert [m.removed_block for m in masks] == [True, False, False, False, False]
+    rebuilt = copy.deepcopy(dense)
+    apply_masks(rebuilt, adapter, masks)
+    assert len(adapter.layers(rebuilt)) == 4 and rebuilt.config.twossp_removed_ffn == [2]
+    assert rebuilt.config.twossp_removed_attention == [1]
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(prompt).logits, expected)
+
+    saved = save_pruned(rebuilt, None, tmp_path)
+    assert not saved.stock and saved.removed_ffn == [2] and "FFN removed in blocks [2]" in saved.note
+    reloaded = load_pruned(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(prompt).logits, expected, rtol=0, atol=0)

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from twossp.errors import UnsupportedArchitecture
 from twossp.prune.budget import BlockCounts
 
 
@@ -21,6 +22,14 @@ class RemovedAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
         return torch.zeros_like(hidden_states), None
+
+
+class RemovedFFN(nn.Module):
+    """Stands where a pruned FFN submodule was (BlockPruner removes FFNs whole): no weights, and a
+    zero contribution to the residual stream."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
 
 
 def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -55,9 +64,13 @@ class FamilyAdapter:
 
     name = "?"
     #: Attributes of a decoder layer that a removed attention takes with it: the attention itself
-    #: and the norm that only feeds it. Replaced by a weightless stand-in and ``nn.Identity``.
+    #: and the norms that only touch its input or output. Replaced by a weightless stand-in and
+    #: ``nn.Identity`` (an RMS norm of the zero output is zero, so the identity is exact).
     attention_attr = "self_attn"
-    attention_norm_attr = "input_layernorm"
+    attention_norm_attrs: tuple[str, ...] = ("input_layernorm",)
+    #: The same for the FFN (removed whole by BlockPruner).
+    ffn_attr = "mlp"
+    ffn_norm_attrs: tuple[str, ...] = ("post_attention_layernorm",)
 
     # --- where things are -------------------------------------------------------------------
     def decoder(self, model: nn.Module) -> nn.Module:
@@ -70,7 +83,7 @@ class FamilyAdapter:
         return getattr(layer, self.attention_attr)
 
     def mlp(self, layer: nn.Module) -> nn.Module:
-        return layer.mlp
+        return getattr(layer, self.ffn_attr)
 
     def ffn_down(self, layer: nn.Module) -> nn.Linear:
         """The FFN's down projection: its input is the intermediate activation scored by stage 1."""
@@ -87,14 +100,20 @@ class FamilyAdapter:
     def is_attention_present(self, layer: nn.Module) -> bool:
         return not isinstance(self.attention(layer), RemovedAttention)
 
+    def is_ffn_present(self, layer: nn.Module) -> bool:
+        return not isinstance(self.mlp(layer), RemovedFFN)
+
     def block_counts(self, model: nn.Module) -> BlockCounts:
-        """P_attn and P_mlp measured on block 0, P_layers on every block (PROTOCOL.md, Terms)."""
+        """P_attn and P_mlp measured on the first block that still has each submodule (block 0 of a
+        dense model), P_layers on every block (PROTOCOL.md, Terms)."""
         layers = self.layers(model)
+        with_attn = [layer for layer in layers if self.is_attention_present(layer)]
+        with_ffn = [layer for layer in layers if self.is_ffn_present(layer)]
         return BlockCounts(
             num_layers=len(layers),
-            intermediate_size=self.ffn_width(layers[0]),
-            attn_params=count(self.attention(layers[0])),
-            mlp_params=count(self.mlp(layers[0])),
+            intermediate_size=self.ffn_width(with_ffn[0]) if with_ffn else 0,
+            attn_params=count(self.attention(with_attn[0])) if with_attn else 0,
+            mlp_params=count(self.mlp(with_ffn[0])) if with_ffn else 0,
             layer_params=count(layers),
         )
 
@@ -126,21 +145,43 @@ class FamilyAdapter:
         removed = sorted({*getattr(model.config, "twossp_removed_attention", []), index})
         model.config.twossp_removed_attention = removed
 
+    def remove_ffn(self, model: nn.Module, index: int) -> None:
+        """Replace block ``index``'s FFN (and the norms that only touch it) by a weightless stand-in;
+        recorded in ``config.twossp_removed_ffn``."""
+        layer = self.layers(model)[index]
+        if not self.is_ffn_present(layer):
+            raise ValueError(f"FFN of block {index} is already removed")
+        self._detach_ffn(layer)
+        model.config.twossp_removed_ffn = sorted({*getattr(model.config, "twossp_removed_ffn", []), index})
+
     def _detach_attention(self, layer: nn.Module) -> None:
         setattr(layer, self.attention_attr, RemovedAttention(self.attention(layer).layer_idx))
-        setattr(layer, self.attention_norm_attr, nn.Identity())
+        for attr in self.attention_norm_attrs:
+            setattr(layer, attr, nn.Identity())
+
+    def _detach_ffn(self, layer: nn.Module) -> None:
+        setattr(layer, self.ffn_attr, RemovedFFN())
+        for attr in self.ffn_norm_attrs:
+            setattr(layer, attr, nn.Identity())
 
     @contextmanager
-    def attention_bypassed(self, layer: nn.Module) -> Iterator[None]:
-        """Temporarily run ``layer`` as if its attention were removed (no KV cache involved);
-        the original modules are restored in ``finally``."""
-        saved = getattr(layer, self.attention_attr), getattr(layer, self.attention_norm_attr)
-        self._detach_attention(layer)
+    def _swapped(self, layer: nn.Module, attrs: tuple[str, ...], detach: Any) -> Iterator[None]:
+        saved = {attr: getattr(layer, attr) for attr in attrs}
+        detach(layer)
         try:
             yield
         finally:
-            setattr(layer, self.attention_attr, saved[0])
-            setattr(layer, self.attention_norm_attr, saved[1])
+            for attr, module in saved.items():
+                setattr(layer, attr, module)
+
+    def attention_bypassed(self, layer: nn.Module) -> Any:
+        """Context manager: run ``layer`` as if its attention were removed (no KV cache involved);
+        the original modules are restored on exit."""
+        return self._swapped(layer, (self.attention_attr, *self.attention_norm_attrs), self._detach_attention)
+
+    def ffn_bypassed(self, layer: nn.Module) -> Any:
+        """Context manager: run ``layer`` as if its FFN were removed; restored on exit."""
+        return self._swapped(layer, (self.ffn_attr, *self.ffn_norm_attrs), self._detach_ffn)
 
     def remove_blocks(self, model: nn.Module, indices: list[int]) -> None:
         """Delete whole decoder blocks: the layer list is rebuilt without them, the remaining
@@ -156,18 +197,31 @@ class FamilyAdapter:
         config.num_hidden_layers = len(new_index)
         if getattr(config, "layer_types", None):
             config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in drop]
-        removed = getattr(config, "twossp_removed_attention", None)
-        if removed:
-            config.twossp_removed_attention = sorted(new_index[i] for i in removed if i in new_index)
+        for key in ("twossp_removed_attention", "twossp_removed_ffn"):
+            removed = getattr(config, key, None)
+            if removed:
+                setattr(config, key, sorted(new_index[i] for i in removed if i in new_index))
         self._renumber_cache_slots(model)
 
     def _renumber_cache_slots(self, model: nn.Module) -> None:
-        slot = 0
-        for layer in self.layers(model):
-            attn = self.attention(layer)
+        """Give the live attentions KV-cache slots so that slot 0 is live (transformers reads the
+        cached length from slot 0) and, where layers differ in type (sliding-window vs full,
+        ``config.layer_types``), every attention gets a slot of its own type: a cache builds slot k
+        from ``layer_types[k]``. Each attention takes the lowest free slot of its type."""
+        layers = self.layers(model)
+        types = list(getattr(model.config, "layer_types", None) or [])
+        if len(types) != len(layers):
+            types = ["attention"] * len(layers)
+        free = {t: [k for k, tk in enumerate(types) if tk == t] for t in set(types)}
+        for layer, kind in zip(layers, types):
             if self.is_attention_present(layer):
-                attn.layer_idx = slot
-                slot += 1
+                self.attention(layer).layer_idx = free[kind].pop(0)
+        live = any(self.is_attention_present(layer) for layer in layers)
+        if live and free[types[0]] and free[types[0]][0] == 0:
+            raise UnsupportedArchitecture(
+                f"every {types[0]!r} attention would be removed, leaving KV-cache slot 0 without an attention "
+                "of its type: generation with a cache could not count its length (not supported)"
+            )
 
     def check_supported(self, config: Any) -> None:
         """Raise ``UnsupportedArchitecture`` for configurations this adapter cannot prune."""

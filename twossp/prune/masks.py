@@ -43,14 +43,15 @@ def pack_indices(indices: Sequence[int] | np.ndarray, width: int) -> bytes:
 
 
 def layer_masks(num_layers: int, dense_width: int, kept_ffn: Sequence[Sequence[int]] | None,
-                removed_attention: list[int], removed_blocks: Sequence[int] = ()) -> list[LayerMask]:
+                removed_attention: list[int], removed_blocks: Sequence[int] = (),
+                removed_ffn: Sequence[int] = ()) -> list[LayerMask]:
     """One mask per dense block; ``kept_ffn=None`` means every neuron kept (e.g. the dense model).
-    A removed block keeps neither its attention nor any FFN neuron."""
+    A removed FFN keeps no neuron; a removed block keeps neither its attention nor any neuron."""
     removed = set(removed_attention) | set(removed_blocks)
     masks = []
     for i in range(num_layers):
         kept = kept_ffn[i] if kept_ffn is not None else np.arange(dense_width)
-        if i in removed_blocks:
+        if i in removed_blocks or i in removed_ffn:
             kept = np.arange(0)
         masks.append(LayerMask(i, i not in removed, dense_width, pack_indices(kept, dense_width)))
     return masks
@@ -70,8 +71,10 @@ def apply_masks(model: nn.Module, adapter: FamilyAdapter, masks: list[LayerMask]
     if blocks:
         adapter.remove_blocks(model, blocks)
     remaining = [m for m in ordered if not m.removed_block]
-    if any(m.ffn_kept < m.ffn_width for m in remaining):
-        prune_width(model, adapter, [torch.from_numpy(m.kept_indices()) for m in remaining])
+    if any(0 < m.ffn_kept < m.ffn_width for m in remaining):
+        prune_width(model, adapter, [torch.from_numpy(m.kept_indices()) if m.ffn_kept else None for m in remaining])
     for index, m in enumerate(remaining):
         if not m.attention_kept:
             adapter.remove_attention(model, index)
+        if m.ffn_kept == 0:
+            adapter.remove_ffn(model, index)

@@ -25,6 +25,7 @@ class PruneOutcome:
     removed_attention: list[int]         # blocks whose attention was removed, in order of removal
     timings: dict[str, float] = field(default_factory=dict)
     removed_blocks: list[int] = field(default_factory=list)  # whole blocks deleted (dense indices)
+    removed_ffn: list[int] = field(default_factory=list)     # blocks whose whole FFN was removed
     details: dict = field(default_factory=dict)              # method-specific record for the database
     budget: Budget | None = None
     depth: DepthSearch | None = None

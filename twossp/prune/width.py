@@ -46,10 +46,12 @@ def top_neurons(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.topk(scores, keep).indices.sort().values.cpu()
 
 
-def prune_width(model: nn.Module, adapter: FamilyAdapter, keep_per_layer: list[torch.Tensor]) -> None:
-    """Physically remove the unkept neurons: rows of gate/up, columns of down; config updated."""
+def prune_width(model: nn.Module, adapter: FamilyAdapter, keep_per_layer: list[torch.Tensor | None]) -> None:
+    """Physically remove the unkept neurons: rows of gate/up, columns of down; config updated.
+    ``None`` leaves a block alone (e.g. one whose FFN is removed whole)."""
     for layer, keep in zip(adapter.layers(model), keep_per_layer):
-        adapter.prune_ffn(layer, keep)
-    widths = {len(k) for k in keep_per_layer}
+        if keep is not None:
+            adapter.prune_ffn(layer, keep)
+    widths = {len(k) for k in keep_per_layer if k is not None}
     if len(widths) == 1:
         adapter.set_uniform_ffn_width(model, widths.pop())

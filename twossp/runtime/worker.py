@@ -133,7 +133,8 @@ def _execute(run: RunSpec, result: RunResult, progress: Progress | None) -> None
     result.masks = layer_masks(dense.num_layers, dense.intermediate_size,
                                outcome.kept_ffn if outcome else None,
                                outcome.removed_attention if outcome else [],
-                               outcome.removed_blocks if outcome else [])
+                               outcome.removed_blocks if outcome else [],
+                               outcome.removed_ffn if outcome else [])
 
     seq_len = run.evaluation.seq_len or (run.calibration.seq_len if run.calibration else 2048)
     for source in run.evaluation.perplexity:
