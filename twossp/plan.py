@@ -47,6 +47,7 @@ class RunSpec(Strict):
     calibration: CalibrationRun | None = None
     evaluation: EvaluationSpec
     runtime: RuntimeSpec
+    save_to: str | None = None  # where the pruned model goes (not in the key: it changes no number)
 
     def identity(self) -> dict[str, Any]:
         ident: dict[str, Any] = {
@@ -89,7 +90,8 @@ def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
     runs: list[RunSpec] = []
     for model in spec.models:
         for method in spec.methods:
-            common = dict(sweep=spec.name, model=model, method=method, evaluation=evaluation, runtime=spec.runtime)
+            common = dict(sweep=spec.name, model=model, method=method, evaluation=evaluation, runtime=spec.runtime,
+                          save_to=spec.save_to)
             if isinstance(method, DenseMethod):
                 runs.append(RunSpec(**common))
                 continue
@@ -121,6 +123,6 @@ def expected_blocks(run: RunSpec, config: Any) -> int | None:
     from twossp.families import config_block_counts
     from twossp.prune.budget import blocks_to_remove
 
-    if run.method.name not in ("shortgpt", "window") or run.sparsity is None:
+    if not getattr(run.method, "whole_blocks", False) or run.sparsity is None:
         return None
     return blocks_to_remove(config_block_counts(config).num_layers, run.sparsity)

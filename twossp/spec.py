@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -210,6 +210,7 @@ class ShortGPTMethod(Strict):
     """ShortGPT (arXiv 2403.03853): drop the ceil(s*N) blocks of lowest Block Influence."""
 
     name: Literal["shortgpt"] = "shortgpt"
+    whole_blocks: ClassVar[bool] = True  # removes ceil(s*N) whole blocks
 
 
 class WindowMethod(Strict):
@@ -217,6 +218,7 @@ class WindowMethod(Strict):
     output hidden states are most similar."""
 
     name: Literal["window"] = "window"
+    whole_blocks: ClassVar[bool] = True
 
 
 class BlockPrunerMethod(Strict):
@@ -232,6 +234,7 @@ class EvoPressMethod(Strict):
     fitness = KL divergence to the dense model, multi-step selection."""
 
     name: Literal["evopress"] = "evopress"
+    whole_blocks: ClassVar[bool] = True
     generations: int = Field(default=50, ge=1)
     offspring: int = Field(default=16, ge=1)
     search_seed: int = Field(default=0, ge=0)
@@ -304,6 +307,11 @@ class SweepSpec(Strict):
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    #: Folder where every pruned model is saved, one sub-folder per run key (on a cluster: a path
+    #: every node can write). Not part of the run key: saving changes no number.
+    save_to: str | None = None
+
+    _resolve = field_validator("save_to")(_relative_to_sweep)
 
     @property
     def eval_seq_len(self) -> int:

@@ -271,3 +271,41 @@ def test_interrupt_releases_unfinished_runs(tiny_checkpoint, tmp_path: Path) -> 
         assert {r.status for r in rows_by_key(db).values()} == {"completed"}
     finally:
         db.close()
+
+
+def test_save_to_saves_every_pruned_run_reloadable_to_its_score(tiny_checkpoint, tmp_path: Path) -> None:
+    import torch
+
+    from twossp.checkpoint import load_pruned
+    from twossp.data.tokens import token_stream
+    from twossp.evaluate.perplexity import make_windows, perplexity
+    from twossp.families import adapter_for
+
+    sweep_file = tiny_checkpoint.write_sweep(tmp_path / "sweep.yaml", "tiny-save", save_to="saved",
+                                             methods=["dense", "2ssp", "shortgpt"], sparsities=[0.5])
+    spec = parse_sweep(sweep_file.read_text(), str(sweep_file), base_dir=sweep_file.parent)
+    assert spec.save_to == str(tmp_path / "saved")  # relative to the sweep file's folder
+    plain = tiny_spec(tiny_checkpoint, methods=["dense", "2ssp", "shortgpt"], sparsities=[0.5])
+    assert [r.key for r in plan_sweep(spec)] == [r.key for r in plan_sweep(plain)]  # saving changes no key
+
+    db = Database(f"sqlite:///{tmp_path / 'save.db'}")
+    run_sweep(spec, db, LocalExecutor(), path=str(sweep_file))
+    rows = rows_by_key(db)
+    db.close()
+    saved = sorted(p.name for p in (tmp_path / "saved").iterdir())
+    pruned = {k: r for k, r in rows.items() if r.method != "dense"}
+    assert saved == sorted(pruned)  # one folder per pruned run, named by its key; none partial
+    tokenizer = None
+    for key, row in pruned.items():
+        assert row.status == "completed" and row.details["saved_to"] == str(tmp_path / "saved" / key)
+        assert row.details["saved_stock_checkpoint"] == (row.method == "shortgpt")  # whole blocks: stock
+        model = load_pruned(tmp_path / "saved" / key)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(tmp_path / "saved" / key)
+        source = spec.evaluation.perplexity[0]
+        windows = make_windows(token_stream(tokenizer, source), spec.eval_seq_len, spec.evaluation.max_windows)
+        with torch.no_grad():
+            ppl = perplexity(model, adapter_for(model.config), windows, torch.device("cpu"))
+        stored = next(s.value for s in row.scores if s.metric == "perplexity")
+        assert math.isclose(ppl.perplexity, stored, rel_tol=1e-5), (row.method, ppl.perplexity, stored)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
 import time
@@ -62,6 +63,22 @@ def versions() -> dict[str, Any]:
 
     return {"twossp": twossp.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "git": _git_revision()}
+
+
+def _save(model: Any, tokenizer: Any, directory: Path) -> Any:
+    """Save into a sibling temporary folder, then rename: a run killed while saving never leaves a
+    half-written checkpoint under its final name; a re-run replaces the previous one."""
+    import shutil
+
+    from twossp.checkpoint import save_pruned
+
+    partial = directory.with_name(f".{directory.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    saved = save_pruned(model, tokenizer, partial)
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+    return dataclasses.replace(saved, directory=directory)
 
 
 def execute_run(run: RunSpec, progress: Progress | None = None) -> RunResult:
@@ -146,5 +163,12 @@ def _execute(run: RunSpec, result: RunResult, progress: Progress | None) -> None
         result.scores.append((label, "perplexity", ppl.perplexity))
         result.details.setdefault("evaluation_tokens", {})[label] = ppl.tokens
         lap(f"eval {label}")
+    if run.save_to and run.sparsity is not None:
+        if progress:
+            progress("save", 0, 1)
+        saved = _save(model, tokenizer, Path(run.save_to) / run.key)
+        result.details["saved_to"] = str(saved.directory)
+        result.details["saved_stock_checkpoint"] = saved.stock
+        lap("save")
     del model
     release_memory(device)
