@@ -150,9 +150,14 @@ def _existing_statuses(db_url: str | None, keys: list[str]) -> dict[str, str]:
               help="ray: local Ray cluster (or --address); local: in-process, one run at a time.")
 @click.option("--address", default=None, help="Attach to an existing Ray cluster (auto or HOST:PORT).")
 @click.option("--rerun-failed", is_flag=True, help="Also re-run runs that failed before.")
-def run(file: str, db_url: str | None, executor: str, address: str | None, rerun_failed: bool) -> None:
+@click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Re-submissions of a run whose Ray worker or node died (a run that raises is never retried).")
+@click.option("--stale-after", type=click.FloatRange(min=0.5), default=120.0, show_default=True,
+              help="Seconds without a heartbeat after which another driver's running run counts as abandoned.")
+def run(file: str, db_url: str | None, executor: str, address: str | None, rerun_failed: bool, max_retries: int,
+        stale_after: float) -> None:
     from twossp.dash.live import LiveSweep
-    from twossp.runtime.driver import run_sweep
+    from twossp.runtime.driver import SweepCancelled, run_sweep
     from twossp.spec import load_sweep
 
     try:
@@ -163,7 +168,7 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
     if executor == "ray":
         from twossp.runtime.executors import RayExecutor
 
-        runner = RayExecutor(address=address)
+        runner = RayExecutor(address=address, max_retries=max_retries)
     else:
         from twossp.runtime.executors import LocalExecutor
 
@@ -172,7 +177,10 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         outcome = run_sweep(spec, db, runner, path=str(Path(file).resolve()), rerun_failed=rerun_failed,
-                            display=LiveSweep(console))
+                            display=LiveSweep(console), stale_after=stale_after)
+    except SweepCancelled:
+        err.print("[yellow]cancelled[/] (twossp sweep cancel): unfinished runs were released and will run next time")
+        sys.exit(130)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: unfinished runs were released and will run next time")
         sys.exit(130)
@@ -181,8 +189,11 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
         runner.close()
         db.close()
     console.print()
+    elsewhere = f", {len(outcome.elsewhere)} held by another driver" if outcome.elsewhere else ""
     console.print(f"[bold]{len(outcome.completed)} completed, {len(outcome.failed)} failed, "
-                  f"{len(outcome.skipped)} skipped[/] (results in {db.url})", highlight=False)
+                  f"{len(outcome.skipped)} skipped{elsewhere}[/] (results in {db.url})", highlight=False)
+    for retried_run, reason in outcome.retried:
+        err.print(f"[yellow]retried[/] {retried_run.label} ({retried_run.key}): {reason}", highlight=False)
     for failed_run, error in outcome.failed:
         err.print(f"[red]failed[/] {failed_run.label} ({failed_run.key}): {error.strip().splitlines()[-1]}",
                   highlight=False)
@@ -192,6 +203,37 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+@sweep.command("cancel", help="Ask the drivers running a sweep to stop; their unfinished runs go back to pending.")
+@click.argument("sweep_ref")
+@DB_OPTION
+def cancel(sweep_ref: str, db_url: str | None) -> None:
+    """SWEEP_REF is a sweep file or a sweep name."""
+    from twossp.db import store
+
+    name = sweep_ref
+    if Path(sweep_ref).is_file():
+        from twossp.spec import load_sweep
+
+        try:
+            name = load_sweep(sweep_ref).name
+        except TwosspError as exc:
+            _fail(exc)
+    try:
+        db = _database(db_url)
+    except TwosspError as exc:
+        _fail(exc)
+    try:
+        with db.session() as session:
+            running = store.request_cancel(session, name)
+    finally:
+        db.close()
+    if running is None:
+        err.print(f"no sweep named {name!r} in {db.url}", highlight=False)
+        sys.exit(1)
+    console.print(f"cancel requested for sweep {name!r}: {running} run(s) running; their drivers stop within "
+                  "their heartbeat interval (at most a quarter of --stale-after, 30 s by default)", highlight=False)
 
 
 # ---------------------------------------------------------------------------------- results

@@ -15,6 +15,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Discriminator,
     Field,
@@ -142,8 +143,11 @@ class ModelSpec(Strict):
     gguf: str | None = None
     builtin: str | None = None
     trust_remote_code: bool = False
-    gpus: float = Field(default=0, ge=0)
+    # Ray resources of one run of this model (not part of any run key)
+    gpus: float = Field(default=0, ge=0)             # fractional (shared GPU) or several per run
     cpus: float = Field(default=1, gt=0)
+    memory: ByteSize | None = None                   # host memory, e.g. "48GiB"
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources, e.g. {a100: 1}
 
     _resolve = field_validator("path", "gguf")(_relative_to_sweep)
 
@@ -238,6 +242,8 @@ class EvoPressMethod(Strict):
     generations: int = Field(default=50, ge=1)
     offspring: int = Field(default=16, ge=1)
     search_seed: int = Field(default=0, ge=0)
+    initial_candidates: int = Field(default=64, ge=1)  # random configurations; the fittest starts the search
+    max_mutations: int = Field(default=3, ge=1)  # level-switch swaps per offspring, at most
 
 
 class SliceGPTMethod(Strict):

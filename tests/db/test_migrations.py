@@ -60,8 +60,8 @@ def insert_one_of_each(url: str) -> None:
         db.close()
 
 
-def test_head_is_the_single_initial_revision(db_url: str) -> None:
-    assert head_revision(db_url) == "0001"
+def test_head_revision(db_url: str) -> None:
+    assert head_revision(db_url) == "0002"
 
 
 def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:

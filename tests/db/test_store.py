@@ -33,6 +33,7 @@ evaluation: {perplexity: [{path: /data/eval.txt}], seq_len: 16}
 """
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+OWNER = "test-host:1:driver"
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def claim_all(db: Database, spec, runs: list[RunSpec]) -> None:
     with db.session() as session:
         sweep = store.upsert_sweep(session, spec, "/sweeps/store-test.yaml")
         for run in runs:
-            store.claim(session, sweep, run)
+            assert store.claim(session, sweep.id, run, OWNER, rerun_failed=True, stale_before=T0)
 
 
 def completed(run: RunSpec, ppl: float = 12.5) -> RunResult:
@@ -132,7 +133,7 @@ def test_record_completed_writes_everything_in_one_transaction(db: Database, spe
     claim_all(db, spec, runs)
     run = runs[1]
     with db.session() as session:
-        store.record(session, run, completed(run))
+        store.record(session, run, completed(run), OWNER)
     stored = row(db, run.key)
     assert stored.status == "completed" and stored.error is None
     assert as_utc(stored.started_at) == T0
@@ -161,7 +162,7 @@ def test_record_failed_stores_the_error_and_no_children(db: Database, spec, runs
     result.scores = [("eval.txt", "perplexity", 1.0)]  # a failed result's partial numbers are not kept
     result.timings = {"load": 0.1}
     with db.session() as session:
-        store.record(session, run, result)
+        store.record(session, run, result, OWNER)
     stored = row(db, run.key)
     assert stored.status == "failed"
     assert stored.error == "DataUnavailable: model directory not found: /models/tiny"
@@ -172,14 +173,14 @@ def test_record_failed_stores_the_error_and_no_children(db: Database, spec, runs
 def test_record_of_an_unclaimed_run_is_refused(db: Database, runs: list[RunSpec]) -> None:
     with pytest.raises(LookupError, match="never claimed"):
         with db.session() as session:
-            store.record(session, runs[0], completed(runs[0]))
+            store.record(session, runs[0], completed(runs[0]), OWNER)
 
 
 def test_claiming_again_clears_what_the_previous_attempt_left(db: Database, spec, runs: list[RunSpec]) -> None:
     run = runs[1]
     claim_all(db, spec, [run])
     with db.session() as session:
-        store.record(session, run, completed(run))
+        store.record(session, run, completed(run), OWNER)
     with db.session() as session:  # e.g. the run was later marked failed, and is now rerun
         session.scalar(select(Run).where(Run.key == run.key)).status = "failed"
     first_id = row(db, run.key).id
@@ -191,7 +192,7 @@ def test_claiming_again_clears_what_the_previous_attempt_left(db: Database, spec
     assert children(db, run.key) == {"scores": 0, "timings": 0, "layer_masks": 0}
 
     with db.session() as session:  # and a new result lands cleanly (no unique-constraint clash)
-        store.record(session, run, completed(run, ppl=20.0))
+        store.record(session, run, completed(run, ppl=20.0), OWNER)
     assert children(db, run.key) == {"scores": 2, "timings": 2, "layer_masks": 2}
     with db.session() as session:
         values = session.scalars(select(Score.value).join(Run).where(Run.key == run.key)).all()
@@ -202,7 +203,7 @@ def test_claiming_a_failed_run_clears_its_error(db: Database, spec, runs: list[R
     run = runs[0]
     claim_all(db, spec, [run])
     with db.session() as session:
-        store.record(session, run, failed(run))
+        store.record(session, run, failed(run), OWNER)
     claim_all(db, spec, [run])
     stored = row(db, run.key)
     assert (stored.status, stored.error) == ("running", None)
@@ -212,11 +213,11 @@ def test_release_returns_running_rows_to_pending(db: Database, spec, runs: list[
     claim_all(db, spec, runs)
     dense, s25, s50 = runs
     with db.session() as session:
-        store.record(session, dense, completed(dense))
+        store.record(session, dense, completed(dense), OWNER)
     with db.session() as session:
-        store.record(session, s25, failed(s25))
+        store.record(session, s25, failed(s25), OWNER)
     with db.session() as session:
-        store.release(session, [r.key for r in runs])  # only running rows are touched
+        store.release(session, OWNER, [r.key for r in runs])  # only running rows are touched
     assert [row(db, r.key).status for r in runs] == ["completed", "failed", "pending"]
     assert children(db, dense.key)["scores"] == 2
 
@@ -227,7 +228,7 @@ def test_run_statuses(db: Database, spec, runs: list[RunSpec]) -> None:
         assert store.run_statuses(session, []) == {}
     claim_all(db, spec, runs[:2])
     with db.session() as session:
-        store.record(session, runs[0], completed(runs[0]))
+        store.record(session, runs[0], completed(runs[0]), OWNER)
     with db.session() as session:
         statuses = store.run_statuses(session, [r.key for r in runs] + ["unknown-key"])
     assert statuses == {runs[0].key: "completed", runs[1].key: "running"}
@@ -249,24 +250,121 @@ def test_a_failed_write_rolls_back_and_leaves_the_run_running(db: Database, spec
     result.scores.append(("eval.txt", "perplexity", 99.0))  # violates unique (run_id, dataset, metric)
     with pytest.raises(IntegrityError):
         with db.session() as session:
-            store.record(session, run, result)
+            store.record(session, run, result, OWNER)
     stored = row(db, run.key)
     assert (stored.status, stored.finished_at, stored.achieved_sparsity, stored.details) == (
         "running", None, None, None)
     assert children(db, run.key) == {"scores": 0, "timings": 0, "layer_masks": 0}
     # the run can still be recorded properly afterwards
     with db.session() as session:
-        store.record(session, run, completed(run))
+        store.record(session, run, completed(run), OWNER)
     assert row(db, run.key).status == "completed"
 
 
 def test_completed_runs_filters_by_sweep(db: Database, spec, runs: list[RunSpec]) -> None:
     claim_all(db, spec, runs)
     with db.session() as session:
-        store.record(session, runs[0], completed(runs[0]))
+        store.record(session, runs[0], completed(runs[0]), OWNER)
     with db.session() as session:
-        store.record(session, runs[1], failed(runs[1]))
+        store.record(session, runs[1], failed(runs[1]), OWNER)
     with db.session() as session:
         assert [r.key for r in store.completed_runs(session)] == [runs[0].key]
         assert [r.key for r in store.completed_runs(session, "store-test")] == [runs[0].key]
         assert store.completed_runs(session, "another-sweep") == []
+
+
+# --------------------------------------------------------------------------- claims between drivers
+
+def claim_one(db: Database, spec, run: RunSpec, owner: str, *, rerun_failed: bool = False,
+              stale_before: datetime = T0) -> bool:
+    with db.session() as session:
+        sweep = store.upsert_sweep(session, spec, None)
+        return store.claim(session, sweep.id, run, owner, rerun_failed=rerun_failed, stale_before=stale_before)
+
+
+def test_a_run_held_by_a_live_driver_is_not_claimed_again(db: Database, spec, runs: list[RunSpec]) -> None:
+    run = runs[1]
+    assert claim_one(db, spec, run, "a")
+    assert not claim_one(db, spec, run, "b")  # a's heartbeat is fresh (newer than T0)
+    assert (row(db, run.key).owner, row(db, run.key).attempts) == ("a", 1)
+    with db.session() as session:
+        assert store.record(session, run, completed(run), "b") is None  # b does not hold it: nothing written
+    assert row(db, run.key).status == "running" and children(db, run.key)["scores"] == 0
+
+
+def test_a_stale_running_run_is_taken_over_and_counts_an_attempt(db: Database, spec, runs: list[RunSpec]) -> None:
+    run = runs[1]
+    assert claim_one(db, spec, run, "dead")
+    later = datetime.now(timezone.utc) + timedelta(seconds=1)  # every heartbeat is older than this
+    assert claim_one(db, spec, run, "alive", stale_before=later)
+    stored = row(db, run.key)
+    assert (stored.owner, stored.attempts, stored.status) == ("alive", 2, "running")
+    with db.session() as session:
+        assert store.record(session, run, completed(run), "dead") is None  # the dead driver's late result
+        assert store.record(session, run, completed(run), "alive") is not None
+    assert row(db, run.key).status == "completed"
+    assert not claim_one(db, spec, run, "third", rerun_failed=True, stale_before=later)  # completed: never
+
+
+def test_failed_runs_are_claimed_only_when_asked(db: Database, spec, runs: list[RunSpec]) -> None:
+    run = runs[0]
+    assert claim_one(db, spec, run, "a")
+    with db.session() as session:
+        store.record(session, run, failed(run), "a")
+    assert not claim_one(db, spec, run, "b")
+    assert claim_one(db, spec, run, "b", rerun_failed=True)
+    assert (row(db, run.key).attempts, row(db, run.key).error) == (2, None)
+
+
+def test_heartbeat_refreshes_own_runs_and_reports_cancellation(db: Database, spec, runs: list[RunSpec]) -> None:
+    for run, owner in zip(runs, ("a", "a", "b")):
+        assert claim_one(db, spec, run, owner)
+    with db.session() as session:
+        session.execute(Run.__table__.update().values(heartbeat_at=T0))
+        sweep_id = session.scalar(select(Sweep.id))
+    with db.session() as session:
+        assert store.heartbeat(session, "a", sweep_id) is False
+    beats = {r.key: as_utc(row(db, r.key).heartbeat_at) for r in runs}
+    assert beats[runs[0].key] > T0 and beats[runs[1].key] > T0 and beats[runs[2].key] == T0
+    with db.session() as session:
+        assert store.request_cancel(session, "store-test") == 3
+        assert store.request_cancel(session, "no-such-sweep") is None
+    with db.session() as session:
+        assert store.heartbeat(session, "a", sweep_id) is True
+    with db.session() as session:
+        store.upsert_sweep(session, spec, None)  # running the sweep again clears the request
+    with db.session() as session:
+        assert store.heartbeat(session, "a", sweep_id) is False
+
+
+def test_concurrent_claims_never_give_a_run_twice(db_url: str, spec) -> None:
+    """Four drivers race for the same 25 runs, each in its own thread and connection."""
+    import threading
+
+    many = plan_sweep(spec.model_copy(update={"seeds": list(range(12))}))
+    assert len(many) == 25
+    databases = [Database(db_url) for _ in range(4)]
+    won: dict[str, list[str]] = {}
+    start = threading.Barrier(4)
+
+    def driver(i: int) -> None:
+        start.wait()
+        won[f"d{i}"] = [r.key for r in many if claim_one(databases[i], spec, r, f"d{i}")]
+
+    threads = [threading.Thread(target=driver, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for database in databases:
+        database.close()
+    claimed = [key for keys in won.values() for key in keys]
+    assert sorted(claimed) == sorted(r.key for r in many)  # every run exactly once
+    check = Database(db_url)
+    try:
+        with check.session() as session:
+            owners = dict(session.execute(select(Run.key, Run.owner)).tuples().all())
+            assert all(session.scalars(select(Run.attempts)).all()) and set(session.scalars(select(Run.attempts))) == {1}
+    finally:
+        check.close()
+    assert all(owners[key] == d for d, keys in won.items() for key in keys)

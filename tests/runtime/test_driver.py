@@ -6,6 +6,7 @@ when asked, and an interrupted sweep leaves no run stuck in ``running``.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 import math
 import shutil
 from pathlib import Path
@@ -26,6 +27,9 @@ from twossp.runtime.worker import RunResult
 from twossp.spec import parse_sweep
 
 
+T_LONG_AGO = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
 class SpyExecutor:
     """LocalExecutor that remembers which runs it was asked to execute."""
 
@@ -35,10 +39,10 @@ class SpyExecutor:
         self.inner = LocalExecutor()
         self.asked: list[list[str]] = []
 
-    def execute(self, runs, on_progress):
+    def execute(self, runs, on_progress, on_retry=None):
         runs = list(runs)
         self.asked.append([r.key for r in runs])
-        yield from self.inner.execute(runs, on_progress)
+        yield from self.inner.execute(runs, on_progress, on_retry)
 
     def close(self) -> None:
         self.inner.close()
@@ -210,8 +214,9 @@ def test_rerun_failed_reruns_only_failed_runs(swept, tmp_path: Path) -> None:
         with db.session() as session:
             sweep = session.scalar(select(Sweep))
             for run, status in ((s25, "running"), (s50, "failed")):  # running: left by a driver that died
-                store.claim(session, sweep, run)
-                session.scalar(select(Run).where(Run.key == run.key)).status = status
+                store.claim(session, sweep.id, run, "dead-driver", rerun_failed=True, stale_before=T_LONG_AGO)
+                row = session.scalar(select(Run).where(Run.key == run.key))
+                row.status, row.heartbeat_at = status, T_LONG_AGO
         untouched = rows_by_key(db)[dense.key].finished_at
 
         executor = SpyExecutor()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from functools import lru_cache
 from typing import Any
@@ -30,6 +31,11 @@ def _cached(tokenizer: Any, source: TextSource, seed: int) -> torch.Tensor:
     finally:
         log.setLevel(level)
     return torch.tensor(ids, dtype=torch.long)
+
+
+def tokens_sha256(tokens: torch.Tensor) -> str:
+    """sha256 of token ids as little-endian int64, in order: which exact tokens produced a number."""
+    return hashlib.sha256(tokens.to(torch.int64).contiguous().numpy().astype("<i8").tobytes()).hexdigest()
 
 
 def calibration_windows(tokenizer: Any, source: TextSource, samples: int, seq_len: int, seed: int) -> torch.Tensor:

@@ -36,6 +36,7 @@ class Sweep(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    cancel_requested_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))  # sweep cancel
 
     runs: Mapped[list["Run"]] = relationship(back_populates="sweep")
 
@@ -64,6 +65,10 @@ class Run(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)             # the resolved run spec
     versions: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)  # package versions, git revision
     details: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)   # method-specific: budget, search trace
+    owner: Mapped[Optional[str]] = mapped_column(String(200))          # the driver holding a running run
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))  # its last sign of life
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # times started
+    calibration_sha256: Mapped[Optional[str]] = mapped_column(String(64))  # of the calibration token stream
 
     sweep: Mapped[Sweep] = relationship(back_populates="runs")
     scores: Mapped[list["Score"]] = relationship(back_populates="run", cascade="all, delete-orphan")
@@ -81,6 +86,7 @@ class Score(Base):
     dataset: Mapped[str] = mapped_column(String(200))
     metric: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
+    tokens_sha256: Mapped[Optional[str]] = mapped_column(String(64))  # of the evaluated token stream
 
     run: Mapped[Run] = relationship(back_populates="scores")
 

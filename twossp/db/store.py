@@ -3,26 +3,32 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Iterable
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from twossp.db.models import LayerMaskRow, Run, Score, Sweep, Timing
+from twossp.db.models import LayerMaskRow, Run, Score, Sweep, Timing, utcnow
 from twossp.plan import RunSpec
 from twossp.runtime.worker import RunResult
 from twossp.spec import SweepSpec
 
 
 def upsert_sweep(session: Session, spec: SweepSpec, path: str | None) -> Sweep:
-    row = session.scalar(select(Sweep).where(Sweep.name == spec.name))
+    """The sweep's row, created or refreshed; a cancellation asked earlier is cleared (running the
+    sweep again is a new intent). Two drivers starting the same new sweep at once both get the row."""
     data = spec.model_dump(mode="json")
+    row = session.scalar(select(Sweep).where(Sweep.name == spec.name))
     if row is None:
-        row = Sweep(name=spec.name, path=path, spec=data)
-        session.add(row)
-    else:
-        row.path, row.spec, row.updated_at = path, data, datetime.now(timezone.utc)
+        try:
+            with session.begin_nested():
+                row = Sweep(name=spec.name, path=path, spec=data)
+                session.add(row)
+        except IntegrityError:  # another driver created it first
+            row = session.scalars(select(Sweep).where(Sweep.name == spec.name)).one()
+    row.path, row.spec, row.updated_at, row.cancel_requested_at = path, data, utcnow(), None
     session.flush()
     return row
 
@@ -36,41 +42,90 @@ def run_statuses(session: Session, keys: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def claim(session: Session, sweep: Sweep, run: RunSpec) -> None:
-    """Mark ``run`` as running (creating its row if new), clearing what a previous attempt left."""
-    row = session.scalar(select(Run).where(Run.key == run.key))
-    now = datetime.now(timezone.utc)
+def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_failed: bool,
+          stale_before: datetime) -> bool:
+    """Atomically make ``run`` ``running`` under ``owner``, if nobody else may hold it: new, pending,
+    failed (with ``rerun_failed``), or ``running`` with a heartbeat older than ``stale_before`` (its
+    driver died). False when it is completed or held by a live driver. What a previous attempt left
+    (scores, timings, masks) is cleared in the same transaction."""
+    now = utcnow()
+    values = dict(status="running", owner=owner, heartbeat_at=now, attempts=Run.attempts + 1, error=None,
+                  started_at=now, finished_at=None, sweep_id=sweep_id,
+                  calibration_samples=run.calibration.samples if run.calibration else None,
+                  seed=run.calibration.seed if run.calibration else None)
+    row_id = session.scalar(select(Run.id).where(Run.key == run.key))
+    if row_id is None:
+        try:
+            with session.begin_nested():
+                session.add(Run(key=run.key, model=run.model.label, method=run.method.name,
+                                target_sparsity=run.sparsity or 0.0, spec=run.model_dump(mode="json"),
+                                **{**values, "attempts": 1}))
+            return True
+        except IntegrityError:  # another driver inserted it between our read and our write
+            row_id = session.scalar(select(Run.id).where(Run.key == run.key))
+    claimable = or_(
+        Run.status == "pending",
+        and_(Run.status == "failed", rerun_failed),
+        and_(Run.status == "running", or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < stale_before)),
+    )
+    taken = session.execute(update(Run).where(Run.id == row_id, claimable).values(**values)
+                            .execution_options(synchronize_session=False))
+    if taken.rowcount != 1:
+        return False
+    for child in (Score, Timing, LayerMaskRow):
+        session.execute(delete(child).where(child.run_id == row_id))
+    return True
+
+
+def heartbeat(session: Session, owner: str, sweep_id: int) -> bool:
+    """Refresh the heartbeat of every run ``owner`` holds; True if the sweep was asked to cancel."""
+    session.execute(update(Run).where(Run.owner == owner, Run.status == "running")
+                    .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
+    return session.scalar(select(Sweep.cancel_requested_at).where(Sweep.id == sweep_id)) is not None
+
+
+def add_attempt(session: Session, key: str, owner: str) -> None:
+    """A run restarted by its executor (its node died) counts one more attempt."""
+    session.execute(update(Run).where(Run.key == key, Run.owner == owner)
+                    .values(attempts=Run.attempts + 1).execution_options(synchronize_session=False))
+
+
+def request_cancel(session: Session, name: str) -> int | None:
+    """Ask the drivers of sweep ``name`` to stop; the number of its runs now running, or None if
+    there is no such sweep."""
+    row = session.scalar(select(Sweep).where(Sweep.name == name))
     if row is None:
-        row = Run(key=run.key, sweep_id=sweep.id, model=run.model.label, method=run.method.name,
-                  target_sparsity=run.sparsity or 0.0, spec=run.model_dump(mode="json"))
-        session.add(row)
-    else:
-        for child in (Score, Timing, LayerMaskRow):
-            session.execute(delete(child).where(child.run_id == row.id))
-    row.status, row.error, row.started_at, row.finished_at = "running", None, now, None
-    row.calibration_samples = run.calibration.samples if run.calibration else None
-    row.seed = run.calibration.seed if run.calibration else None
+        return None
+    row.cancel_requested_at = utcnow()
+    return len(session.scalars(select(Run.id).where(Run.sweep_id == row.id, Run.status == "running")).all())
 
 
-def release(session: Session, keys: Iterable[str]) -> None:
-    """Runs claimed but not finished (the driver was interrupted) go back to pending."""
-    for row in session.scalars(select(Run).where(Run.key.in_(list(keys)), Run.status == "running")):
-        row.status = "pending"
+def release(session: Session, owner: str, keys: Iterable[str]) -> None:
+    """Runs ``owner`` claimed but did not finish (interrupted, cancelled) go back to pending."""
+    session.execute(update(Run).where(Run.key.in_(list(keys)), Run.owner == owner, Run.status == "running")
+                    .values(status="pending", heartbeat_at=None).execution_options(synchronize_session=False))
 
 
-def record(session: Session, run: RunSpec, result: RunResult) -> Run:
+def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run | None:
+    """Store a finished run in the caller's transaction: all of it, or (on error) nothing. None if
+    ``owner`` no longer holds the run (another driver took it over as stale): the result is dropped
+    rather than written twice."""
     row = session.scalar(select(Run).where(Run.key == run.key))
     if row is None:
         raise LookupError(f"run {run.key} was never claimed")
+    if row.owner != owner or row.status != "running":
+        return None
     row.status, row.error = result.status, result.error
     row.started_at = result.started_at or row.started_at
-    row.finished_at = result.finished_at or datetime.now(timezone.utc)
+    row.finished_at = result.finished_at or utcnow()
     row.achieved_sparsity = result.achieved_sparsity
     row.params_dense, row.params_pruned = result.params_dense, result.params_pruned
     row.host, row.device, row.versions = result.host, result.device, result.versions or None
     row.details = result.details or None
+    row.calibration_sha256 = result.calibration_sha256
     if result.status == "completed":
-        row.scores = [Score(dataset=d, metric=m, value=v) for d, m, v in result.scores]
+        row.scores = [Score(dataset=d, metric=m, value=v, tokens_sha256=result.token_hashes.get(d))
+                      for d, m, v in result.scores]
         row.timings = [Timing(phase=p, seconds=s) for p, s in result.timings.items()]
         row.layer_masks = [LayerMaskRow(layer=m.layer, attention_kept=m.attention_kept, ffn_kept=m.ffn_kept,
                                         ffn_width=m.ffn_width, ffn_mask=m.ffn_mask) for m in result.masks]

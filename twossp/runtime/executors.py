@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 from twossp.plan import RunSpec
@@ -15,10 +16,19 @@ from twossp.runtime.worker import RunResult, execute_run
 OnProgress = Callable[[str, str, int, int], None]  # run key, phase, done, total
 
 
+OnRetry = Callable[[RunSpec, str], None]                 # run, why it is retried
+
+#: Retries of a run whose worker or node died (not of a run that raised: that is recorded as failed).
+MAX_RETRIES = 2
+
+
 class LocalExecutor:
+    """In-process, one run at a time; runs are pulled from ``runs`` only when the previous finished."""
+
     name = "local"
 
-    def execute(self, runs: Iterable[RunSpec], on_progress: OnProgress) -> Iterator[tuple[RunSpec, RunResult]]:
+    def execute(self, runs: Iterable[RunSpec], on_progress: OnProgress,
+                on_retry: OnRetry | None = None) -> Iterator[tuple[RunSpec, RunResult]]:
         for run in runs:
             yield run, execute_run(run, progress=lambda phase, done, total, k=run.key: on_progress(k, phase, done, total))
 
@@ -58,11 +68,47 @@ class _ProgressBoard:
         return events
 
 
-class RayExecutor:
-    name = "ray"
+def _demand(run: RunSpec) -> dict[str, float]:
+    """The Ray resources one run of ``run``'s model asks for."""
+    need = {"CPU": run.model.cpus, "GPU": run.model.gpus, **run.model.resources}
+    if run.model.memory:
+        need["memory"] = float(run.model.memory)
+    return {name: amount for name, amount in need.items() if amount}
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None):
-        self.address, self.num_cpus = address, num_cpus
+
+def unsatisfiable(need: dict[str, float], nodes: list[dict[str, float]]) -> str | None:
+    """Why no node in ``nodes`` (their total resources) can ever run a task needing ``need``, or None.
+    A run is placed on one node: a cluster of two 1-GPU nodes cannot run a 2-GPU run."""
+    if any(all(node.get(r, 0) >= amount for r, amount in need.items()) for node in nodes):
+        return None
+    wanted = ", ".join(f"{amount:g} {r}" for r, amount in need.items())
+    best = max(nodes, key=lambda node: sum(node.get(r, 0) >= a for r, a in need.items()), default={})
+    has = ", ".join(f"{best.get(r, 0):g} {r}" for r in need) if nodes else "no alive node"
+    return (f"a run needs {wanted} on one node, but no alive node of the Ray cluster has that "
+            f"(the closest has {has}); lower the model's resources in the sweep or attach a cluster that has them "
+            "(--address)")
+
+
+#: Ray errors meaning the run's worker process or node went away: the run itself did nothing wrong.
+_LOST = ("NodeDiedError", "WorkerCrashedError", "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError",
+         "ObjectReconstructionFailedError", "RaySystemError")
+
+
+class RayExecutor:
+    """Runs on Ray: a private local cluster bound to loopback, or an existing cluster (``address``).
+
+    Runs are pulled (and so claimed by the driver) only as the cluster can start them, so several
+    drivers share the work. Ray's own retries are off: a run whose worker or node dies is re-submitted
+    here, at most ``max_retries`` times, and reported through ``on_retry``; a run that raises is a
+    failed result, never retried; a worker killed by Ray's memory monitor is a failed run that says so.
+    """
+
+    name = "ray"
+    #: seconds between checks that every waiting run can still be placed (the cluster may shrink)
+    recheck_every = 5.0
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, max_retries: int = MAX_RETRIES):
+        self.address, self.num_cpus, self.max_retries = address, num_cpus, max_retries
         self._ray = None
         self._started = False
 
@@ -74,12 +120,16 @@ class RayExecutor:
             # A private single-node cluster with every listener on loopback. Ray reads this flag
             # when it is first imported, so it is set before the import.
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        elif self.address != "auto" and not self.address.startswith("ray://"):
+            # Ray 2.60 authenticates with ~/.ray/auth_token; by explicit address the driver has to
+            # be told to send it (by "auto" it finds out by itself).
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
         if not ray.is_initialized():
             if self.address:
-                ray.init(address=self.address, log_to_driver=False)
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
             else:
                 ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False,
                          log_to_driver=False, logging_level=logging.ERROR)
@@ -89,43 +139,87 @@ class RayExecutor:
         self._board_cls = ray.remote(num_cpus=0)(_ProgressBoard)
         return ray
 
-    def unsatisfiable(self, run: RunSpec) -> str | None:
-        """Why no node of the cluster could ever run ``run``, or None."""
-        total = self._connect().cluster_resources()
-        for resource, need in (("CPU", run.model.cpus), ("GPU", run.model.gpus)):
-            if need and total.get(resource, 0) < need:
-                return (f"run needs {need:g} {resource} but the Ray cluster has {total.get(resource, 0):g}; "
-                        f"lower `{resource.lower()}s` for this model or attach a bigger cluster with --address")
-        return None
+    def _nodes(self) -> list[dict[str, float]]:
+        return [node["Resources"] for node in self._connect().nodes() if node.get("Alive")]
 
-    def execute(self, runs: Iterable[RunSpec], on_progress: OnProgress) -> Iterator[tuple[RunSpec, RunResult]]:
-        runs = list(runs)
-        if not runs:
+    def unsatisfiable(self, run: RunSpec) -> str | None:
+        """Why no alive node of the cluster could ever run ``run``, or None."""
+        return unsatisfiable(_demand(run), self._nodes())
+
+    def capacity(self, run: RunSpec) -> int:
+        """How many runs like ``run`` the alive nodes can hold at once (at least 1)."""
+        need = _demand(run)
+        return max(1, sum(int(min(node.get(r, 0) // a for r, a in need.items())) if need else 1
+                          for node in self._nodes()))
+
+    def _submit(self, run: RunSpec, board: Any) -> Any:
+        options: dict[str, Any] = {"num_cpus": run.model.cpus, "num_gpus": run.model.gpus, "max_retries": 0}
+        if run.model.memory:
+            options["memory"] = int(run.model.memory)
+        if run.model.resources:
+            options["resources"] = dict(run.model.resources)
+        if run.model.gpus:
+            options["max_calls"] = 1  # a fresh worker per GPU run: memory goes back between runs
+        return self._task.options(**options).remote(run.model_dump(mode="json"), board)
+
+    def execute(self, runs: Iterable[RunSpec], on_progress: OnProgress,
+                on_retry: OnRetry | None = None) -> Iterator[tuple[RunSpec, RunResult]]:
+        source = iter(runs)
+        first = next(source, None)
+        if first is None:
             return
         ray = self._connect()
         board = self._board_cls.remote()
-        pending: dict[Any, RunSpec] = {}
-        for run in runs:
-            reason = self.unsatisfiable(run)
-            if reason:
-                yield run, RunResult(key=run.key, status="failed", error=f"ResourcesUnavailable: {reason}")
-                continue
-            options: dict[str, Any] = {"num_cpus": run.model.cpus, "num_gpus": run.model.gpus}
-            if run.model.gpus:
-                options["max_calls"] = 1  # a fresh worker per GPU run: memory goes back between runs
-            pending[self._task.options(**options).remote(run.model_dump(mode="json"), board)] = run
+        pending: dict[Any, tuple[RunSpec, int]] = {}  # ref -> (run, retries so far)
+        waiting: list[RunSpec] = [first]
+        limit = self.capacity(first)
+        last_check = time.monotonic()
         try:
-            while pending:
+            while True:
+                while len(pending) + len(waiting) < limit:  # pull (and so claim) only what can start
+                    nxt = next(source, None)
+                    if nxt is None:
+                        break
+                    waiting.append(nxt)
+                for run in waiting:
+                    reason = self.unsatisfiable(run)
+                    if reason:
+                        yield run, RunResult(key=run.key, status="failed", error=f"ResourcesUnavailable: {reason}")
+                        continue
+                    pending[self._submit(run, board)] = (run, 0)
+                    limit = self.capacity(run)
+                waiting = []
+                if not pending:
+                    next_run = next(source, None)
+                    if next_run is None:
+                        break
+                    waiting.append(next_run)
+                    continue
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 for event in ray.get(board.drain.remote()):
                     on_progress(*event)
                 for ref in done:
-                    run = pending.pop(ref)
+                    run, retries = pending.pop(ref)
                     try:
                         result = ray.get(ref)
-                    except Exception as exc:  # noqa: BLE001 - the worker or its node died: record it
-                        result = RunResult(key=run.key, status="failed", error=f"{type(exc).__name__}: {exc}")
+                    except Exception as exc:  # noqa: BLE001 - the worker or its node died
+                        kind = type(exc).__name__
+                        if kind in _LOST and retries < self.max_retries and not self.unsatisfiable(run):
+                            if on_retry:
+                                on_retry(run, f"{kind} (retry {retries + 1} of {self.max_retries})")
+                            pending[self._submit(run, board)] = (run, retries + 1)
+                            continue
+                        result = RunResult(key=run.key, status="failed", error=_lost_message(exc, retries))
                     yield run, result
+                if time.monotonic() - last_check > self.recheck_every:  # the cluster may have shrunk
+                    last_check = time.monotonic()
+                    for ref, (run, _) in list(pending.items()):
+                        reason = self.unsatisfiable(run)
+                        if reason:
+                            ray.cancel(ref, force=True)
+                            del pending[ref]
+                            yield run, RunResult(key=run.key, status="failed",
+                                                 error=f"ResourcesUnavailable: the cluster shrank: {reason}")
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -134,3 +228,14 @@ class RayExecutor:
     def close(self) -> None:
         if self._started and self._ray is not None:
             self._ray.shutdown()
+
+
+def _lost_message(exc: Exception, retries: int) -> str:
+    kind = type(exc).__name__
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if kind == "OutOfMemoryError":
+        return (f"OutOfMemory: the host ran out of memory and Ray's memory monitor killed the worker ({first}); "
+                "give the model a larger `memory` in the sweep so fewer runs share a node")
+    if kind in _LOST:
+        return f"{kind}: the run's worker or node was lost after {retries} retries: {first}"
+    return f"{kind}: {first}"

@@ -36,6 +36,8 @@ class RunResult:
     scores: list[tuple[str, str, float]] = field(default_factory=list)   # (dataset, metric, value)
     timings: dict[str, float] = field(default_factory=dict)
     masks: list[LayerMask] = field(default_factory=list)
+    calibration_sha256: str | None = None                             # of the calibration windows used
+    token_hashes: dict[str, str] = field(default_factory=dict)        # dataset -> sha256 of its windows
     details: dict[str, Any] = field(default_factory=dict)
     host: str | None = None
     device: str | None = None
@@ -85,23 +87,41 @@ def execute_run(run: RunSpec, progress: Progress | None = None) -> RunResult:
     """Run one cell of the grid. Any exception becomes a ``failed`` result carrying its message
     (library errors) or traceback (anything unexpected); it is never raised to the caller."""
     result = RunResult(key=run.key, status="running", started_at=_now(), host=platform.node())
+    phase = ["start"]
+
+    def track(name: str, done: int, total: int) -> None:
+        phase[0] = name
+        if progress:
+            progress(name, done, total)
+
     try:
-        _execute(run, result, progress)
+        _execute(run, result, track)
         result.status = "completed"
     except TwosspError as exc:
         result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
-    except Exception:  # noqa: BLE001 - a failing run is recorded, the sweep goes on
+    except Exception as exc:  # noqa: BLE001 - a failing run is recorded, the sweep goes on
         result.status, result.error = "failed", traceback.format_exc(limit=20)
+        if _out_of_memory(exc):
+            result.error = (f"OutOfMemory: {result.device or 'the device'} ran out of memory during {phase[0]}: "
+                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}; "
+                            "give the run more memory (gpus/memory in the sweep) or a smaller dtype\n"
+                            + result.error)
     finally:
         result.finished_at = _now()
     return result
 
 
-def _execute(run: RunSpec, result: RunResult, progress: Progress | None) -> None:
+def _out_of_memory(exc: BaseException) -> bool:
+    from twossp.runtime.device import out_of_memory
+
+    return out_of_memory(exc)
+
+
+def _execute(run: RunSpec, result: RunResult, progress: Progress) -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from twossp.data.tokens import calibration_windows, token_stream
+    from twossp.data.tokens import calibration_windows, token_stream, tokens_sha256
     from twossp.evaluate.perplexity import make_windows, perplexity
     from twossp.families import adapter_for
     from twossp.prune.methods import prune
@@ -138,6 +158,7 @@ def _execute(run: RunSpec, result: RunResult, progress: Progress | None) -> None
         if progress:
             progress("calibration", 0, 1)
         windows = calibration_windows(tokenizer, calib.source, calib.samples, calib.seq_len, calib.seed)
+        result.calibration_sha256 = tokens_sha256(windows)
         lap("calibration data")
         outcome = prune(model, adapter, windows, run.sparsity, run.method, device, progress)
         result.timings.update(outcome.timings)
@@ -161,6 +182,7 @@ def _execute(run: RunSpec, result: RunResult, progress: Progress | None) -> None
             raise TwosspError(f"evaluation text {label!r} is shorter than one window of {seq_len} tokens")
         ppl = perplexity(model, adapter, windows, device, progress, phase=f"eval {label}")
         result.scores.append((label, "perplexity", ppl.perplexity))
+        result.token_hashes[label] = tokens_sha256(windows)
         result.details.setdefault("evaluation_tokens", {})[label] = ppl.tokens
         lap(f"eval {label}")
     if run.save_to and run.sparsity is not None:
