@@ -87,7 +87,13 @@ class Database:
             return
         tables = set(inspect(self.engine).get_table_names())
         if current is None and not tables and auto_upgrade:
-            upgrade(self.url)  # first use: create the schema
+            try:
+                upgrade(self.url)  # first use: create the schema
+            except Exception:
+                # Two drivers starting on one empty database race to create it: the loser fails
+                # on tables the winner created. Fine, if the schema is now complete.
+                if current_revision(self.engine) != head:
+                    raise
             return
         hint = f"twossp db upgrade --db '{self.url}'"
         if current is None:
