@@ -49,8 +49,11 @@ class SavedCheckpoint:
 def save_pruned(model: "nn.Module", tokenizer: Any, directory: str | Path) -> SavedCheckpoint:
     """Save ``model`` (pruned in place by twossp) and its tokenizer to ``directory``."""
     from twossp.families import adapter_for
+    from twossp.prune import slicegpt
 
     directory = Path(directory)
+    if slicegpt.is_sliced(model.config):  # rotated and sliced: shortcut matrices, not masks
+        return slicegpt.save_sliced(model, tokenizer, directory)
     adapter = adapter_for(model.config)
     layers = adapter.layers(model)
     removed = [i for i, layer in enumerate(layers) if not adapter.is_attention_present(layer)]
@@ -77,8 +80,11 @@ def load_pruned(directory: str | Path, dtype: "torch.dtype | None" = None,
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from twossp.families import adapter_for
+    from twossp.prune import slicegpt
 
     config = AutoConfig.from_pretrained(directory)
+    if slicegpt.is_sliced(config):  # rotated and sliced: rebuilt from config.twossp_slicegpt
+        return slicegpt.load_sliced(directory, config, dtype).to(device).eval()
     removed = list(getattr(config, REMOVED_KEY, None) or [])
     removed_ffn = list(getattr(config, REMOVED_FFN_KEY, None) or [])
     adapter = adapter_for(config)

@@ -1,0 +1,538 @@
+"""SliceGPT (Ashkboos et al., arXiv 2401.15024): rotate the residual stream onto its principal
+components, then delete the least important ones, so that every matrix that reads or writes the
+stream loses whole columns or rows.
+
+Three steps, as in the paper:
+
+1. RMSNorm scales are fused into the linear layers that follow them (Sec. 3.2), leaving a weightless
+   RMS normalisation, which commutes with any orthogonal Q: ``RMSNorm(x Q) = RMSNorm(x) Q``.
+2. At every place the stream is read (the embedding output, the input of each attention, the input
+   of each FFN) a PCA of the calibration signal gives Q, its columns by decreasing eigenvalue of
+   ``X^T X`` (Sec. 3.3). The signals come from the model whose earlier blocks are already sliced,
+   block by block (Sec. 3.4), each PCA taken in the dense model's own coordinates.
+3. The stream is kept in the first D' of those coordinates (Sec. 3.4): readers become ``W Q[:, :D']``,
+   writers ``Q[:, :D']^T W``, and since consecutive places have different Q each residual connection
+   gets a shortcut matrix ``Q_prev[:, :D']^T Q_next[:, :D']``. A block computes
+
+       x_mid = x S_attn + Attn(N(x)),    x_out = x_mid S_mlp + MLP(N(x_mid))
+
+   with N the weightless normalisation. The shortcut matrices are parameters of the block and count
+   towards its size.
+
+As in the authors' code, N divides the sum of squares by the *dense* width D, not by D': a sliced
+signal keeps the scale its full-width self had, up to the energy of the discarded directions. And,
+as their default does, the last block's output and the LM head stay at width D (rotated, not
+sliced); ``slice_head=True`` slices them too.
+
+``config.hidden_size`` is left alone: attention and rotary shapes derive from it. The sliced width
+is recorded in ``config.twossp_slicegpt``, from which ``rebuild_sliced`` reshapes a freshly built
+model before a checkpoint's weights are loaded into it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from twossp.checkpoint import CheckpointError, SavedCheckpoint
+from twossp.errors import BudgetError, UnsupportedArchitecture
+from twossp.families.base import FamilyAdapter, RemovedAttention
+from twossp.prune.two_stage import PruneOutcome
+
+if TYPE_CHECKING:
+    from twossp.spec import SliceGPTMethod
+
+Progress = Callable[[str, int, int], None]
+
+CONFIG_KEY = "twossp_slicegpt"
+
+#: Architectures whose blocks are plain pre-norm RMSNorm blocks with an unscaled embedding: the
+#: only shape the rotation is exact for. Gemma (scaled embedding, (1 + w) norms, sandwich norms)
+#: and anything else is refused before any work is done.
+SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM")
+
+#: Which linears of a block read the residual stream (their input features are sliced) and which
+#: write it (their output features are sliced), by attribute name. Phi-3 fuses q/k/v and gate/up.
+READS_ATTENTION = ("q_proj", "k_proj", "v_proj", "qkv_proj")
+WRITES_ATTENTION = "o_proj"
+READS_MLP = ("gate_proj", "up_proj", "gate_up_proj")
+WRITES_MLP = "down_proj"
+_LAYER_CHILDREN = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
+_PARAMETERLESS_CHILDREN = {"resid_attn_dropout", "resid_mlp_dropout"}  # Phi-3; identities in eval mode
+
+
+class RMSNormalize(nn.Module):
+    """RMS normalisation without a scale (fused into the next linears), dividing the sum of squares
+    by the dense width ``dense_size`` whatever the width of its input."""
+
+    def __init__(self, dense_size: int, eps: float):
+        super().__init__()
+        self.dense_size = dense_size
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()  # as transformers' RMSNorm: statistics in fp32
+        mean_square = x32.pow(2).sum(-1, keepdim=True) / self.dense_size
+        return (x32 * torch.rsqrt(mean_square + self.eps)).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"dense_size={self.dense_size}, eps={self.eps}"
+
+
+class SlicedDecoderLayer(nn.Module):
+    """A pre-norm decoder block after SliceGPT: the family's own attention and FFN modules (with
+    sliced linears), weightless norms, and a shortcut matrix on each residual connection.
+
+    Takes the arguments transformers 5 passes to a decoder layer and returns a tensor, as its
+    layers do; the attention keeps its ``layer_idx``, so the KV cache works unchanged."""
+
+    def __init__(self, self_attn: nn.Module, mlp: nn.Module, input_layernorm: nn.Module,
+                 post_attention_layernorm: nn.Module, attn_shortcut: nn.Module, mlp_shortcut: nn.Module,
+                 attention_type: str | None = None):
+        super().__init__()
+        self.self_attn = self_attn
+        self.mlp = mlp
+        self.input_layernorm = input_layernorm
+        self.post_attention_layernorm = post_attention_layernorm
+        self.attn_shortcut = attn_shortcut
+        self.mlp_shortcut = mlp_shortcut
+        if attention_type is not None:
+            self.attention_type = attention_type
+
+    def attention_half(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       position_ids: torch.Tensor | None = None, cache: Any = None, use_cache: bool | None = False,
+                       position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       **kwargs: Any) -> torch.Tensor:
+        """x_mid = x S_attn + Attn(N(x))"""
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)  # the name transformers used before ``cache``
+        attn, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), attention_mask=attention_mask,
+                                 position_ids=position_ids, cache=cache, use_cache=use_cache,
+                                 position_embeddings=position_embeddings, **kwargs)
+        return self.attn_shortcut(hidden_states) + attn
+
+    def mlp_half(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """x_out = x_mid S_mlp + MLP(N(x_mid))"""
+        return self.mlp_shortcut(hidden_states) + self.mlp(self.post_attention_layernorm(hidden_states))
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.mlp_half(self.attention_half(hidden_states, *args, **kwargs))
+
+
+# --- structure ----------------------------------------------------------------------------------
+def check_supported(model: nn.Module, adapter: FamilyAdapter) -> None:
+    """Raise ``UnsupportedArchitecture`` unless the rotation is exact for ``model``: a listed
+    architecture, an unscaled ``nn.Embedding``, every block pre-norm with two RMSNorms, a present
+    attention and FFN whose stream-facing linears are the expected ones."""
+    archs = list(getattr(model.config, "architectures", None) or [])
+    if not any(arch in SUPPORTED for arch in archs):
+        raise UnsupportedArchitecture(
+            f"SliceGPT is not implemented for {', '.join(archs) or type(model).__name__}; "
+            f"supported: {', '.join(SUPPORTED)}")
+    if getattr(model.config, CONFIG_KEY, None):
+        raise UnsupportedArchitecture("this model has already been sliced by SliceGPT")
+    adapter.check_supported(model.config)
+    embed = model.get_input_embeddings()
+    if type(embed) is not nn.Embedding:
+        raise UnsupportedArchitecture(f"SliceGPT needs a plain nn.Embedding, got {type(embed).__name__}")
+    width = embed.embedding_dim
+    norms = [adapter.final_norm(model)]
+    for i, layer in enumerate(adapter.layers(model)):
+        children = {name for name, _ in layer.named_children()}
+        if not _LAYER_CHILDREN <= children or children - _LAYER_CHILDREN - _PARAMETERLESS_CHILDREN:
+            raise UnsupportedArchitecture(
+                f"block {i} has submodules {sorted(children)}; SliceGPT handles pre-norm blocks made of "
+                f"{sorted(_LAYER_CHILDREN)} only (attention or FFN removed, or another layout)")
+        if isinstance(adapter.attention(layer), RemovedAttention):
+            raise UnsupportedArchitecture(f"block {i} has no attention: SliceGPT needs the dense model")
+        if not adapter.is_ffn_present(layer):
+            raise UnsupportedArchitecture(f"block {i} has no FFN: SliceGPT needs the dense model")
+        _stream_linears(adapter.attention(layer), READS_ATTENTION, WRITES_ATTENTION, width, f"block {i} attention")
+        _stream_linears(adapter.mlp(layer), READS_MLP, WRITES_MLP, width, f"block {i} FFN")
+        norms += [layer.input_layernorm, layer.post_attention_layernorm]
+    for norm in norms:
+        weight = getattr(norm, "weight", None)
+        if (not type(norm).__name__.endswith("RMSNorm") or not hasattr(norm, "variance_epsilon")
+                or weight is None or tuple(weight.shape) != (width,)):
+            raise UnsupportedArchitecture(f"SliceGPT needs RMSNorm(weight * x / rms(x)) norms, got {norm}")
+    if len({float(norm.variance_epsilon) for norm in norms}) != 1:
+        raise UnsupportedArchitecture("SliceGPT expects one RMSNorm epsilon throughout the model")
+
+
+def _stream_linears(module: nn.Module, reads: tuple[str, ...], writes: str, width: int,
+                    where: str) -> tuple[list[str], str]:
+    """The names of ``module``'s linears that read the stream, and of the one that writes it."""
+    present = [name for name in reads if isinstance(getattr(module, name, None), nn.Linear)]
+    out = getattr(module, writes, None)
+    if not present or not isinstance(out, nn.Linear):
+        raise UnsupportedArchitecture(f"{where}: expected linears {list(reads)} and {writes!r}")
+    if any(getattr(module, name).in_features != width for name in present) or out.out_features != width:
+        raise UnsupportedArchitecture(f"{where}: stream-facing linears do not have the hidden width {width}")
+    return present, writes
+
+
+def sliced_layer_params(model: nn.Module, adapter: FamilyAdapter, width: int, slice_head: bool = False) -> int:
+    """P_layers of ``model`` (dense) once sliced to ``width``, shortcut matrices included and the
+    norm scales gone (fused into the linears)."""
+    dense = model.get_input_embeddings().embedding_dim
+    layers = adapter.layers(model)
+    total = 0
+    for i, layer in enumerate(layers):
+        d_out = width if slice_head or i < len(layers) - 1 else dense
+        for module, reads, writes, d_read, d_write in (
+                (adapter.attention(layer), READS_ATTENTION, WRITES_ATTENTION, width, width),
+                (adapter.mlp(layer), READS_MLP, WRITES_MLP, width, d_out)):
+            names, out_name = _stream_linears(module, reads, writes, dense, "")
+            facing = {getattr(module, name) for name in names} | {getattr(module, out_name)}
+            total += sum(p.numel() for m in module.modules() if m not in facing for p in m.parameters(recurse=False))
+            for name in names:
+                linear = getattr(module, name)
+                total += linear.out_features * d_read + (linear.out_features if linear.bias is not None else 0)
+            out = getattr(module, out_name)
+            total += d_write * out.in_features + (d_write if out.bias is not None else 0)
+        total += width * width + width * d_out  # the two shortcut matrices
+    return total
+
+
+def choose_width(model: nn.Module, adapter: FamilyAdapter, sparsity: float, round_to: int,
+                 slice_head: bool = False) -> int:
+    """The largest multiple of ``round_to`` whose sliced P_layers (shortcuts included) is at most
+    ``(1 - sparsity)`` of the dense P_layers; one width for every block (the paper's constant slicing)."""
+    if not 0 <= sparsity < 1:
+        raise BudgetError(f"sparsity must be in [0, 1), got {sparsity}")
+    dense_width = model.get_input_embeddings().embedding_dim
+    dense = adapter.block_counts(model).layer_params
+    allowed = (1 - sparsity) * dense
+    for width in range(dense_width - dense_width % round_to, 0, -round_to):
+        if sliced_layer_params(model, adapter, width, slice_head) <= allowed:
+            return width
+    smallest = sliced_layer_params(model, adapter, round_to, slice_head) if round_to <= dense_width else None
+    raise BudgetError(
+        f"SliceGPT cannot reach sparsity {sparsity}: even the smallest width ({round_to}, a multiple of "
+        f"round_to={round_to}) keeps {smallest} of {dense} layer parameters "
+        f"(the FFN and attention widths and the shortcut matrices are not sliced away)")
+
+
+# --- the method ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SliceReport:
+    width: int             # D', the sliced hidden width
+    dense_width: int       # D
+    head_width: int        # width of the last block's output and the LM head's input
+    shortcut_params: int
+    layer_params: int      # P_layers after slicing, shortcuts included
+
+
+class _StopForward(Exception):
+    """Raised by the hook that captures block 0's input: nothing after it needs to run."""
+
+
+def _block_inputs(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor,
+                  device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Block 0's input for every calibration window, and for every block the keyword arguments the
+    decoder passes it (mask, positions, rotary embeddings), the same for all windows of one length.
+    They are taken per block because masks may differ between layer types (sliding windows); the
+    first window therefore runs the whole decoder, the others stop at block 0."""
+    layers = adapter.layers(model)
+    inputs: list[torch.Tensor] = []
+    kwargs: list[dict[str, Any]] = [{} for _ in layers]
+
+    def hook(i: int):
+        def capture(module: nn.Module, args: tuple, kw: dict[str, Any]) -> None:
+            if i == 0:
+                inputs.append(args[0] if args else kw["hidden_states"])
+            if not kwargs[i]:
+                kwargs[i] = {k: v for k, v in kw.items() if k not in ("hidden_states", "past_key_values")}
+                kwargs[i].update(cache=None, use_cache=False)
+            elif i == 0:
+                raise _StopForward
+        return capture
+
+    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        for k in range(calibration.shape[0]):
+            try:
+                adapter.decoder(model)(input_ids=calibration[k:k + 1].to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs, kwargs
+
+
+def _gram(signals: list[torch.Tensor]) -> torch.Tensor:
+    """sum over windows and tokens of x^T x, in float64."""
+    width = signals[0].shape[-1]
+    gram = torch.zeros(width, width, dtype=torch.float64, device=signals[0].device)
+    for x in signals:
+        x = x.reshape(-1, width).double()
+        gram += x.T @ x
+    return gram
+
+
+def principal_directions(gram: torch.Tensor) -> torch.Tensor:
+    """Q: the eigenvectors of ``gram`` as columns, by decreasing eigenvalue (paper Sec. 3.3)."""
+    values, vectors = torch.linalg.eigh(gram)
+    return vectors[:, torch.argsort(values, descending=True)]
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                    device=like.weight.device, dtype=like.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def _times(weight: torch.Tensor, basis: torch.Tensor, scale: torch.Tensor | None = None,
+           rows: int = 8192) -> torch.Tensor:
+    """diag-scaled ``weight @ basis`` in float64, cast back to ``weight``'s dtype; a few thousand
+    rows at a time, so that an embedding or LM head never exists whole in float64."""
+    basis = basis.to(weight.device)
+    scale = scale.double().to(weight.device) if scale is not None else None
+    out = torch.empty(weight.shape[0], basis.shape[1], dtype=weight.dtype, device=weight.device)
+    for start in range(0, weight.shape[0], rows):
+        block = weight[start:start + rows].double()
+        out[start:start + rows] = (block * scale if scale is not None else block) @ basis
+    return out
+
+
+def _reader(linear: nn.Linear, scale: torch.Tensor, basis: torch.Tensor) -> nn.Linear:
+    """``linear`` after the norm scale ``scale`` it followed, reading the stream in ``basis``:
+    W diag(scale) Q[:, :D']. The bias is untouched."""
+    return _linear(_times(linear.weight, basis, scale), linear.bias, linear)
+
+
+def _writer(linear: nn.Linear, basis: torch.Tensor) -> nn.Linear:
+    """``linear`` writing the stream in ``basis``: Q[:, :D']^T W and Q[:, :D']^T b."""
+    basis = basis.to(linear.weight.device)
+    bias = basis.T @ linear.bias.double() if linear.bias is not None else None
+    return _linear(basis.T @ linear.weight.double(), bias, linear)
+
+
+def _shortcut(matrix: torch.Tensor, like: nn.Linear) -> nn.Linear:
+    """The residual connection x -> x M as a bias-free Linear (its weight is M^T)."""
+    return _linear(matrix.T, None, like)
+
+
+def _rotate(signal: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    return (signal.double() @ basis).to(signal.dtype)
+
+
+def _child_name(parent: nn.Module, child: nn.Module) -> str:
+    return next(name for name, module in parent.named_children() if module is child)
+
+
+@torch.no_grad()
+def slice_model(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, width: int,
+                device: torch.device, slice_head: bool = False, progress: Progress | None = None) -> SliceReport:
+    """Rotate and slice ``model`` in place to hidden width ``width`` (paper Sec. 3, Alg. of Sec. 3.4).
+
+    ``calibration`` is (n, L) token windows. With ``width`` equal to the hidden size nothing is
+    sliced and the model computes the dense function (up to rounding): the rotations are exact.
+    Every check runs before the first weight changes; an error after that (out of memory) leaves
+    the model half sliced, to be discarded."""
+    check_supported(model, adapter)
+    embed = model.get_input_embeddings()
+    dense_width = embed.embedding_dim
+    if not 0 < width <= dense_width:
+        raise BudgetError(f"sliced width must be in [1, {dense_width}], got {width}")
+    model.eval()
+    layers = adapter.layers(model)
+    decoder = adapter.decoder(model)
+    final_norm = adapter.final_norm(model)
+    head = model.get_output_embeddings()
+    eps = float(final_norm.variance_epsilon)
+    head_width = width if slice_head else dense_width
+    tied = head.weight is embed.weight
+
+    # the embedding output: the first place the stream is read
+    signals, kwargs = _block_inputs(model, adapter, calibration, device)
+    q = principal_directions(_gram(signals))
+    new_embed = nn.Embedding(embed.num_embeddings, width, padding_idx=embed.padding_idx,
+                             device=embed.weight.device, dtype=embed.weight.dtype)
+    new_embed.weight.copy_(_times(embed.weight, q[:, :width]))
+    model.set_input_embeddings(new_embed)
+    signals = [_rotate(x, q[:, :width]) for x in signals]
+
+    for i, layer in enumerate(layers):
+        attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+        attn_reads, _ = _stream_linears(attn, READS_ATTENTION, WRITES_ATTENTION, dense_width, f"block {i}")
+        mlp_reads, _ = _stream_linears(mlp, READS_MLP, WRITES_MLP, dense_width, f"block {i}")
+        scale_attn, scale_mlp = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+        for name in attn_reads:
+            setattr(attn, name, _reader(getattr(attn, name), scale_attn, q[:, :width]))
+        like = getattr(attn, WRITES_ATTENTION)
+        # until the next Q is known, the shortcut maps the sliced stream back to the dense coordinates
+        sliced = SlicedDecoderLayer(attn, mlp, RMSNormalize(dense_width, eps), RMSNormalize(dense_width, eps),
+                                    _shortcut(q[:, :width].T, like), nn.Identity(),
+                                    getattr(layer, "attention_type", None))
+        layers[i] = sliced
+
+        signals = [sliced.attention_half(x, **kwargs[i]) for x in signals]  # (1, L, D), dense coordinates
+        q_mid = principal_directions(_gram(signals))
+        sliced.attn_shortcut = _shortcut(q[:, :width].T @ q_mid[:, :width], like)
+        setattr(attn, WRITES_ATTENTION, _writer(like, q_mid[:, :width]))
+        for name in mlp_reads:
+            setattr(mlp, name, _reader(getattr(mlp, name), scale_mlp, q_mid[:, :width]))
+        sliced.mlp_shortcut = _shortcut(q_mid[:, :width].T, like)
+        signals = [_rotate(x, q_mid[:, :width]) for x in signals]
+
+        signals = [sliced.mlp_half(x) for x in signals]
+        q_out = principal_directions(_gram(signals))
+        d_out = head_width if i == len(layers) - 1 else width
+        sliced.mlp_shortcut = _shortcut(q_mid[:, :width].T @ q_out[:, :d_out], like)
+        setattr(mlp, WRITES_MLP, _writer(getattr(mlp, WRITES_MLP), q_out[:, :d_out]))
+        signals = [_rotate(x, q_out[:, :d_out]) for x in signals]
+        q = q_out
+        if progress:
+            progress("slicegpt blocks", i + 1, len(layers))
+    del signals
+
+    model.set_output_embeddings(_reader(head, final_norm.weight, q[:, :head_width]))
+    setattr(decoder, _child_name(decoder, final_norm), RMSNormalize(dense_width, eps))
+    model.config.tie_word_embeddings = False  # the embedding and the head now differ
+    setattr(model.config, CONFIG_KEY, {"sliced_hidden_size": width, "hidden_size": dense_width,
+                                       "head_hidden_size": head_width, "rms_norm_eps": eps,
+                                       "untied_embeddings": tied})
+    shortcuts = sum(layer.attn_shortcut.weight.numel() + layer.mlp_shortcut.weight.numel() for layer in layers)
+    return SliceReport(width, dense_width, head_width, shortcuts, adapter.block_counts(model).layer_params)
+
+
+def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
+        method: "SliceGPTMethod", device: torch.device, progress: Progress | None = None) -> PruneOutcome:
+    """The sweep runner: the widest multiple of ``method.round_to`` that meets ``sparsity`` in
+    P_layers (shortcut matrices counted), then ``slice_model``."""
+    check_supported(model, adapter)
+    dense = adapter.block_counts(model).layer_params
+    width = choose_width(model, adapter, sparsity, method.round_to)
+    start = time.perf_counter()
+    report = slice_model(model, adapter, calibration, width, device, progress=progress)
+    return PruneOutcome(
+        kept_ffn=None, removed_attention=[], removed_blocks=[],
+        timings={"prune": time.perf_counter() - start},
+        details={"sliced_width": report.width, "hidden_size_dense": report.dense_width,
+                 "hidden_size_sliced": report.width, "head_hidden_size": report.head_width,
+                 "slicing": round(1 - report.width / report.dense_width, 6),
+                 "shortcut_params": report.shortcut_params, "layer_params": report.layer_params,
+                 "layer_params_dense": dense, "round_to": method.round_to},
+    )
+
+
+# --- saving and reloading -----------------------------------------------------------------------
+def is_sliced(config: Any) -> bool:
+    return bool(getattr(config, CONFIG_KEY, None))
+
+
+@torch.no_grad()
+def rebuild_sliced(model: nn.Module, adapter: FamilyAdapter) -> None:
+    """Reshape a freshly built dense model (of a config written by ``slice_model``) into the sliced
+    architecture. The new tensors are uninitialised: load every weight into them afterwards."""
+    record = getattr(model.config, CONFIG_KEY)
+    width, head_width, eps = record["sliced_hidden_size"], record["head_hidden_size"], record["rms_norm_eps"]
+    dense_width = model.get_input_embeddings().embedding_dim
+    if dense_width != record["hidden_size"]:
+        raise CheckpointError(f"{CONFIG_KEY} says hidden size {record['hidden_size']}, the model has {dense_width}")
+
+    def empty(linear: nn.Linear, in_features: int | None = None, out_features: int | None = None) -> nn.Linear:
+        return nn.Linear(in_features or linear.in_features, out_features or linear.out_features,
+                         bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
+
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    model.set_input_embeddings(nn.Embedding(embed.num_embeddings, width, padding_idx=embed.padding_idx,
+                                            device=embed.weight.device, dtype=embed.weight.dtype))
+    model.set_output_embeddings(empty(head, in_features=head_width))
+    decoder = adapter.decoder(model)
+    setattr(decoder, _child_name(decoder, adapter.final_norm(model)), RMSNormalize(dense_width, eps))
+    layers = adapter.layers(model)
+    for i, layer in enumerate(layers):
+        attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+        d_out = head_width if i == len(layers) - 1 else width
+        for module, reads, writes, d_write in ((attn, READS_ATTENTION, WRITES_ATTENTION, width),
+                                               (mlp, READS_MLP, WRITES_MLP, d_out)):
+            names, out_name = _stream_linears(module, reads, writes, dense_width, f"block {i}")
+            for name in names:
+                setattr(module, name, empty(getattr(module, name), in_features=width))
+            setattr(module, out_name, empty(getattr(module, out_name), out_features=d_write))
+        like = getattr(attn, WRITES_ATTENTION)
+        layers[i] = SlicedDecoderLayer(
+            attn, mlp, RMSNormalize(dense_width, eps), RMSNormalize(dense_width, eps),
+            nn.Linear(width, width, bias=False, device=like.weight.device, dtype=like.weight.dtype),
+            nn.Linear(width, d_out, bias=False, device=like.weight.device, dtype=like.weight.dtype),
+            getattr(layer, "attention_type", None))
+
+
+@dataclass(frozen=True)
+class SlicedCheckpoint(SavedCheckpoint):
+    width: int = 0
+    dense_width: int = 0
+
+    @property
+    def note(self) -> str:
+        return (f"SliceGPT: hidden width {self.width} of {self.dense_width}, with shortcut matrices on every residual "
+                "connection, which a stock config cannot express: load it with twossp.load_pruned(DIR)")
+
+
+def save_sliced(model: nn.Module, tokenizer: Any, directory: Path) -> SlicedCheckpoint:
+    """``save_pretrained``; ``config.twossp_slicegpt`` tells ``load_sliced`` how to rebuild."""
+    record = getattr(model.config, CONFIG_KEY)
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return SlicedCheckpoint(Path(directory), stock=False, removed_attention=[],
+                            width=record["sliced_hidden_size"], dense_width=record["hidden_size"])
+
+
+def _checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (directory / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise CheckpointError(f"{directory} has no model.safetensors (or index)")
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        tensors.update(load_file(directory / name))
+    return tensors
+
+
+def load_sliced(directory: str | Path, config: Any, dtype: torch.dtype | None = None) -> nn.Module:
+    """Build the dense architecture of ``config`` without initialising it, reshape it with
+    ``rebuild_sliced``, and load every weight from the checkpoint; any missing, unexpected or
+    mis-shaped tensor raises ``CheckpointError``."""
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    from twossp.families import adapter_for
+
+    directory = Path(directory)
+    if dtype is None:
+        saved = getattr(config, "dtype", None) or torch.float32
+        dtype = getattr(torch, saved) if isinstance(saved, str) else saved
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    adapter = adapter_for(config)
+    rebuild_sliced(model, adapter)
+    tensors = _checkpoint_tensors(directory)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{directory} does not match its SliceGPT config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"mismatched {mismatched[:5]}; refusing a model with re-initialised weights")
+    model.load_state_dict(tensors, strict=True)
+    return model.eval()
