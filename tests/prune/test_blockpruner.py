@@ -1,0 +1,160 @@
+"""BlockPruner (arXiv 2406.10594): the greedy submodule search equals the naive brute force, stops at
+the parameter target, and leaves a model its masks rebuild."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from twossp.errors import BudgetError
+from twossp.evaluate.perplexity import perplexity
+from twossp.families import adapter_for
+from twossp.prune.blockpruner import remove_submodules_greedy
+from twossp.prune.masks import apply_masks, layer_masks
+from twossp.prune.methods import prune
+from twossp.spec import BlockPrunerMethod
+
+
+def _layer_numel(model) -> int:
+    """Decoder-layer parameters from the state dict's shapes (independent of the adapter's counting)."""
+    return sum(v.numel() for k, v in model.state_dict().items() if ".layers." in k)
+
+
+def _brute_force(model, adapter, windows, sparsity, device):
+    """The naive search, from the paper: every step, every remaining submodule (attention first,
+    then FFN, each in block order) really removed on a deep copy, the full model's perplexity; the
+    first lowest wins; stop once the removed parameters reach ceil(s * P_layers)."""
+    model = copy.deepcopy(model)
+    dense = _layer_numel(model)
+    target = math.ceil(sparsity * dense)
+    order, ppls, removed = [], [], []
+    while not removed or removed[-1] < target:
+        best = None
+        for kind in ("attention", "ffn"):
+            for i, layer in enumerate(adapter.layers(model)):
+                present = adapter.is_attention_present if kind == "attention" else adapter.is_ffn_present
+                if not present(layer):
+                    continue
+                candidate = copy.deepcopy(model)
+                (adapter.remove_attention if kind == "attention" else adapter.remove_ffn)(candidate, i)
+                ppl = perplexity(candidate, adapter, windows, device).perplexity
+                if best is None or ppl < best[0]:
+                    best = (ppl, (kind, i))
+        (adapter.remove_attention if best[1][0] == "attention" else adapter.remove_ffn)(model, best[1][1])
+        order.append(best[1])
+        ppls.append(best[0])
+        removed.append(dense - _layer_numel(model))
+    return order, ppls, removed, model
+
+
+def test_greedy_equals_brute_force_on_every_family(tiny, cpu):
+    n, sparsity = 5, 0.25
+    windows = tiny.tokens(1, 12, seed=5)
+    for family in tiny.families:
+        model = tiny.model(family, num_layers=n, seed=11)
+        adapter = adapter_for(model.config)
+        want_order, want_ppl, want_removed, want_model = _brute_force(model, adapter, windows, sparsity, cpu)
+        search = remove_submodules_greedy(model, adapter, windows, sparsity, cpu)
+
+        assert search.removed == want_order, family
+        torch.testing.assert_close(torch.tensor(search.calibration_perplexity, dtype=torch.float64),
+                                   torch.tensor(want_ppl, dtype=torch.float64), rtol=1e-5, atol=0)
+        assert search.removed_params == want_removed
+        # stopping rule: the target is reached, and one step fewer would not have reached it
+        assert search.target_params == math.ceil(sparsity * _layer_numel(tiny.model(family, n, seed=11)))
+        assert search.removed_params[-1] >= search.target_params
+        assert len(search.removed_params) == 1 or search.removed_params[-2] < search.target_params
+        assert search.layer_forwards < search.naive_layer_forwards
+        ids = tiny.tokens(1, 10, seed=9)
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, want_model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_two_windows_and_forward_accounting(tiny, cpu):
+    n = 6
+    model = tiny.model("qwen2", num_layers=n, seed=11)
+    adapter = adapter_for(model.config)
+    windows = tiny.tokens(2, 16, seed=5)
+    want_order, want_ppl, _, _ = _brute_force(model, adapter, windows, 0.4, cpu)
+    search = remove_submodules_greedy(model, adapter, windows, 0.4, cpu)
+    assert search.removed == want_order
+    assert search.calibration_perplexity == pytest.approx(want_ppl, rel=1e-5)
+
+    # one capture pass; then a candidate at block i runs blocks i..N-1; the naive search runs all N
+    present = {(kind, i) for kind in ("attention", "ffn") for i in range(n)}
+    expected, naive = n, 0
+    for chosen in search.removed:
+        expected += sum(n - i for _, i in present)
+        naive += len(present) * n
+        present.remove(chosen)
+    assert search.layer_forwards == expected * 2
+    assert search.naive_layer_forwards == naive * 2
+    assert search.layer_forwards < search.naive_layer_forwards
+
+
+def test_ties_go_to_attention_first_then_block_order(tiny, cpu):
+    # Every attention and FFN contributes nothing (o_proj and down_proj zeroed): every candidate leaves
+    # the function bitwise unchanged, so the authors' candidate order decides.
+    model = tiny.model("llama", num_layers=4, seed=11)
+    adapter = adapter_for(model.config)
+    with torch.no_grad():
+        for layer in adapter.layers(model):
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    search = remove_submodules_greedy(model, adapter, tiny.tokens(1, 16, seed=5), 0.5, cpu)
+    attention = [("attention", i) for i in range(4)]
+    assert search.removed == (attention + [("ffn", i) for i in range(4)])[:len(search.removed)]
+    assert len(set(search.calibration_perplexity)) == 1
+
+
+@pytest.mark.parametrize("sparsity", [0.25, 0.5])
+def test_prune_every_family(tiny, cpu, sparsity):
+    n = 6
+    tokens = tiny.tokens(2, 12, seed=9)
+    prompt = tiny.tokens(1, 5, seed=4)
+    gen = dict(do_sample=False, max_new_tokens=6, min_new_tokens=6, pad_token_id=0)
+    for family in tiny.families:
+        dense = tiny.model(family, num_layers=n, seed=11)
+        model = copy.deepcopy(dense)
+        adapter = adapter_for(model.config)
+        outcome = prune(model, adapter, tiny.tokens(2, 16, seed=5), sparsity, BlockPrunerMethod(), cpu)
+        d = outcome.details
+
+        # dense indices, each block in at most one list; blocks in removed_blocks are really gone
+        attn, ffn, blocks = outcome.removed_attention, outcome.removed_ffn, outcome.removed_blocks
+        assert not (set(attn) & set(ffn)) and not (set(blocks) & (set(attn) | set(ffn)))
+        order = [tuple(x) for x in d["removal_order"]]
+        assert sorted(blocks) == sorted({i for k, i in order if k == "attention"} & {i for k, i in order if k == "ffn"})
+        assert model.config.num_hidden_layers == n - len(blocks) == len(adapter.layers(model))
+        if getattr(model.config, "layer_types", None) is not None:
+            assert len(model.config.layer_types) == n - len(blocks)
+        kept = [i for i in range(n) if i not in blocks]
+        for new, old in enumerate(kept):
+            layer = adapter.layers(model)[new]
+            assert adapter.is_attention_present(layer) == (old not in attn), (family, old)
+            assert adapter.is_ffn_present(layer) == (old not in ffn), (family, old)
+
+        # achieved sparsity, from state-dict shapes, equals the recorded one and meets the target
+        achieved = 1 - _layer_numel(model) / _layer_numel(dense)
+        assert achieved == pytest.approx(d["achieved_sparsity"], abs=1e-12)
+        assert _layer_numel(dense) - _layer_numel(model) == d["removed_params_after_each_removal"][-1]
+        assert achieved >= sparsity
+        assert len(order) == 1 or d["removed_params_after_each_removal"][-2] < d["target_params"]
+        assert d["layer_forwards"] < d["naive_layer_forwards"]
+
+        # masks rebuild the same function from the dense model
+        rebuilt = copy.deepcopy(dense)
+        apply_masks(rebuilt, adapter, layer_masks(n, 128, None, attn, blocks, ffn))
+        with torch.no_grad():
+            torch.testing.assert_close(rebuilt(tokens).logits, model(tokens).logits, rtol=0, atol=0)
+            assert torch.equal(model.generate(prompt, use_cache=True, **gen),
+                               model.generate(prompt, use_cache=False, **gen)), family
+
+
+def test_impossible_budget_is_refused(tiny, cpu):
+    model = tiny.model("llama", num_layers=2)
+    with pytest.raises(BudgetError, match="nothing would be left"):
+        remove_submodules_greedy(model, adapter_for(model.config), tiny.tokens(1, 8), 0.999, cpu)

@@ -1,0 +1,167 @@
+"""BlockPruner (Zhong et al., arXiv 2406.10594): depth pruning at the grain of residual submodules.
+
+Every decoder block is two "minimal residual blocks" (paper Sec. 3.1): its attention and its FFN,
+each with the norm that only feeds it, so the model is a sequence of 2N removable submodules. Each
+step measures, for every remaining submodule, the calibration perplexity of the current model with
+that submodule removed, and removes for good the one with the lowest (Sec. 3.2-3.3; PROTOCOL.md
+scores on one calibration window). As in the authors' search, the candidates are listed attention
+first, then FFN, each in block order, and the first of equal perplexities wins.
+
+The search stops as soon as the removed parameters (counted on the actual modules, norms included)
+reach ``sparsity`` x P_layers: the sparsity is rounded up to whole submodules, and the achieved
+figure recorded. A block that has lost both submodules is then deleted whole.
+
+Prefix reuse as in 2SSP's stage 2 (``depth.py``): the input of block i does not depend on blocks
+>= i, so every block's input is kept from one pass, a candidate at block i (attention or FFN, the
+other half of the block still runs) runs only blocks i..N-1, and the winner's recomputed block
+inputs carry over to the next step. The choices are those of the naive search (the same operations
+on the same tensors); the layer forwards are about half.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from twossp.errors import BudgetError
+from twossp.evaluate.perplexity import nll_sum
+from twossp.families.base import FamilyAdapter, count
+from twossp.prune.depth import _BlockInputs, _hidden
+from twossp.prune.two_stage import PruneOutcome
+
+Progress = Callable[[str, int, int], None]
+
+ATTENTION, FFN = "attention", "ffn"
+Submodule = tuple[str, int]  # (ATTENTION | FFN, dense block index)
+
+
+@dataclass
+class BlockPrunerSearch:
+    removed: list[Submodule] = field(default_factory=list)               # in order of removal
+    calibration_perplexity: list[float] = field(default_factory=list)   # after each removal
+    removed_params: list[int] = field(default_factory=list)             # cumulative, after each removal
+    target_params: int = 0
+    layer_forwards: int = 0
+    naive_layer_forwards: int = 0
+
+
+def target_params(layer_params: int, sparsity: float) -> int:
+    """Parameters to remove: ceil(s * P_layers), guarding against float noise (as ``blocks_to_remove``)."""
+    return math.ceil(round(sparsity * layer_params, 6))
+
+
+def _bypassed(adapter: FamilyAdapter, layer: nn.Module, kind: str):
+    return adapter.attention_bypassed(layer) if kind == ATTENTION else adapter.ffn_bypassed(layer)
+
+
+def _present(adapter: FamilyAdapter, layer: nn.Module, kind: str) -> bool:
+    return adapter.is_attention_present(layer) if kind == ATTENTION else adapter.is_ffn_present(layer)
+
+
+def submodule_params(adapter: FamilyAdapter, layer: nn.Module, kind: str) -> int:
+    """Parameters that removing ``kind`` from ``layer`` takes away: the submodule and the norms that
+    go with it, measured as the layer's count with and without it."""
+    with_it = count(layer)
+    with _bypassed(adapter, layer, kind):
+        return with_it - count(layer)
+
+
+def candidates(adapter: FamilyAdapter, layers: nn.ModuleList) -> list[Submodule]:
+    """The submodules still present, attention first, then FFN, each in block order (the authors'
+    candidate order, which decides ties)."""
+    return [(kind, i) for kind in (ATTENTION, FFN) for i, layer in enumerate(layers) if _present(adapter, layer, kind)]
+
+
+@torch.no_grad()
+def remove_submodules_greedy(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, sparsity: float,
+                             device: torch.device, progress: Progress | None = None) -> BlockPrunerSearch:
+    """Remove attention and FFN submodules, one at a time, each the one whose removal gives the
+    lowest perplexity on ``windows``, until at least ``sparsity`` x P_layers parameters are gone.
+    Submodules are replaced by weightless stand-ins (``adapter.remove_attention``/``remove_ffn``);
+    blocks are not deleted here, so every index stays a dense one."""
+    layers = adapter.layers(model)
+    n = len(layers)
+    norm = adapter.final_norm(model)
+    dense_params = count(layers)
+    sizes = {(kind, i): submodule_params(adapter, layers[i], kind) for kind, i in candidates(adapter, layers)}
+    result = BlockPrunerSearch(target_params=target_params(dense_params, sparsity))
+    if sum(sizes.values()) - min(sizes.values(), default=0) < result.target_params:
+        raise BudgetError(f"sparsity {sparsity} needs {result.target_params:,} of {dense_params:,} decoder parameters "
+                          "removed: every attention and FFN would go, nothing would be left")
+
+    state = _BlockInputs(model, adapter, windows, device)
+    result.layer_forwards = n * len(windows)
+    tokens = windows.shape[0] * (windows.shape[1] - 1)
+    removed = 0
+    while removed < result.target_params:
+        pool = candidates(adapter, layers)
+        if len(pool) <= 1:
+            raise BudgetError(f"sparsity {sparsity}: the search would remove every submodule")
+        best_nll, best, best_inputs = math.inf, None, None
+        for kind, i in pool:
+            nll = 0.0
+            produced: list[list[torch.Tensor]] = []
+            with _bypassed(adapter, layers[i], kind):
+                for w in range(len(windows)):
+                    h, outs = state.inputs[w][i], []
+                    for j in range(i, n):
+                        h = _hidden(layers[j](h, **state.kwargs[w][j]))
+                        outs.append(h)
+                    nll += float(nll_sum(adapter, model, norm(outs.pop()), windows[w]))
+                    produced.append(outs)
+            result.layer_forwards += (n - i) * len(windows)
+            if nll < best_nll:
+                best_nll, best, best_inputs = nll, (kind, i), produced
+        result.naive_layer_forwards += len(pool) * n * len(windows)
+        if best is None:  # every candidate gave a non-finite perplexity
+            raise BudgetError("every candidate removal gave a non-finite calibration perplexity")
+        kind, i = best
+        (adapter.remove_attention if kind == ATTENTION else adapter.remove_ffn)(model, i)
+        for w, outs in enumerate(best_inputs or []):
+            state.inputs[w][i + 1:] = outs
+        removed += sizes[best]
+        result.removed.append(best)
+        result.removed_params.append(removed)
+        result.calibration_perplexity.append(math.exp(best_nll / tokens))
+        if progress:
+            progress("blockpruner", min(removed, result.target_params), result.target_params)
+    return result
+
+
+def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float, method,  # noqa: ANN001
+        device: torch.device, progress: Progress | None = None) -> PruneOutcome:
+    """The ``blockpruner`` sweep method: the greedy search on the first ``method.num_calibration``
+    windows, then blocks without attention and FFN deleted whole (``adapter.remove_blocks``).
+    The outcome's lists are in dense block indices."""
+    dense_params = adapter.block_counts(model).layer_params
+    start = time.perf_counter()
+    search = remove_submodules_greedy(model, adapter, calibration[:method.num_calibration], sparsity, device, progress)
+    attention = {i for kind, i in search.removed if kind == ATTENTION}
+    ffn = {i for kind, i in search.removed if kind == FFN}
+    blocks = sorted(attention & ffn)
+    if blocks:
+        adapter.remove_blocks(model, blocks)
+    elapsed = time.perf_counter() - start
+    achieved = 1 - adapter.block_counts(model).layer_params / dense_params
+    return PruneOutcome(
+        kept_ffn=None,
+        removed_attention=[i for kind, i in search.removed if kind == ATTENTION and i not in ffn],
+        removed_ffn=[i for kind, i in search.removed if kind == FFN and i not in attention],
+        removed_blocks=blocks,
+        timings={"prune": elapsed},
+        details={
+            "removal_order": [[kind, i] for kind, i in search.removed],
+            "calibration_perplexity_after_each_removal": search.calibration_perplexity,
+            "removed_params_after_each_removal": search.removed_params,
+            "target_params": search.target_params,
+            "achieved_sparsity": achieved,
+            "removed_blocks": blocks,
+            "layer_forwards": search.layer_forwards,
+            "naive_layer_forwards": search.naive_layer_forwards,
+        },
+    )
