@@ -78,7 +78,7 @@ COMMANDS = list(_commands(cli.main))
 
 def test_the_command_tree() -> None:
     assert {" ".join(p) for p, _ in COMMANDS} == {
-        "", "sweep", "sweep validate", "sweep plan", "sweep run", "leaderboard", "runs", "db", "db upgrade",
+        "", "sweep", "sweep validate", "sweep plan", "sweep run", "sweep cancel", "leaderboard", "runs", "db", "db upgrade",
         "db current", "list", "list methods", "list families", "export"}
 
 

@@ -252,7 +252,7 @@ def leaderboard(db_url: str | None, sweep_name: str | None, dashboard: str | Non
     except TwosspError as exc:
         _fail(exc)
     with db.session() as session:
-        runs = store.completed_runs(session, sweep_name)
+        runs = store.leaderboard_cells(session, sweep_name, view.metric)
         if not runs:
             console.print(f"no completed runs in {db.url}" + (f" for sweep {sweep_name!r}" if sweep_name else ""))
             return

@@ -261,16 +261,31 @@ def test_a_failed_write_rolls_back_and_leaves_the_run_running(db: Database, spec
     assert row(db, run.key).status == "completed"
 
 
-def test_completed_runs_filters_by_sweep(db: Database, spec, runs: list[RunSpec]) -> None:
-    claim_all(db, spec, runs)
+def test_leaderboard_cells_aggregate_seeds_in_the_database(db: Database, spec, runs: list[RunSpec]) -> None:
+    import statistics
+
+    seeds = plan_sweep(spec.model_copy(update={"seeds": [0, 1, 2]}))
+    dense, *pruned = seeds
+    at_25 = [r for r in pruned if r.sparsity == 0.25]
+    claim_all(db, spec, seeds)
+    values = {run.key: 10.0 + 1.7 * i for i, run in enumerate(seeds)}
+    for run in seeds:
+        result = completed(run, ppl=values[run.key]) if run is not at_25[-1] else failed(run)
+        with db.session() as session:
+            store.record(session, run, result, OWNER)
     with db.session() as session:
-        store.record(session, runs[0], completed(runs[0]), OWNER)
-    with db.session() as session:
-        store.record(session, runs[1], failed(runs[1]), OWNER)
-    with db.session() as session:
-        assert [r.key for r in store.completed_runs(session)] == [runs[0].key]
-        assert [r.key for r in store.completed_runs(session, "store-test")] == [runs[0].key]
-        assert store.completed_runs(session, "another-sweep") == []
+        cells = {(c.method, c.target_sparsity): c for c in store.leaderboard_cells(session, None, "perplexity")}
+        assert set(cells) == {("dense", 0.0), ("2ssp", 0.25), ("2ssp", 0.5)}
+        cell = cells[("2ssp", 0.25)]
+        assert cell.runs == 2 and cell.achieved_sparsity == pytest.approx(0.25)  # the failed seed is left out
+        mean, sd, n = cell.scores["eval.txt"]
+        expected = [values[r.key] for r in at_25[:2]]
+        assert n == 2 and mean == pytest.approx(statistics.mean(expected))
+        assert sd == pytest.approx(statistics.stdev(expected))
+        assert cells[("dense", 0.0)].scores["other.txt"] == (pytest.approx(values[dense.key] + 1), None, 1)
+        assert cell.evaluation_key == store.evaluation_key(dense.model_dump(mode="json")["evaluation"])
+        assert {c.method: c.scores for c in store.leaderboard_cells(session, "store-test", "accuracy")}["2ssp"] == {}
+        assert store.leaderboard_cells(session, "another-sweep", "perplexity") == []
 
 
 # --------------------------------------------------------------------------- claims between drivers

@@ -3,9 +3,6 @@ dataset and the change against the dense model. The view is declared in ``dashbo
 
 from __future__ import annotations
 
-import json
-import statistics
-from collections import defaultdict
 from pathlib import Path
 
 import yaml
@@ -13,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from rich import box
 from rich.table import Table
 
-from twossp.db.models import Run
+from twossp.db.store import BoardCell
 
 
 class Dashboard(BaseModel):
@@ -36,19 +33,10 @@ def load_dashboard(path: str | Path | None) -> Dashboard:
     return Dashboard.model_validate(yaml.safe_load(path.read_text()) or {})
 
 
-def _evaluation_identity(run: Run) -> str:
-    return json.dumps(run.spec.get("evaluation"), sort_keys=True)
-
-
-def leaderboard_table(runs: list[Run], view: Dashboard) -> Table:
-    datasets = sorted({s.dataset for r in runs for s in r.scores if s.metric == view.metric})
-    baseline: dict[tuple[str, str], dict[str, float]] = {}
-    cells: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        if run.method == view.baseline:
-            baseline[(run.model, _evaluation_identity(run))] = {
-                s.dataset: s.value for s in run.scores if s.metric == view.metric}
-        cells[(run.model, run.target_sparsity, run.method, run.calibration_samples or 0, _evaluation_identity(run))].append(run)
+def leaderboard_table(cells: list[BoardCell], view: Dashboard) -> Table:
+    """``cells`` from ``store.leaderboard_cells`` (scores of ``view.metric``)."""
+    datasets = sorted({d for c in cells for d in c.scores})
+    baseline = {(c.model, c.evaluation_key): c.scores for c in cells if c.method == view.baseline}
 
     table = Table(title=view.title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
                   caption=f"{view.metric} per dataset; Δ: change against {view.baseline}; "
@@ -61,29 +49,28 @@ def leaderboard_table(runs: list[Run], view: Dashboard) -> Table:
         table.add_column(ds, justify="right", no_wrap=True)
         table.add_column("Δ", justify="right", no_wrap=True)
 
-    order = sorted(cells, key=lambda k: (k[0], k[1], k[2] != view.baseline, k[2], k[3]))
+    def order(c: BoardCell) -> tuple:
+        return (c.model, c.target_sparsity, c.method != view.baseline, c.method, c.calibration_samples or 0,
+                c.evaluation_key or "")
+
     previous = None
-    for key in order:
-        model, sparsity, method, calib, evaluation = key
-        group = cells[key]
-        if previous is not None and previous != (model, sparsity):
+    for cell in sorted(cells, key=order):
+        if previous is not None and previous != (cell.model, cell.target_sparsity):
             table.add_section()
-        previous = (model, sparsity)
-        base = baseline.get((model, evaluation), {})
-        achieved = [r.achieved_sparsity for r in group if r.achieved_sparsity is not None]
-        row = [model, f"{sparsity:.3g}", method, f"{statistics.mean(achieved):.3f}" if achieved else "-",
-               str(calib or "-")]
+        previous = (cell.model, cell.target_sparsity)
+        base = baseline.get((cell.model, cell.evaluation_key), {})
+        achieved = "-" if cell.achieved_sparsity is None else f"{cell.achieved_sparsity:.3f}"
+        row = [cell.model, f"{cell.target_sparsity:.3g}", cell.method, achieved, str(cell.calibration_samples or "-")]
         for ds in datasets:
-            values = [s.value for r in group for s in r.scores if s.dataset == ds and s.metric == view.metric]
-            if not values:
+            if ds not in cell.scores:
                 row += ["-", "-"]
                 continue
-            value = statistics.mean(values)
-            row.append(f"{value:.2f}" + (f" ±{statistics.stdev(values):.2f}" if len(values) > 1 else ""))
-            if method == view.baseline or ds not in base:
+            value, sd, _ = cell.scores[ds]
+            row.append(f"{value:.2f}" + (f" ±{sd:.2f}" if sd is not None else ""))
+            if cell.method == view.baseline or ds not in base:
                 row.append("")
             else:
-                change = (value / base[ds] - 1) * 100
+                change = (value / base[ds][0] - 1) * 100
                 worse = change > 0 if view.lower_is_better else change < 0
                 shown = f"{change:+.0f}%" if abs(change) >= 100 else f"{change:+.1f}%"
                 row.append(f"[{'red' if worse else 'green'}]{shown}[/]")

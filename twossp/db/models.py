@@ -69,6 +69,7 @@ class Run(Base):
     heartbeat_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))  # its last sign of life
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # times started
     calibration_sha256: Mapped[Optional[str]] = mapped_column(String(64))  # of the calibration token stream
+    evaluation_key: Mapped[Optional[str]] = mapped_column(String(64))  # runs evaluated alike share it
 
     sweep: Mapped[Sweep] = relationship(back_populates="runs")
     scores: Mapped[list["Score"]] = relationship(back_populates="run", cascade="all, delete-orphan")

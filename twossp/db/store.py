@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from twossp.db.models import LayerMaskRow, Run, Score, Sweep, Timing, utcnow
 from twossp.plan import RunSpec
@@ -42,6 +46,13 @@ def run_statuses(session: Session, keys: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def evaluation_key(evaluation: dict) -> str:
+    """Runs whose evaluation settings (datasets, window, limit) are equal share this key; the
+    leaderboard compares a method only with the dense run evaluated the same way."""
+    canonical = json.dumps(evaluation, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_failed: bool,
           stale_before: datetime) -> bool:
     """Atomically make ``run`` ``running`` under ``owner``, if nobody else may hold it: new, pending,
@@ -52,7 +63,8 @@ def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_fa
     values = dict(status="running", owner=owner, heartbeat_at=now, attempts=Run.attempts + 1, error=None,
                   started_at=now, finished_at=None, sweep_id=sweep_id,
                   calibration_samples=run.calibration.samples if run.calibration else None,
-                  seed=run.calibration.seed if run.calibration else None)
+                  seed=run.calibration.seed if run.calibration else None,
+                  evaluation_key=evaluation_key(run.model_dump(mode="json")["evaluation"]))
     row_id = session.scalar(select(Run.id).where(Run.key == run.key))
     if row_id is None:
         try:
@@ -132,8 +144,38 @@ def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run
     return row
 
 
-def completed_runs(session: Session, sweep: str | None = None) -> list[Run]:
-    query = select(Run).where(Run.status == "completed").options(selectinload(Run.scores))
-    if sweep:
-        query = query.join(Sweep).where(Sweep.name == sweep)
-    return list(session.scalars(query))
+@dataclass
+class BoardCell:
+    """One leaderboard row: the completed runs of one (model, target sparsity, method, calibration
+    size, evaluation settings), seeds aggregated."""
+
+    model: str
+    target_sparsity: float
+    method: str
+    calibration_samples: int | None
+    evaluation_key: str | None
+    runs: int
+    achieved_sparsity: float | None                                        # mean over the runs
+    scores: dict[str, tuple[float, float | None, int]] = field(default_factory=dict)  # dataset -> mean, sd, n
+
+
+def leaderboard_cells(session: Session, sweep: str | None, metric: str) -> list[BoardCell]:
+    """Completed runs aggregated in the database (two GROUP BY queries over plain columns, no JSON
+    and no ORM objects), so the leaderboard stays fast on tens of thousands of runs."""
+    cell = (Run.model, Run.target_sparsity, Run.method, Run.calibration_samples, Run.evaluation_key)
+
+    def scoped(query):  # noqa: ANN001, ANN202
+        query = query.where(Run.status == "completed")
+        if sweep:
+            query = query.join(Sweep, Sweep.id == Run.sweep_id).where(Sweep.name == sweep)
+        return query.group_by(*cell)
+
+    cells = {tuple(row[:5]): BoardCell(*row[:5], runs=row[5], achieved_sparsity=row[6]) for row in session.execute(
+        scoped(select(*cell, func.count(Run.id), func.avg(Run.achieved_sparsity))))}
+    per_dataset = scoped(select(*cell, Score.dataset, func.count(Score.value), func.avg(Score.value),
+                                func.sum(Score.value * Score.value))
+                         .join(Score, and_(Score.run_id == Run.id, Score.metric == metric))).group_by(Score.dataset)
+    for *key, dataset, n, mean, squares in session.execute(per_dataset):
+        sd = math.sqrt(max(0.0, (squares - n * mean * mean) / (n - 1))) if n > 1 else None
+        cells[tuple(key)].scores[dataset] = (mean, sd, n)
+    return list(cells.values())
