@@ -131,12 +131,17 @@ class RayExecutor:
             if self.address:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
             else:
-                ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False,
+                # address="local": always a new private cluster, even when another one on this
+                # machine left its address behind (Ray would otherwise try to join that one)
+                ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False,
                          log_to_driver=False, logging_level=logging.ERROR)
                 self._started = True
         self._ray = ray
         self._task = ray.remote(_ray_task)
-        self._board_cls = ray.remote(num_cpus=0)(_ProgressBoard)
+        # The board lives on the driver's node: on any other, losing that node would end the sweep.
+        here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False)
+        self._board_cls = ray.remote(num_cpus=0, scheduling_strategy=here)(_ProgressBoard)
         return ray
 
     def _nodes(self) -> list[dict[str, float]]:
