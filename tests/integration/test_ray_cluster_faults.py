@@ -1,0 +1,234 @@
+"""A Ray worker node lost in the middle of a sweep (issue 4): the run it held is retried on the
+other node, and every run ends ``completed`` exactly once in the database.
+
+A real three-node cluster on loopback (``ray.cluster_utils.Cluster``): a head without the custom
+resource, and two worker nodes with one ``fake_gpu`` each, standing in for one GPU per machine. The
+sweep's model asks for one ``fake_gpu``, so exactly one run is in flight on each worker node. Once
+both are evaluating, one worker node is removed; ``RayExecutor`` must re-submit the lost run itself
+and the driver must count the extra attempt and log which run was retried.
+
+Slow (about a minute on 2 cores): each worker spends ~10-20 s importing torch and
+transformers, and the runs are made long enough (thousands of short evaluation windows of the tiny
+model) that the removed node surely holds a run that is not about to finish.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Ray reads this when it is first imported: every listener binds to 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import ray  # noqa: E402
+import yaml  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+from tiny_checkpoint import paragraphs  # noqa: E402
+from twossp.db import store  # noqa: E402
+from twossp.db.models import Run  # noqa: E402
+from twossp.db.session import Database  # noqa: E402
+from twossp.plan import RunSpec, plan_sweep  # noqa: E402
+from twossp.runtime.driver import run_sweep  # noqa: E402
+from twossp.runtime.executors import RayExecutor  # noqa: E402
+from twossp.runtime.worker import RunResult  # noqa: E402
+from twossp.spec import parse_sweep  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+#: Evaluation windows per run: ~2-4 ms each (one progress event apiece), so a run evaluates for
+#: several seconds and the node removed after both runs started evaluating still holds its run.
+WINDOWS = 2500
+#: If anything hangs (a lost run never retried, a queue that never drains), cancel the sweep
+#: through the product's own mechanism rather than hanging the test session.
+WATCHDOG_S = 300.0
+
+
+class InFlightDisplay:
+    """Records progress per run key, and says when two runs are evaluating at the same time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.evaluating: set[str] = set()
+        self.finished_keys: list[str] = []
+        self.first_event: dict[str, float] = {}
+        self.finished_at: dict[str, float] = {}
+        self.two_in_flight = threading.Event()
+
+    def start(self, runs: list[RunSpec], statuses: dict[str, str]) -> None: ...
+
+    def progress(self, key: str, phase: str, done: int, total: int) -> None:
+        with self.lock:
+            self.first_event.setdefault(key, time.monotonic())
+            if phase.startswith("eval") and done < total // 2:
+                self.evaluating.add(key)
+            if len(self.evaluating - set(self.finished_keys)) >= 2:
+                self.two_in_flight.set()
+
+    def finished(self, run: RunSpec, result: RunResult) -> None:
+        with self.lock:
+            self.finished_keys.append(run.key)
+            self.finished_at[run.key] = time.monotonic()
+
+    def stop(self) -> None: ...
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Live processes whose command line mentions ``text`` (this test's Ray temp dir)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{pid}: {cmdline[:160]}")
+    return found
+
+
+def _worker_node_holding_the_progress_board(cluster: Cluster):
+    """The worker node where RayExecutor's progress-board actor lives, if it is on one: the worst
+    node to lose, as every run reports progress through it."""
+    for actor in ray._private.state.actors().values():  # no public API without the dashboard
+        if actor["ActorClassName"] == "_ProgressBoard" and actor["State"] == "ALIVE":
+            return next((n for n in cluster.worker_nodes if n.node_id == actor["Address"]["NodeID"]), None)
+    return None
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """Head (no ``fake_gpu``) + two worker nodes with one ``fake_gpu`` and one CPU each, on loopback.
+    Ray's socket paths must stay under 107 characters, so its temp dir is short and under /tmp."""
+    # The nodes and the driver must agree on authentication. RayExecutor asks for token auth when
+    # attaching by address (setdefault), but this process read Ray's auth mode when it imported ray,
+    # before anything could set it; so the whole cluster runs without auth, like this process.
+    # (A driver in token mode attached to a cluster without auth gets ActorDiedError on its
+    # progress board.)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    small = {"object_store_memory": 100 * 1024 * 1024}
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp_dir,
+                                                      "include_dashboard": False, **small})
+    try:
+        for _ in range(2):
+            c.add_node(num_cpus=1, resources={"fake_gpu": 1}, **small)
+        c.wait_for_nodes()
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        deadline = time.monotonic() + 30
+        while _processes_mentioning(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        leftover = _processes_mentioning(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not leftover, "Ray processes left running:\n" + "\n".join(leftover)
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = Database(f"sqlite:///{tmp_path / 'results.db'}")
+    yield database
+    database.close()
+
+
+def test_a_worker_node_lost_mid_sweep_retries_its_run_and_every_run_completes_once(
+        cluster, db, tiny_checkpoint, tmp_path, caplog) -> None:
+    evaluation = tmp_path / "long-eval.txt"
+    evaluation.write_text("\n\n".join(paragraphs(400, seed=2)) + "\n", encoding="utf-8")
+    data = tiny_checkpoint.sweep(
+        "node-lost",
+        models=[{"path": str(tiny_checkpoint.model_dir), "cpus": 1, "resources": {"fake_gpu": 1}}],
+        seeds=[0, 1, 2],
+        evaluation={"perplexity": [{"path": str(evaluation)}], "seq_len": 16, "max_windows": WINDOWS},
+        runtime={"device": "cpu", "dtype": "float32", "threads": 1},
+    )
+    spec = parse_sweep(yaml.safe_dump(data), "node-lost.yaml")
+    planned = plan_sweep(spec)
+    assert len(planned) == 7  # dense + 2SSP x 2 sparsities x 3 seeds
+
+    display = InFlightDisplay()
+    sweep_over = threading.Event()
+    removal: dict[str, object] = {}
+
+    def remove_a_worker_node_once_two_runs_are_in_flight() -> None:
+        try:
+            if not display.two_in_flight.wait(timeout=WATCHDOG_S) or sweep_over.is_set():
+                return
+            with db.session() as session:
+                removal["running"] = set(session.scalars(select(Run.key).where(Run.status == "running")))
+            with display.lock:
+                removal["in_flight"] = display.evaluating - set(display.finished_keys)
+            # Either worker node holds a run; prefer the one that also holds the progress board.
+            board_node = _worker_node_holding_the_progress_board(cluster)
+            removal["at"] = time.monotonic()
+            cluster.remove_node(board_node or next(iter(cluster.worker_nodes)))
+            removal["took"] = time.monotonic() - removal["at"]
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            removal["error"] = exc
+
+    def cancel_if_hung() -> None:
+        with db.session() as session:
+            store.request_cancel(session, spec.name)
+
+    remover = threading.Thread(target=remove_a_worker_node_once_two_runs_are_in_flight, daemon=True)
+    watchdog = threading.Timer(WATCHDOG_S, cancel_if_hung)
+    remover.start()
+    watchdog.start()
+    started = time.monotonic()
+    try:
+        # The driver stays in the main thread: its heartbeat cancels a sweep by interrupting it.
+        with caplog.at_level(logging.WARNING, logger="twossp.driver"):
+            outcome = run_sweep(spec, db, RayExecutor(address=cluster.address), path="node-lost.yaml",
+                                display=display, stale_after=60)
+    finally:
+        watchdog.cancel()
+        sweep_over.set()
+        display.two_in_flight.set()  # release the remover if the sweep ended without it
+        remover.join(timeout=60)
+    elapsed = time.monotonic() - started
+
+    assert "error" not in removal, f"removing the node failed: {removal['error']!r}"
+    assert "at" in removal, "two runs were never in flight at once; no node was removed"
+    in_flight = removal["in_flight"]
+    assert len(in_flight) == 2 and in_flight <= removal["running"], removal
+
+    # Every planned run completed exactly once: one row each, one result stored each.
+    keys = [r.key for r in planned]
+    assert outcome.failed == [] and outcome.dropped == [] and outcome.elsewhere == [], outcome.failed
+    assert sorted(r.key for r in outcome.completed) == sorted(keys)
+    assert Counter(display.finished_keys) == Counter(keys)
+    with db.session() as session:
+        rows = session.scalars(select(Run)).all()
+        assert Counter(r.key for r in rows) == Counter(keys)
+        assert {r.key: r.status for r in rows} == dict.fromkeys(keys, "completed")
+        assert all(len(r.scores) == 1 and r.scores[0].value > 1 for r in rows)
+        attempts = {r.key: r.attempts for r in rows}
+
+    # The run on the removed node (and only that one) was retried, once, and the log names it.
+    retried = [run.key for run, _ in outcome.retried]
+    assert len(retried) == 1, outcome.retried
+    assert set(retried) <= in_flight
+    assert sum(attempts.values()) == len(keys) + len(retried), attempts
+    for key in retried:
+        assert attempts[key] == 1 + retried.count(key)
+        messages = [r.getMessage() for r in caplog.records if r.name == "twossp.driver"]
+        assert any(key in m and "retried" in m for m in messages), messages
+    assert all(attempts[k] == 1 for k in keys if k not in retried), attempts
+
+    run, why = outcome.retried[0]
+    print(f"\nsweep {elapsed:.1f} s; a worker node removed {removal['at'] - started:.1f} s in "
+          f"(took {removal['took']:.1f} s); retried {run.label} ({run.key}): {why}; it completed "
+          f"{display.finished_at[run.key] - removal['at']:.1f} s after the removal")
