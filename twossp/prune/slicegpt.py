@@ -325,7 +325,9 @@ def _shortcut(matrix: torch.Tensor, like: nn.Linear) -> nn.Linear:
 
 
 def _rotate(signal: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    return (signal.double() @ basis).to(signal.dtype)
+    """A calibration signal in the new basis. In float32, not float64: the signal itself carries
+    no more precision than that, and these products are most of the method's arithmetic."""
+    return (signal.float() @ basis.float()).to(signal.dtype)
 
 
 def _child_name(parent: nn.Module, child: nn.Module) -> str:
