@@ -5,6 +5,7 @@ older schema is refused with the exact upgrade command."""
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from importlib import resources
 from typing import Iterator
@@ -91,8 +92,8 @@ class Database:
                 upgrade(self.url)  # first use: create the schema
             except Exception:
                 # Two drivers starting on one empty database race to create it: the loser fails
-                # on tables the winner created. Fine, if the schema is now complete.
-                if current_revision(self.engine) != head:
+                # on tables the winner is creating. Fine, once the winner has finished.
+                if not self._wait_for_revision(head):
                     raise
             return
         hint = f"twossp db upgrade --db '{self.url}'"
@@ -107,6 +108,14 @@ class Database:
                 f"(written by a newer twossp?); upgrade twossp rather than the database"
             )
         raise SchemaOutdated(f"database {self.url} is at schema {current}, twossp needs {head}; run: {hint}")
+
+    def _wait_for_revision(self, revision: str | None, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if current_revision(self.engine) == revision:
+                return True
+            time.sleep(0.25)
+        return False
 
     @contextmanager
     def session(self) -> Iterator[Session]:
