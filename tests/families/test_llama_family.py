@@ -53,13 +53,36 @@ def test_config_without_architectures():
         adapter_for(LlamaConfig())
 
 
-def test_mixed_layer_types_rejected():
+def test_mixed_layer_types_accepted_unknown_types_rejected():
     config = LlamaConfig(num_hidden_layers=2)
     config.layer_types = ["full_attention", "sliding_attention"]
-    with pytest.raises(UnsupportedArchitecture, match="mixed"):
+    LlamaAdapter().check_supported(config)  # KV-cache slots are assigned per layer type
+    config.layer_types = ["full_attention", "chunked_attention"]
+    with pytest.raises(UnsupportedArchitecture, match="chunked_attention"):
         LlamaAdapter().check_supported(config)
-    config.layer_types = ["full_attention", "full_attention"]
-    LlamaAdapter().check_supported(config)
+
+
+@pytest.mark.parametrize("removed", [[0], [0, 3], [2, 3, 4]])
+def test_qwen2_sliding_window_layers_generate_with_cache_after_removal(tiny, removed):
+    # use_sliding_window + max_window_layers=2: two full layers, then sliding ones (window 4)
+    model = tiny.model("qwen2", num_layers=5, use_sliding_window=True, max_window_layers=2, sliding_window=4)
+    assert model.config.layer_types == ["full_attention"] * 2 + ["sliding_attention"] * 3
+    adapter = adapter_for(model.config)
+    adapter.check_supported(model.config)
+    prompt = tiny.tokens(1, 9, seed=4)
+    wide = tiny.model("qwen2", num_layers=5, use_sliding_window=True, max_window_layers=2, sliding_window=64)
+    with torch.no_grad():
+        assert not torch.allclose(model(prompt).logits, wide(prompt).logits)  # the window really slides
+    for i in removed:
+        adapter.remove_attention(model, i)
+    kwargs = dict(do_sample=False, max_new_tokens=10, min_new_tokens=10, pad_token_id=0,
+                  return_dict_in_generate=True, output_scores=True)
+    with torch.no_grad():
+        cached = model.generate(prompt, use_cache=True, **kwargs)
+        uncached = model.generate(prompt, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for a, b in zip(cached.scores, uncached.scores):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 # --- attention removal -----------------------------------------------------------------------

@@ -29,12 +29,17 @@ class LlamaAdapter(FamilyAdapter):
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = len(keep)
 
+    #: Layer types whose KV-cache slots ``_renumber_cache_slots`` can assign: a cache builds one
+    #: key/value layer per entry of ``config.layer_types``, sliding or full. Mixed types (Qwen2/3
+    #: ``use_sliding_window`` with ``max_window_layers``, Gemma's alternation) are fine.
+    known_layer_types = frozenset({"full_attention", "sliding_attention"})
+
     def check_supported(self, config: Any) -> None:
-        types = getattr(config, "layer_types", None)
-        if types and len(set(types)) > 1:
+        types = set(getattr(config, "layer_types", None) or ())
+        if not types <= self.known_layer_types:
             raise UnsupportedArchitecture(
-                f"{type(config).__name__} with mixed attention layer types {sorted(set(types))} "
-                "is not supported yet (sliding-window layers need per-type KV-cache slots)"
+                f"{type(config).__name__} with attention layer types {sorted(types - self.known_layer_types)} "
+                f"is not supported (known: {sorted(self.known_layer_types)})"
             )
 
 
