@@ -12,6 +12,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -24,7 +28,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
 
 _CLASSES = {
     "llama": (LlamaConfig, LlamaForCausalLM),
@@ -32,7 +36,16 @@ _CLASSES = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM),
     "phi3": (Phi3Config, Phi3ForCausalLM),
+    "gemma2": (Gemma2Config, Gemma2ForCausalLM),
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM),
 }
+
+#: Gemma's defaults (head_dim 256, windows of 4096 tokens) are far too wide for these models. A window
+#: of 4 makes the sliding layers really slide in short tests; caps of 3 (final) and 5 (attention,
+#: Gemma 2) really bend the logits; Gemma 3 gets a full layer every 3rd (not 6th) so small models
+#: mix both types.
+_GEMMA = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=4, final_logit_softcapping=3.0)
+_EXTRA = {"gemma2": {**_GEMMA, "attn_logit_softcapping": 5.0}, "gemma3": {**_GEMMA, "sliding_window_pattern": 3}}
 
 TINY = dict(
     hidden_size=64,
@@ -54,6 +67,7 @@ def tiny_config(family: str = "llama", num_layers: int = 4, **overrides):
     kwargs = {**TINY, "num_hidden_layers": num_layers, **overrides}
     if family == "qwen3":
         kwargs.setdefault("head_dim", 16)  # Qwen3Config defaults to 128, far too wide for hidden 64
+    kwargs = {**_EXTRA.get(family, {}), **kwargs}
     config = config_cls(**kwargs)
     config.architectures = [model_cls.__name__]
     return config

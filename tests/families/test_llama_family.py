@@ -33,8 +33,8 @@ def test_registry_resolves_each_family(tiny):
                 "qwen3": Qwen3Adapter, "phi3": Phi3Adapter}
     for family, cls in expected.items():
         assert type(adapter_for(tiny.config(family))) is cls
-    assert supported_architectures() == ["LlamaForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM",
-                                         "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
+    assert supported_architectures() == ["Gemma2ForCausalLM", "Gemma3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
+                                         "Phi3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
 
 
 def test_unsupported_architecture_lists_supported():

@@ -25,6 +25,18 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
                          "twossp.families.config_counts:qwen3"),
     "Phi3ForCausalLM": ("twossp.families.llama:Phi3Adapter", "Phi-3, Phi-3.5 (fused qkv_proj and gate_up_proj)",
                         "twossp.families.config_counts:llama"),
+    "Gemma2ForCausalLM": ("twossp.families.gemma:Gemma2Adapter",
+                          "Gemma 2 (four norms per block, sliding/full layers, logit soft-capping)",
+                          "twossp.families.config_counts:gemma2"),
+    "Gemma3ForCausalLM": ("twossp.families.gemma:Gemma3Adapter",
+                          "Gemma 3 text-only, e.g. 1B (q/k norms counted with the attention)",
+                          "twossp.families.config_counts:gemma3"),
+}
+
+#: architectures close to a supported one but not supported, and why (added to the error message)
+_NOT_SUPPORTED = {
+    "Gemma3ForConditionalGeneration": "the multimodal Gemma 3 (4B and larger, with a vision tower) is not "
+                                      "supported; the text-only Gemma3ForCausalLM (e.g. Gemma 3 1B) is",
 }
 
 
@@ -44,8 +56,9 @@ def _entry(config: Any) -> tuple[str, str, str]:
         if arch in _REGISTRY:
             return _REGISTRY[arch]
     got = ", ".join(archs) or f"model_type={get('model_type', '?')!r} with no architectures"
+    why = "".join(f" ({_NOT_SUPPORTED[arch]})" for arch in archs if arch in _NOT_SUPPORTED)
     raise UnsupportedArchitecture(
-        f"unsupported architecture {got}; supported: {', '.join(supported_architectures())}"
+        f"unsupported architecture {got}{why}; supported: {', '.join(supported_architectures())}"
     )
 
 

@@ -42,3 +42,29 @@ def qwen3(config: Any) -> BlockCounts:
     extra = 2 * head_dim
     return BlockCounts(counts.num_layers, counts.intermediate_size, counts.attn_params + extra,
                        counts.mlp_params, counts.layer_params + counts.num_layers * extra)
+
+
+def gemma2(config: Any) -> BlockCounts:
+    """Gemma 2: the Llama projections (explicit ``head_dim``; ``attention_bias`` on all four) and
+    four norms per block instead of two (a pre- and a post-norm around each submodule)."""
+    counts = llama(_gemma_head_dim(config))
+    extra = 2 * _get(config, "hidden_size")
+    return BlockCounts(counts.num_layers, counts.intermediate_size, counts.attn_params, counts.mlp_params,
+                       counts.layer_params + counts.num_layers * extra)
+
+
+def gemma3(config: Any) -> BlockCounts:
+    """Gemma 3 text-only: the Gemma 2 layout plus a q and a k RMS norm (``head_dim`` each) inside the
+    attention."""
+    counts = gemma2(config)
+    extra = 2 * _get(_gemma_head_dim(config), "head_dim")
+    return BlockCounts(counts.num_layers, counts.intermediate_size, counts.attn_params + extra,
+                       counts.mlp_params, counts.layer_params + counts.num_layers * extra)
+
+
+def _gemma_head_dim(config: Any) -> Any:
+    # Gemma configs default head_dim to 256 (not hidden_size / heads); a config.json always states
+    # it, but a hand-written dict might not.
+    if isinstance(config, dict) and not config.get("head_dim"):
+        return {**config, "head_dim": 256}
+    return config
