@@ -195,3 +195,58 @@ def test_blocks_with_different_masks_get_their_own(tiny, cpu) -> None:
     signs = torch.sign((rotated * expected).sum(dim=1, keepdim=True))
     torch.testing.assert_close(rotated, expected * signs, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(logits(model, tokens), dense, rtol=1e-4, atol=1e-4 * float(dense.abs().max()))
+
+
+def _projected_dense_logits(model, calibration, tokens, width):
+    """SliceGPT written the other way round, from the paper's Sec. 3: the *dense* model with the
+    residual stream projected onto its top-``width`` principal subspace at every place it is read
+    (embedding output, after each attention, after each FFN but the last), each projection
+    computed in turn from the calibration signal of the model projected so far. Slicing in a
+    rotated basis computes exactly this (RMS norms see ||P x|| = ||Q_d^T x||)."""
+    decoder = model.model
+    projections: list[torch.Tensor] = []
+
+    def forward(ids, collect=None):
+        h = decoder.embed_tokens(ids)
+        positions = torch.arange(ids.shape[1]).unsqueeze(0)
+        rotary = decoder.rotary_emb(h, positions)
+        point = 0
+
+        def project(h):
+            nonlocal point
+            if point < len(projections):
+                h = (h.double() @ projections[point]).float()
+            elif collect is not None and point == len(projections):
+                collect.append(h.reshape(-1, h.shape[-1]).double())
+            point += 1
+            return h
+
+        h = project(h)
+        for i, layer in enumerate(decoder.layers):
+            attn, _ = layer.self_attn(hidden_states=layer.input_layernorm(h), attention_mask=None,
+                                      position_embeddings=rotary, position_ids=positions)
+            h = project(h + attn)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            if i < len(decoder.layers) - 1:
+                h = project(h)
+        return model.lm_head(decoder.norm(h))
+
+    with torch.no_grad():
+        for _ in range(1 + 2 * len(decoder.layers) - 1):
+            signals: list[torch.Tensor] = []
+            for window in calibration:
+                forward(window.unsqueeze(0), collect=signals)
+            x = torch.cat(signals)
+            values, vectors = torch.linalg.eigh(x.T @ x)
+            top = vectors[:, values.argsort(descending=True)[:width]]
+            projections.append(top @ top.T)
+        return forward(tokens)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+def test_sliced_model_equals_the_dense_model_with_projected_residuals(tiny, cpu, family) -> None:
+    model = tiny.model(family)
+    calibration, tokens = tiny.tokens(4, 32), tiny.tokens(1, 20, seed=7)
+    expected = _projected_dense_logits(model, calibration, tokens, 40)
+    slice_model(model, adapter_for(model.config), calibration, 40, cpu)
+    torch.testing.assert_close(logits(model, tokens), expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()))
