@@ -224,14 +224,30 @@ def test_generation_with_cache_equals_without_past_the_window(tiny, family, remo
     _assert_cache_equals_no_cache(model, tiny.tokens(1, 9, seed=4))  # 9 + 10 tokens, window 4
 
 
-def test_removing_every_attention_of_block_0s_type_is_refused(tiny):
-    # transformers reads the cached length from slot 0, a sliding slot in Gemma: some sliding
-    # attention must stay (a documented limitation; 2SSP's budgets remove far fewer on real Gemmas)
-    model = tiny.model("gemma2", num_layers=4)
-    adapter = adapter_for(model.config)
-    adapter.remove_attention(model, 0)
-    with pytest.raises(UnsupportedArchitecture, match="'sliding_attention'.*slot 0"):
-        adapter.remove_attention(model, 2)
+@pytest.mark.parametrize("family,removed", [("gemma2", [0, 2, 4]), ("gemma3", [0, 1, 3, 4])])
+def test_every_sliding_attention_removed(tiny, tmp_path, family, removed):
+    # transformers reads the cached length from slot 0, a sliding slot: once no sliding attention is
+    # left, block 0 (attention-less) is relabelled full so that a full attention holds slot 0
+    dense = tiny.model(family, num_layers=6)
+    adapter = adapter_for(dense.config)
+    model = copy.deepcopy(dense)
+    for i in removed:
+        adapter.remove_attention(model, i)
+    assert model.config.layer_types[0] == "full_attention"
+    assert model.config.layer_types[1:] == dense.config.layer_types[1:]
+    assert [layer.self_attn.layer_idx for layer in adapter.layers(model) if adapter.is_attention_present(layer)] == \
+        [k for k, t in enumerate(model.config.layer_types) if t == "full_attention"][:6 - len(removed)]
+    _assert_cache_equals_no_cache(model, tiny.tokens(1, 9, seed=4))
+    ids = tiny.tokens(2, 12, seed=9)
+    expected = _logits(model, ids)
+    rebuilt = copy.deepcopy(dense)
+    apply_masks(rebuilt, adapter, list(reversed(layer_masks(6, 128, None, removed))))
+    assert rebuilt.config.layer_types == model.config.layer_types
+    torch.testing.assert_close(_logits(rebuilt, ids), expected, rtol=0, atol=0)
+    save_pruned(model, None, tmp_path)
+    reloaded = load_pruned(tmp_path)
+    torch.testing.assert_close(_logits(reloaded, ids), expected, rtol=0, atol=0)
+    _assert_cache_equals_no_cache(reloaded, tiny.tokens(1, 9, seed=4))
 
 
 # --- the pruning methods, end to end ---------------------------------------------------------

@@ -62,7 +62,7 @@ def test_mixed_layer_types_accepted_unknown_types_rejected():
         LlamaAdapter().check_supported(config)
 
 
-@pytest.mark.parametrize("removed", [[0], [0, 3], [2, 3, 4]])
+@pytest.mark.parametrize("removed", [[0], [0, 3], [2, 3, 4], [0, 1], [0, 1, 3]])
 def test_qwen2_sliding_window_layers_generate_with_cache_after_removal(tiny, removed):
     # use_sliding_window + max_window_layers=2: two full layers, then sliding ones (window 4)
     model = tiny.model("qwen2", num_layers=5, use_sliding_window=True, max_window_layers=2, sliding_window=4)

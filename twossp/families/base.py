@@ -8,7 +8,6 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from twossp.errors import UnsupportedArchitecture
 from twossp.prune.budget import BlockCounts
 
 
@@ -212,16 +211,18 @@ class FamilyAdapter:
         types = list(getattr(model.config, "layer_types", None) or [])
         if len(types) != len(layers):
             types = ["attention"] * len(layers)
+        live_types = [t for layer, t in zip(layers, types) if self.is_attention_present(layer)]
+        if live_types and types[0] not in live_types:
+            # Every attention of block 0's type is gone, block 0's own included (e.g. all sliding
+            # ones in Gemma). A block without attention reads no mask, rotary embedding or cache
+            # slot, so block 0 takes a live attention's type: slot 0 is then built for that type and
+            # one of those attentions holds it. Recorded in the config, so a reload builds the same.
+            types[0] = live_types[0]
+            model.config.layer_types = list(types)
         free = {t: [k for k, tk in enumerate(types) if tk == t] for t in set(types)}
         for layer, kind in zip(layers, types):
             if self.is_attention_present(layer):
                 self.attention(layer).layer_idx = free[kind].pop(0)
-        live = any(self.is_attention_present(layer) for layer in layers)
-        if live and free[types[0]] and free[types[0]][0] == 0:
-            raise UnsupportedArchitecture(
-                f"every {types[0]!r} attention would be removed, leaving KV-cache slot 0 without an attention "
-                "of its type: generation with a cache could not count its length (not supported)"
-            )
 
     def check_supported(self, config: Any) -> None:
         """Raise ``UnsupportedArchitecture`` for configurations this adapter cannot prune."""

@@ -8,9 +8,8 @@ norms with it and a removed FFN both of its. Gemma's RMS norm computes x / rms(x
 norm of the stand-ins' zero output is zero, so replacing the post-norm by the identity is exact.
 
 Layers alternate sliding-window and full attention (``config.layer_types``); the KV-cache slots are
-assigned per type by ``FamilyAdapter._renumber_cache_slots``. Block 0 is a sliding layer in the stock
-configs and transformers reads the cached length from slot 0, so at least one sliding attention must
-stay (the base class refuses the removal that would take the last one). The token embeddings are
+assigned per type by ``FamilyAdapter._renumber_cache_slots`` (once every sliding attention is gone,
+block 0, a sliding layer, is relabelled full there, so that cache slot 0 stays live). The token embeddings are
 scaled by sqrt(hidden_size) inside the embedding module, so a decoder forward sees exactly what
 ``model.forward`` sees. The final logits are soft-capped (``config.final_logit_softcapping``) in
 ``ForCausalLM.forward``, after the LM head: ``logits`` below applies the same cap, so that stage 2
