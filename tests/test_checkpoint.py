@@ -104,3 +104,19 @@ def test_export_rebuilds_a_run_from_the_database_alone(tiny_checkpoint, tmp_path
     assert dense.exit_code == 0 and "plain Hugging Face checkpoint" in dense.output
     missing = runner.invoke(cli.main, ["export", "ffffffff", str(tmp_path / "none"), "--db", db_url])
     assert missing.exit_code == 1 and "no run with a key starting 'ffffffff'" in missing.output
+
+
+def test_export_refuses_a_slicegpt_run_and_says_how_to_keep_it(tiny_checkpoint, tmp_path) -> None:
+    sweep = tiny_checkpoint.write_sweep(tmp_path / "tiny.yaml", name="export-slicegpt", methods=["slicegpt"],
+                                        sparsities=[0.25])
+    db_url = f"sqlite:///{tmp_path / 'results.db'}"
+    runner = CliRunner()
+    result = runner.invoke(cli.main, ["sweep", "run", str(sweep), "--db", db_url, "--executor", "local"])
+    assert result.exit_code == 0, result.output
+    db = Database(db_url)
+    with db.session() as session:
+        key = session.scalars(select(Run.key).where(Run.method == "slicegpt")).one()
+    db.close()
+    refused = runner.invoke(cli.main, ["export", key, str(tmp_path / "out"), "--db", db_url])
+    assert refused.exit_code == 1 and "save_to: DIR" in refused.output
+    assert not (tmp_path / "out").exists()

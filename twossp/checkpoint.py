@@ -142,6 +142,12 @@ def export_run(db: Any, key: str, directory: str | Path, device: "torch.device |
         if run.status != "completed":
             raise CheckpointError(f"run {run.key} is {run.status}, not completed: nothing to export")
         spec = RunSpec.model_validate(run.spec)
+        if spec.method.name == "slicegpt":
+            raise CheckpointError(
+                f"run {run.key} is a slicegpt run: its PCA rotations are not layer masks and are not stored in the "
+                "database, so it cannot be rebuilt from there: a sliced model is saved while it runs, with "
+                "`save_to: DIR` in the sweep"
+            )
         masks = [LayerMask(m.layer, m.attention_kept, m.ffn_width, m.ffn_mask) for m in run.layer_masks]
     model, tokenizer = load_model(spec.model, DTYPES[spec.runtime.dtype], torch.device(device))
     apply_masks(model, adapter_for(model.config), masks)
