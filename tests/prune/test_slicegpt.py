@@ -7,16 +7,21 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
-from transformers import Gemma2Config, Gemma2ForCausalLM
+from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
 
 from twossp.checkpoint import CheckpointError, load_pruned, save_pruned
+from twossp.data.tokens import token_stream
 from twossp.errors import BudgetError, UnsupportedArchitecture
+from twossp.evaluate.perplexity import make_windows, perplexity
 from twossp.families import adapter_for
 from twossp.families.llama import LlamaAdapter
+from twossp.plan import plan_sweep
 from twossp.prune.methods import prune
 from twossp.prune.slicegpt import CONFIG_KEY, SlicedDecoderLayer, choose_width, slice_model, sliced_layer_params
-from twossp.spec import SliceGPTMethod
+from twossp.runtime.worker import execute_run
+from twossp.spec import SliceGPTMethod, parse_sweep
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 HIDDEN = 64  # the tiny models' hidden size (tests/conftest.py)
@@ -250,3 +255,19 @@ def test_sliced_model_equals_the_dense_model_with_projected_residuals(tiny, cpu,
     expected = _projected_dense_logits(model, calibration, tokens, 40)
     slice_model(model, adapter_for(model.config), calibration, 40, cpu)
     torch.testing.assert_close(logits(model, tokens), expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()))
+
+
+def test_a_sweep_run_slices_saves_and_reloads_to_its_perplexity(tiny_checkpoint, tmp_path) -> None:
+    """The worker end to end: the registry runner, P_layers with the shortcuts, the saved checkpoint."""
+    doc = tiny_checkpoint.sweep("slicegpt", methods=["slicegpt"], sparsities=[0.25], save_to=str(tmp_path / "saved"))
+    [run] = plan_sweep(parse_sweep(yaml.safe_dump(doc)))
+    result = execute_run(run)
+    assert result.status == "completed", result.error
+    assert result.achieved_sparsity >= 0.25 and result.params_pruned == result.details["layer_params"]
+    assert result.details["saved_stock_checkpoint"] is False
+    reloaded = load_pruned(result.details["saved_to"])
+    [(_, _, stored)] = result.scores
+    tokenizer = AutoTokenizer.from_pretrained(result.details["saved_to"])
+    windows = make_windows(token_stream(tokenizer, run.evaluation.perplexity[0]), 16, 4)
+    again = perplexity(reloaded, adapter_for(reloaded.config), windows, torch.device("cpu")).perplexity
+    assert again == pytest.approx(stored, rel=1e-6)
