@@ -202,12 +202,12 @@ def test_blocks_with_different_masks_get_their_own(tiny, cpu) -> None:
     torch.testing.assert_close(logits(model, tokens), dense, rtol=1e-4, atol=1e-4 * float(dense.abs().max()))
 
 
-def _projected_dense_logits(model, calibration, tokens, width):
+def _projected_dense_logits(model, calibration, tokens, width, slice_head=False):
     """SliceGPT written the other way round, from the paper's Sec. 3: the *dense* model with the
     residual stream projected onto its top-``width`` principal subspace at every place it is read
-    (embedding output, after each attention, after each FFN but the last), each projection
-    computed in turn from the calibration signal of the model projected so far. Slicing in a
-    rotated basis computes exactly this (RMS norms see ||P x|| = ||Q_d^T x||)."""
+    (embedding output, after each attention, after each FFN but the last unless the head is
+    sliced), each projection computed in turn from the calibration signal of the model projected
+    so far. Slicing in a rotated basis computes exactly this (RMS norms see ||P x|| = ||Q_d^T x||)."""
     decoder = model.model
     projections: list[torch.Tensor] = []
 
@@ -232,12 +232,12 @@ def _projected_dense_logits(model, calibration, tokens, width):
                                       position_embeddings=rotary, position_ids=positions)
             h = project(h + attn)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-            if i < len(decoder.layers) - 1:
+            if i < len(decoder.layers) - 1 or slice_head:
                 h = project(h)
         return model.lm_head(decoder.norm(h))
 
     with torch.no_grad():
-        for _ in range(1 + 2 * len(decoder.layers) - 1):
+        for _ in range(2 * len(decoder.layers) + slice_head):
             signals: list[torch.Tensor] = []
             for window in calibration:
                 forward(window.unsqueeze(0), collect=signals)
@@ -248,12 +248,12 @@ def _projected_dense_logits(model, calibration, tokens, width):
         return forward(tokens)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
-def test_sliced_model_equals_the_dense_model_with_projected_residuals(tiny, cpu, family) -> None:
+@pytest.mark.parametrize("family,slice_head", [("llama", False), ("llama", True), ("qwen2", False), ("phi3", False)])
+def test_sliced_model_equals_the_dense_model_with_projected_residuals(tiny, cpu, family, slice_head) -> None:
     model = tiny.model(family)
     calibration, tokens = tiny.tokens(4, 32), tiny.tokens(1, 20, seed=7)
-    expected = _projected_dense_logits(model, calibration, tokens, 40)
-    slice_model(model, adapter_for(model.config), calibration, 40, cpu)
+    expected = _projected_dense_logits(model, calibration, tokens, 40, slice_head)
+    slice_model(model, adapter_for(model.config), calibration, 40, cpu, slice_head=slice_head)
     torch.testing.assert_close(logits(model, tokens), expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()))
 
 
