@@ -313,7 +313,7 @@ def list_methods() -> None:
     from twossp.spec import METHODS
 
     for name, cls in METHODS.items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph, one line
         click.echo(f"{name}\t{doc}")
 
 
