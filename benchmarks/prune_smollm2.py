@@ -7,9 +7,13 @@ work, perplexity, forward latency.
 
 ``--method`` picks the pruning method from the library's registry (``twossp.prune.methods.prune``):
 ``2ssp`` (default), ``shortgpt`` (drop the ceil(s*N) blocks of lowest Block Influence), ``window``
-(drop the ceil(s*N) consecutive blocks whose input and output are most similar), or ``all`` (each
-method at each sparsity, one combined table). The block methods score blocks on all n calibration
-windows; they have no stage 2, so the stage-2 and reference columns are 2SSP's only.
+(drop the ceil(s*N) consecutive blocks whose input and output are most similar), ``blockpruner``
+(greedy attention/FFN submodule removal by calibration perplexity), ``evopress`` (evolutionary
+search over which blocks to drop), ``slicegpt`` (PCA rotations, hidden width sliced), or ``all``
+(each method at each sparsity, one combined table), each with its defaults from ``twossp list
+methods``. The baselines get all n calibration windows (BlockPruner scores candidates on its
+``num_calibration`` = 1 of them); they have no stage 2, so the stage-2 and reference columns are
+2SSP's only.
 
 Protocol (PROTOCOL.md; everything on the CPU, fp32, 2 threads):
 - the model is loaded once (``twossp.runtime.loading.load_model``, builtin SmolLM2); every sparsity
@@ -61,7 +65,7 @@ REFERENCE = {
 }
 TARGET_LAYER_FORWARD_RATIO = 0.55  # stage-2 decoder-layer forwards / naive search's
 TARGET_TIME_RATIO = 0.6            # our total pruning time / the reference's
-METHODS = ("2ssp", "shortgpt", "window")  # --method all runs them in this order
+METHODS = ("2ssp", "shortgpt", "window", "blockpruner", "evopress", "slicegpt")  # --method all: in this order
 
 
 # --- setup ------------------------------------------------------------------------------------------
@@ -79,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards before the latency runs (default 2)")
     p.add_argument("--timed-runs", type=int, default=5, help="timed forwards, median reported (default 5)")
     p.add_argument("--method", choices=(*METHODS, "all"), default="2ssp",
-                   help="pruning method: 2ssp (default), shortgpt, window, or all (each method at each sparsity, "
+                   help="pruning method: 2ssp (default), a baseline, or all (each method at each sparsity, "
                         "one combined table)")
     p.add_argument("--verify-naive", action="store_true",
                    help="re-run stage 2 as the naive search (a full perplexity evaluation per candidate) and "
@@ -256,10 +260,11 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
     from twossp.prune.budget import blocks_to_remove, two_stage_budget
     from twossp.prune.methods import prune
     from twossp.runtime.loading import load_model
-    from twossp.spec import ModelSpec, ShortGPTMethod, TwoSSPMethod, WindowMethod
+    from twossp.spec import METHODS as METHOD_SPECS
+    from twossp.spec import ModelSpec
 
     methods = METHODS if args.method == "all" else (args.method,)
-    specs = {"2ssp": TwoSSPMethod(), "shortgpt": ShortGPTMethod(), "window": WindowMethod()}
+    specs = {name: METHOD_SPECS[name]() for name in METHODS}  # each method with its paper's defaults
 
     torch.set_num_threads(2)
     device = torch.device("cpu")
@@ -278,7 +283,8 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
         for s in args.sparsities:
             if "2ssp" in methods:
                 two_stage_budget(dense_counts, s, alpha=specs["2ssp"].alpha)
-            if set(methods) - {"2ssp"} and blocks_to_remove(dense_counts.num_layers, s) >= dense_counts.num_layers:
+            if {"shortgpt", "window", "evopress"} & set(methods) and \
+                    blocks_to_remove(dense_counts.num_layers, s) >= dense_counts.num_layers:
                 fail(f"sparsity {s} removes all {dense_counts.num_layers} blocks with the block methods")
     except TwosspError as exc:
         fail(str(exc))
@@ -400,12 +406,13 @@ def two_ssp_record(args: argparse.Namespace, log: Log, model: torch.nn.Module, d
 def block_record(args: argparse.Namespace, log: Log, name: str, model: torch.nn.Module, adapter: Any,
                  evaluation: torch.Tensor, device: torch.device, s: float, outcome: Any,
                  measured: dict[str, Any]) -> dict[str, Any]:
-    """A block method's record: whole blocks removed (dense indices), their scores, no stage 2."""
+    """A baseline's record: what it removed (whole blocks and submodules in dense indices, or the
+    sliced width), no stage 2."""
     from twossp.evaluate.perplexity import perplexity
 
     dense_counts = measured["dense_counts"]
     counts = adapter.block_counts(model)
-    widths = {adapter.ffn_width(layer) for layer in adapter.layers(model)}
+    widths = {adapter.ffn_width(layer) for layer in adapter.layers(model) if adapter.is_ffn_present(layer)}
     ffn_kept = widths.pop() if len(widths) == 1 else sorted(widths)
     achieved = 1 - counts.layer_params / dense_counts.layer_params
     ppl = perplexity(model, adapter, evaluation, device).perplexity
@@ -417,6 +424,8 @@ def block_record(args: argparse.Namespace, log: Log, name: str, model: torch.nn.
         "achieved_sparsity": achieved,
         "removed_blocks": outcome.removed_blocks,
         "blocks_removed": len(outcome.removed_blocks),
+        "ffn_removed": outcome.removed_ffn,
+        "sliced_width": outcome.details.get("sliced_width"),
         "layers_kept": counts.num_layers,
         "attention_removed": outcome.removed_attention,
         "ffn_kept": ffn_kept,
@@ -430,8 +439,7 @@ def block_record(args: argparse.Namespace, log: Log, name: str, model: torch.nn.
         "dense_forward_s": measured["dense_fwd"],
         "speedup": measured["dense_fwd"] / fwd,
     }
-    log(f"{measured['label']}: removed blocks {outcome.removed_blocks}, perplexity {ppl:.3f}, "
-        f"prune {record['total_s']:.1f}s")
+    log(f"{measured['label']}: {removed_text(record)}, perplexity {ppl:.3f}, prune {record['total_s']:.1f}s")
     return record
 
 
@@ -510,6 +518,23 @@ def print_environment(console: Any, dense: dict[str, Any]) -> None:
                   f"start {dense['matmul_gflops']:.0f} GFLOP/s[/dim]")
 
 
+def removed_count(r: dict[str, Any]) -> str:
+    if r.get("sliced_width"):
+        return f"width {r['sliced_width']}"
+    parts = [f"{len(r.get(k) or [])} {name}" for k, name in (("removed_blocks", "blocks"), ("attention_removed", "attn"),
+                                                            ("ffn_removed", "FFN")) if r.get(k)]
+    return " + ".join(parts) or "-"
+
+
+def removed_text(r: dict[str, Any]) -> str:
+    """What a record removed, in dense indices (2SSP: attentions in order of removal)."""
+    if r.get("sliced_width"):
+        return f"hidden width sliced to {r['sliced_width']}"
+    parts = [f"{name} {', '.join(map(str, r.get(k) or []))}" for k, name in (
+        ("removed_blocks", "blocks"), ("attention_removed", "attention"), ("ffn_removed", "FFN")) if r.get(k)]
+    return "; ".join(parts) or "nothing"
+
+
 def print_combined_table(args: argparse.Namespace, dense: dict[str, Any], records: list[dict[str, Any]]) -> None:
     """One table, method x sparsity; the stage-2 and reference columns are 2SSP's ('-' for block methods)."""
     from rich.console import Console
@@ -529,7 +554,7 @@ def print_combined_table(args: argparse.Namespace, dense: dict[str, Any], record
                   f"{dense['perplexity']:.3f}", f"{dense['forward_s']:.3f}", "1.00x", f"{dense['matmul_gflops']:.0f}")
     for r in records:
         two_ssp = r["method"] == "2ssp"
-        removed = f"{len(r['attention_removed'])} attn" if two_ssp else f"{len(r['removed_blocks'])} blocks"
+        removed = f"{len(r['attention_removed'])} attn" if two_ssp else removed_count(r)
         table.add_row(
             r["method"], f"{r['sparsity']}", f"{r['achieved_sparsity']:.4f}", removed, str(r["ffn_kept"]),
             f"{r['total_s']:.1f}",
@@ -548,9 +573,7 @@ def print_combined_table(args: argparse.Namespace, dense: dict[str, Any], record
                   "authors' reference; probe: fp32 matmul GFLOP/s before/after pruning. Removed (dense indices): "
                   "2SSP's attentions in order of removal, the block methods' whole blocks:")
     for r in records:
-        what = (f"attention {', '.join(map(str, r['attention_removed']))}" if r["method"] == "2ssp"
-                else f"blocks {', '.join(map(str, r['removed_blocks']))}")
-        console.print(f"  {r['method']} {r['sparsity']}: {what}")
+        console.print(f"  {r['method']} {r['sparsity']}: {removed_text(r)}")
     two_ssp_records = [r for r in records if r["method"] == "2ssp"]
     if two_ssp_records:
         print_2ssp_notes(console, two_ssp_records)
