@@ -108,3 +108,19 @@ def test_first_use_creates_the_schema_through_the_migrations(db_url: str) -> Non
         assert set(Base.metadata.tables) <= set(inspect(db.engine).get_table_names())
     finally:
         db.close()
+
+
+def test_a_foreign_database_is_refused_at_once_with_the_upgrade_command(tmp_path) -> None:
+    import time
+
+    from twossp.errors import SchemaOutdated
+
+    url = f"sqlite:///{tmp_path / 'foreign.db'}"
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE inventory (id INTEGER)")
+    engine.dispose()
+    start = time.monotonic()
+    with pytest.raises(SchemaOutdated, match="has tables but no twossp schema version.*twossp db upgrade"):
+        Database(url)
+    assert time.monotonic() - start < 5  # not mistaken for another driver creating our schema

@@ -18,6 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
+from twossp.db.models import Base
 from twossp.errors import SchemaOutdated
 
 DEFAULT_URL = "sqlite:///twossp.db"
@@ -97,6 +98,9 @@ class Database:
                     raise
             return
         hint = f"twossp db upgrade --db '{self.url}'"
+        ours = set(Base.metadata.tables) | {"alembic_version"}
+        if current is None and auto_upgrade and tables <= ours and self._wait_for_revision(head, timeout=30.0):
+            return  # another driver was creating the schema at this very moment, and has finished
         if current is None:
             raise SchemaOutdated(
                 f"database {self.url} has tables but no twossp schema version; "
