@@ -277,12 +277,13 @@ def runs_cmd(db_url: str | None, status: str | None) -> None:
         if status:
             query = query.where(Run.status == status)
         table = Table()
-        for col in ("key", "model", "method", "target", "achieved", "status", "error"):
+        for col in ("key", "model", "method", "target", "achieved", "status", "tries", "error"):
             table.add_column(col, overflow="fold")
         for r in session.scalars(query):
             error = (r.error or "").strip().splitlines()[-1] if r.error else ""
             table.add_row(r.key, r.model, r.method, f"{r.target_sparsity:g}",
-                          f"{r.achieved_sparsity:.4f}" if r.achieved_sparsity is not None else "-", r.status, error)
+                          f"{r.achieved_sparsity:.4f}" if r.achieved_sparsity is not None else "-", r.status,
+                          str(r.attempts), error)
     console.print(table)
 
 
