@@ -314,3 +314,19 @@ def test_save_to_saves_every_pruned_run_reloadable_to_its_score(tiny_checkpoint,
             ppl = perplexity(model, adapter_for(model.config), windows, torch.device("cpu"))
         stored = next(s.value for s in row.scores if s.metric == "perplexity")
         assert math.isclose(ppl.perplexity, stored, rel_tol=1e-5), (row.method, ppl.perplexity, stored)
+
+
+def test_a_run_the_budget_cannot_meet_fails_with_its_message_and_the_others_complete(tiny_checkpoint,
+                                                                                     tmp_path: Path) -> None:
+    spec = tiny_spec(tiny_checkpoint, sparsities=[0.25, 0.999])  # 0.999: more than attention + FFN hold
+    db = Database(f"sqlite:///{tmp_path / 'budget.db'}")
+    try:
+        outcome = run_sweep(spec, db, LocalExecutor())
+        rows = rows_by_key(db)
+    finally:
+        db.close()
+    impossible = next(r for r in plan_sweep(spec) if r.sparsity == 0.999)
+    assert [r.key for r, _ in outcome.failed] == [impossible.key]
+    assert rows[impossible.key].status == "failed" and rows[impossible.key].error.startswith("BudgetError: ")
+    assert not rows[impossible.key].scores and not rows[impossible.key].layer_masks
+    assert {r.status for k, r in rows.items() if k != impossible.key} == {"completed"}
