@@ -13,7 +13,11 @@ search over which blocks to drop), ``slicegpt`` (PCA rotations, hidden width sli
 (each method at each sparsity, one combined table), each with its defaults from ``twossp list
 methods``. The baselines get all n calibration windows (BlockPruner scores candidates on its
 ``num_calibration`` = 1 of them); they have no stage 2, so the stage-2 and reference columns are
-2SSP's only.
+2SSP's only. BlockPruner runs one greedy search, to the highest sparsity: the greedy path does not
+depend on the target, so each lower sparsity's search is a prefix of it; its pruning time is the
+search's elapsed time when it reached that sparsity's target, and its model is the dense one with
+that prefix removed (the same model a search stopping there gives, tested in
+``tests/prune/test_blockpruner.py``; its CPU seconds are the whole search's, so shown only for the top).
 
 Protocol (PROTOCOL.md; everything on the CPU, fp32, 2 threads):
 - the model is loaded once (``twossp.runtime.loading.load_model``, builtin SmolLM2); every sparsity
@@ -326,6 +330,11 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
     emit(dense_record)
 
     for name in methods:
+        if name == "blockpruner":
+            for record in blockpruner_records(args, log, dense, adapter, calibration, evaluation, device,
+                                              specs[name], dense_ppl, dense_fwd, dense_counts):
+                emit(record)
+            continue
         for s in args.sparsities:
             label = f"sparsity {s}" if args.method == "2ssp" else f"{name}, sparsity {s}"
             model = copy.deepcopy(dense)
@@ -443,6 +452,47 @@ def block_record(args: argparse.Namespace, log: Log, name: str, model: torch.nn.
     return record
 
 
+def blockpruner_records(args: argparse.Namespace, log: Log, dense: torch.nn.Module, adapter: Any,
+                        calibration: torch.Tensor, evaluation: torch.Tensor, device: torch.device, spec: Any,
+                        dense_ppl: float, dense_fwd: float, dense_counts: Any) -> list[dict[str, Any]]:
+    """BlockPruner at every sparsity from one greedy search to the highest: the path does not depend
+    on the target (tests/prune/test_blockpruner.py), so a lower sparsity's search is a prefix of it.
+    Its pruning time is the search's elapsed time at the step where it reached that target (what a
+    search stopping there takes), and its model is the dense one with that prefix removed."""
+    from twossp.prune.blockpruner import remove_found, steps_for
+    from twossp.prune.methods import prune
+    from twossp.prune.two_stage import PruneOutcome
+
+    top = max(args.sparsities)
+    searched = copy.deepcopy(dense)
+    probe = matmul_gflops()
+    cpu_start = time.process_time()
+    outcome = prune(searched, adapter, calibration, top, spec, device, progress=log.progress(f"blockpruner to {top}"))
+    cpu_s = time.process_time() - cpu_start
+    probe_after = matmul_gflops()
+    del searched
+    d = outcome.details
+    order = [tuple(x) for x in d["removal_order"]]
+    records = []
+    for s in args.sparsities:
+        steps = steps_for(d["removed_params_after_each_removal"], dense_counts.layer_params, s)
+        model = copy.deepcopy(dense)
+        attention, ffn, blocks = remove_found(model, adapter, order[:steps])
+        seconds = d["seconds_after_each_removal"][steps - 1]
+        prefix = PruneOutcome(kept_ffn=None, removed_attention=attention, removed_ffn=ffn, removed_blocks=blocks,
+                              timings={"prune": seconds}, details={})
+        measured = {"label": f"blockpruner, sparsity {s}", "probe": probe, "probe_after": probe_after,
+                    "cpu_s": cpu_s if steps == len(order) else None, "dense_ppl": dense_ppl,  # the whole search's
+                    "dense_fwd": dense_fwd, "dense_counts": dense_counts}
+        record = block_record(args, log, "blockpruner", model, adapter, evaluation, device, s, prefix, measured)
+        record.update(steps=steps, removal_order=[list(x) for x in order[:steps]],
+                      calibration_perplexity=d["calibration_perplexity_after_each_removal"][:steps],
+                      timed_from_search_to=top)
+        records.append(record)
+        del model
+    return records
+
+
 # --- output -------------------------------------------------------------------------------------------
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -474,7 +524,7 @@ def print_table(args: argparse.Namespace, dense: dict[str, Any], records: list[d
         cost.add_column(col, justify="right")
     for r in records:
         cost.add_row(f"{r['sparsity']}", f"{r['stage1_s']:.1f}", f"{r['stage2_s']:.1f}", f"{r['total_s']:.1f}",
-                     f"{r['prune_cpu_s']:.1f}", f"{r['stage2_layer_forwards']:,}", f"{r['naive_layer_forwards']:,}",
+                     _fmt(r['prune_cpu_s'], '.1f'), f"{r['stage2_layer_forwards']:,}", f"{r['naive_layer_forwards']:,}",
                      _fmt(r["layer_forward_ratio"], ".3f"), _fmt(r["total_time_ratio_vs_reference"], ".3f"),
                      "/".join(f"{g:.0f}" for g in r["matmul_gflops_before_after"]))
     console.print(cost)
@@ -560,7 +610,7 @@ def print_combined_table(args: argparse.Namespace, dense: dict[str, Any], record
             f"{r['total_s']:.1f}",
             f"{r['stage1_s']:.1f}" if two_ssp else dash,
             f"{r['stage2_s']:.1f}" if two_ssp else dash,
-            f"{r['prune_cpu_s']:.1f}",
+            _fmt(r['prune_cpu_s'], '.1f'),
             f"{r['stage2_layer_forwards']:,}" if two_ssp else dash,
             _fmt(r["layer_forward_ratio"], ".3f") if two_ssp else dash,
             _fmt(r["total_time_ratio_vs_reference"], ".3f") if two_ssp else dash,

@@ -12,7 +12,7 @@ import torch
 from twossp.errors import BudgetError
 from twossp.evaluate.perplexity import perplexity
 from twossp.families import adapter_for
-from twossp.prune.blockpruner import remove_submodules_greedy
+from twossp.prune.blockpruner import remove_found, remove_submodules_greedy, steps_for
 from twossp.prune.masks import apply_masks, layer_masks
 from twossp.prune.methods import prune
 from twossp.spec import BlockPrunerMethod
@@ -152,6 +152,29 @@ def test_prune_every_family(tiny, cpu, sparsity):
             torch.testing.assert_close(rebuilt(tokens).logits, model(tokens).logits, rtol=0, atol=0)
             assert torch.equal(model.generate(prompt, use_cache=True, **gen),
                                model.generate(prompt, use_cache=False, **gen)), family
+
+
+def test_a_lower_sparsity_is_a_prefix_of_a_higher_ones_search(tiny, cpu):
+    # What the benchmark relies on to time every sparsity from one search: the greedy path does not
+    # depend on the target, so stopping a 0.5 search at 0.25's parameter target gives the 0.25 model.
+    dense = tiny.model("qwen2", num_layers=6, seed=3)
+    adapter = adapter_for(dense.config)
+    calibration, tokens = tiny.tokens(1, 16, seed=5), tiny.tokens(2, 12, seed=9)
+    low, high = copy.deepcopy(dense), copy.deepcopy(dense)
+    low_outcome = prune(low, adapter, calibration, 0.25, BlockPrunerMethod(), cpu)
+    high_search = remove_submodules_greedy(high, adapter, calibration, 0.5, cpu)
+    steps = steps_for(high_search.removed_params, _layer_numel(dense), 0.25)
+    assert [list(x) for x in high_search.removed[:steps]] == low_outcome.details["removal_order"]
+    assert len(high_search.seconds) == len(high_search.removed)
+    assert high_search.seconds == sorted(high_search.seconds)
+
+    rebuilt = copy.deepcopy(dense)
+    found = remove_found(rebuilt, adapter, high_search.removed[:steps])
+    assert found == (low_outcome.removed_attention, low_outcome.removed_ffn, low_outcome.removed_blocks)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(tokens).logits, low(tokens).logits, rtol=0, atol=0)
+    with pytest.raises(BudgetError, match="short of sparsity 0.75"):
+        steps_for(high_search.removed_params, _layer_numel(dense), 0.75)
 
 
 def test_impossible_budget_is_refused(tiny, cpu):

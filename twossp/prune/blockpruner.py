@@ -45,6 +45,7 @@ class BlockPrunerSearch:
     removed: list[Submodule] = field(default_factory=list)               # in order of removal
     calibration_perplexity: list[float] = field(default_factory=list)   # after each removal
     removed_params: list[int] = field(default_factory=list)             # cumulative, after each removal
+    seconds: list[float] = field(default_factory=list)                  # since the search began, after each removal
     target_params: int = 0
     layer_forwards: int = 0
     naive_layer_forwards: int = 0
@@ -94,6 +95,7 @@ def remove_submodules_greedy(model: nn.Module, adapter: FamilyAdapter, windows: 
         raise BudgetError(f"sparsity {sparsity} needs {result.target_params:,} of {dense_params:,} decoder parameters "
                           "removed: every attention and FFN would go, nothing would be left")
 
+    start = time.perf_counter()
     state = _BlockInputs(model, adapter, windows, device)
     result.layer_forwards = n * len(windows)
     tokens = windows.shape[0] * (windows.shape[1] - 1)
@@ -128,9 +130,39 @@ def remove_submodules_greedy(model: nn.Module, adapter: FamilyAdapter, windows: 
         result.removed.append(best)
         result.removed_params.append(removed)
         result.calibration_perplexity.append(math.exp(best_nll / tokens))
+        result.seconds.append(time.perf_counter() - start)
         if progress:
             progress("blockpruner", min(removed, result.target_params), result.target_params)
     return result
+
+
+def steps_for(removed_params: list[int], layer_params: int, sparsity: float) -> int:
+    """How many removals a search stopping at ``sparsity`` makes, given the cumulative removed
+    parameters of a search run further. The greedy path does not depend on the target, so a search
+    run to a higher sparsity holds every lower one's as a prefix."""
+    target = target_params(layer_params, sparsity)
+    for step, removed in enumerate(removed_params, start=1):
+        if removed >= target:
+            return step
+    raise BudgetError(f"the search stopped at {removed_params[-1] if removed_params else 0:,} "
+                      f"removed parameters, short of sparsity {sparsity} ({target:,})")
+
+
+def remove_found(model: nn.Module, adapter: FamilyAdapter, removed: list[Submodule]) -> tuple[list[int], list[int], list[int]]:
+    """Apply a search's removals to ``model``: each submodule replaced by its stand-in (when still
+    there), then the blocks that lost both deleted whole. Returns the removed attentions, FFNs
+    (of blocks that keep their other half) and whole blocks, in dense indices."""
+    layers = adapter.layers(model)
+    for kind, i in removed:
+        if _present(adapter, layers[i], kind):
+            (adapter.remove_attention if kind == ATTENTION else adapter.remove_ffn)(model, i)
+    attention = {i for kind, i in removed if kind == ATTENTION}
+    ffn = {i for kind, i in removed if kind == FFN}
+    blocks = sorted(attention & ffn)
+    if blocks:
+        adapter.remove_blocks(model, blocks)
+    return ([i for kind, i in removed if kind == ATTENTION and i not in ffn],
+            [i for kind, i in removed if kind == FFN and i not in attention], blocks)
 
 
 def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float, method,  # noqa: ANN001
@@ -141,23 +173,20 @@ def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, spa
     dense_params = adapter.block_counts(model).layer_params
     start = time.perf_counter()
     search = remove_submodules_greedy(model, adapter, calibration[:method.num_calibration], sparsity, device, progress)
-    attention = {i for kind, i in search.removed if kind == ATTENTION}
-    ffn = {i for kind, i in search.removed if kind == FFN}
-    blocks = sorted(attention & ffn)
-    if blocks:
-        adapter.remove_blocks(model, blocks)
+    attention, ffn, blocks = remove_found(model, adapter, search.removed)
     elapsed = time.perf_counter() - start
     achieved = 1 - adapter.block_counts(model).layer_params / dense_params
     return PruneOutcome(
         kept_ffn=None,
-        removed_attention=[i for kind, i in search.removed if kind == ATTENTION and i not in ffn],
-        removed_ffn=[i for kind, i in search.removed if kind == FFN and i not in attention],
+        removed_attention=attention,
+        removed_ffn=ffn,
         removed_blocks=blocks,
         timings={"prune": elapsed},
         details={
             "removal_order": [[kind, i] for kind, i in search.removed],
             "calibration_perplexity_after_each_removal": search.calibration_perplexity,
             "removed_params_after_each_removal": search.removed_params,
+            "seconds_after_each_removal": search.seconds,
             "target_params": search.target_params,
             "achieved_sparsity": achieved,
             "removed_blocks": blocks,
