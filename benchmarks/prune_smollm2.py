@@ -92,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify-naive", action="store_true",
                    help="re-run stage 2 as the naive search (a full perplexity evaluation per candidate) and "
                         "check it makes the same choices; costly (about 2x stage 2); 2SSP only")
+    p.add_argument("--option", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of the method's sweep spec (as in a sweep file, e.g. "
+                        "generations=20 for evopress); repeatable; one method only")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     args = p.parse_args(argv)
     problems = []
@@ -101,8 +104,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup < 0:
         problems.append("--warmup must be at least 0")
     problems += [f"sparsity {s} is not strictly between 0 and 1" for s in args.sparsities if not 0 < s < 1]
+    args.options = {}
+    for option in args.option:
+        field, sep, value = option.partition("=")
+        if not sep or not field:
+            problems.append(f"--option {option!r} is not FIELD=VALUE")
+        args.options[field] = value
+    if args.options and args.method == "all":
+        problems.append("--option needs a single --method")
     if problems:
         p.error("; ".join(problems))
+    if args.options:
+        from pydantic import ValidationError
+
+        from twossp.spec import METHODS as METHOD_SPECS
+        try:
+            METHOD_SPECS[args.method](**args.options)
+        except ValidationError as exc:
+            p.error(f"--option for {args.method}: " + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     return args
 
 
@@ -269,6 +289,9 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
 
     methods = METHODS if args.method == "all" else (args.method,)
     specs = {name: METHOD_SPECS[name]() for name in METHODS}  # each method with its paper's defaults
+    if args.options:
+        specs[args.method] = METHOD_SPECS[args.method](**args.options)
+        log(f"{args.method} options: {specs[args.method].model_dump(exclude={'name'})}")
 
     torch.set_num_threads(2)
     device = torch.device("cpu")
@@ -312,6 +335,7 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
         "seq_len": args.seq_len,
         "num_calibration": args.num_calibration,
         "eval_windows": args.eval_windows,
+        "method_options": args.options,  # --option overrides of the method's defaults
         "num_layers": dense_counts.num_layers,
         "ffn_width": dense_counts.intermediate_size,
         "layer_params": dense_counts.layer_params,
