@@ -490,3 +490,16 @@ def test_plan_shows_what_each_sparsity_removes_from_configs_alone(tmp_path: Path
     for sparsity, expected in (("0.25", "1 attn, FFN 17920->12480"), ("0.375", "3 attn, FFN 17920->9920"),
                                ("0.5", "6 attn, FFN 17920->7466")):
         assert expected in cell("phi3-medium", sparsity)
+
+
+def test_plan_reports_runs_no_node_of_this_machine_can_hold(tiny_checkpoint, tmp_path: Path) -> None:
+    big = tiny_checkpoint.write_sweep(tmp_path / "big.yaml", "big", models=[
+        {"path": str(tiny_checkpoint.model_dir), "cpus": 100000}])
+    result = invoke("sweep", "plan", big, "--db", tmp_path / "none.db")
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "3 run(s) of tiny-llama can never be placed on this machine (the local Ray cluster):" \
+           in flat and "needs 100000 CPU on one node" in flat, result.output
+    small = invoke("sweep", "plan", tiny_checkpoint.write_sweep(tmp_path / "small.yaml", "small"),
+                   "--db", tmp_path / "none.db")
+    assert small.exit_code == 0 and "can never be placed" not in small.output

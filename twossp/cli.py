@@ -72,7 +72,10 @@ def validate(files: tuple[str, ...]) -> None:
 @sweep.command("plan", help="List the runs a sweep expands to, their keys, and which are already done.")
 @click.argument("file", type=click.Path(dir_okay=False))
 @DB_OPTION
-def plan(file: str, db_url: str | None) -> None:
+@click.option("--address", default=None,
+              help="Check the runs' resources against this Ray cluster (auto or HOST:PORT); without it, "
+                   "against this machine's CPUs and memory (GPUs are checked when the sweep runs).")
+def plan(file: str, db_url: str | None, address: str | None) -> None:
     from twossp.plan import plan_sweep
     from twossp.runtime.loading import local_config
     from twossp.spec import load_sweep
@@ -101,6 +104,33 @@ def plan(file: str, db_url: str | None) -> None:
     if any(c is None for c in configs.values()):
         console.print("[dim]will remove: shown once a model's config.json is local (path:, the hub cache, "
                       "or a builtin/GGUF model after its first run)[/]")
+    _report_unplaceable(runs, address)
+
+
+def _report_unplaceable(runs, address: str | None) -> None:  # noqa: ANN001
+    """Runs whose resources no node can ever give (with the Ray executor), grouped by model."""
+    from twossp.runtime.executors import RayExecutor, this_machine, unplaceable
+
+    if address:
+        executor = RayExecutor(address=address)
+        try:
+            reasons, where = executor.unplaceable(runs), f"the Ray cluster at {address}"
+        except Exception as exc:  # noqa: BLE001 - Ray's connection errors have no common type
+            err.print(f"[red]error:[/] could not check resources against the Ray cluster at {address}: {exc}",
+                      highlight=False)
+            sys.exit(2)
+        finally:
+            executor.close()
+    else:  # GPUs are checked by `sweep run` (or with --address): counting them here would import torch
+        reasons, where = unplaceable(runs, [this_machine()], ignore=("GPU",)), "this machine (the local Ray cluster)"
+    by_model: dict[str, tuple[int, str]] = {}
+    for run in runs:
+        if run.key in reasons:
+            count, _ = by_model.get(run.model.label, (0, ""))
+            by_model[run.model.label] = (count + 1, reasons[run.key])
+    for label, (count, reason) in by_model.items():
+        console.print(f"[red]{count} run(s) of {label} can never be placed on {where}:[/] {reason}",
+                      highlight=False)
 
 
 def _will_remove(run, config) -> str:

@@ -232,3 +232,90 @@ def test_a_worker_node_lost_mid_sweep_retries_its_run_and_every_run_completes_on
     print(f"\nsweep {elapsed:.1f} s; a worker node removed {removal['at'] - started:.1f} s in "
           f"(took {removal['took']:.1f} s); retried {run.label} ({run.key}): {why}; it completed "
           f"{display.finished_at[run.key] - removal['at']:.1f} s after the removal")
+
+
+def test_runs_no_node_can_hold_are_reported_at_plan_time_and_a_cluster_that_shrinks_fails_the_rest(
+        cluster, db, tiny_checkpoint, tmp_path) -> None:
+    """A model asking for two ``fake_gpu`` (each node has one) is reported by ``sweep plan
+    --address`` and its runs fail before anything starts; the runs of the model asking for one fail
+    with the reason once every node that had one is gone, instead of staying pending forever."""
+    from click.testing import CliRunner
+
+    from twossp.cli import main
+
+    evaluation = tmp_path / "long-eval.txt"
+    evaluation.write_text("\n\n".join(paragraphs(400, seed=2)) + "\n", encoding="utf-8")
+    wide = tmp_path / "tiny-copy"  # another model path, so its runs have their own keys
+    shutil.copytree(tiny_checkpoint.model_dir, wide)
+    sweep_file = tiny_checkpoint.write_sweep(
+        tmp_path / "shrink.yaml", "shrink",
+        models=[{"path": str(tiny_checkpoint.model_dir), "cpus": 1, "resources": {"fake_gpu": 1}},
+                {"path": str(wide), "cpus": 1, "resources": {"fake_gpu": 2}}],
+        evaluation={"perplexity": [{"path": str(evaluation)}], "seq_len": 16, "max_windows": WINDOWS},
+        runtime={"device": "cpu", "dtype": "float32", "threads": 1},
+    )
+    spec = parse_sweep(sweep_file.read_text(), str(sweep_file))
+    planned = plan_sweep(spec)
+    narrow_keys = {r.key for r in planned if r.model.path == str(tiny_checkpoint.model_dir)}
+    wide_keys = {r.key for r in planned if r.model.path == str(wide)}
+    assert len(narrow_keys) == len(wide_keys) == 3
+
+    shown = CliRunner().invoke(main, ["sweep", "plan", str(sweep_file), "--db", db.url, "--address", cluster.address])
+    assert shown.exit_code == 0, shown.output
+    flat = " ".join(shown.output.split())
+    assert f"3 run(s) of tiny-copy can never be placed on the Ray cluster at {cluster.address}" in flat, flat
+    assert "needs 1 CPU, 2 fake_gpu on one node" in flat and "closest has 1 CPU, 1 fake_gpu" in flat, flat
+    assert "of tiny-llama can never" not in flat
+    assert not ray.is_initialized()  # plan detached from the cluster
+
+    class OrderedDisplay(InFlightDisplay):
+        def __init__(self) -> None:
+            super().__init__()
+            self.order: list[tuple[str, str]] = []  # (event, run key) in the driver's order
+
+        def progress(self, key: str, phase: str, done: int, total: int) -> None:
+            self.order.append(("progress", key))
+            super().progress(key, phase, done, total)
+
+        def finished(self, run: RunSpec, result: RunResult) -> None:
+            self.order.append(("finished", run.key))
+            super().finished(run, result)
+
+    display = OrderedDisplay()
+    sweep_over = threading.Event()
+
+    def remove_every_worker_node_once_two_runs_are_in_flight() -> None:
+        if display.two_in_flight.wait(timeout=WATCHDOG_S) and not sweep_over.is_set():
+            for node in list(cluster.worker_nodes):
+                cluster.remove_node(node)
+
+    remover = threading.Thread(target=remove_every_worker_node_once_two_runs_are_in_flight, daemon=True)
+    def cancel_if_hung() -> None:
+        with db.session() as session:
+            store.request_cancel(session, spec.name)
+
+    watchdog = threading.Timer(WATCHDOG_S, cancel_if_hung)
+    remover.start()
+    watchdog.start()
+    try:
+        outcome = run_sweep(spec, db, RayExecutor(address=cluster.address), path=str(sweep_file), display=display,
+                            stale_after=60)
+    finally:
+        watchdog.cancel()
+        sweep_over.set()
+        display.two_in_flight.set()
+        remover.join(timeout=60)
+
+    errors = dict((run.key, error) for run, error in outcome.failed)
+    assert outcome.completed == [] and set(errors) == narrow_keys | wide_keys, outcome
+    # the wide runs failed first, before any run reported progress
+    first_progress = next(i for i, (event, _) in enumerate(display.order) if event == "progress")
+    assert {key for _, key in display.order[:first_progress]} == wide_keys
+    for key in wide_keys:
+        assert errors[key].startswith("ResourcesUnavailable: a run needs 1 CPU, 2 fake_gpu on one node"), errors[key]
+    for key in narrow_keys:  # in flight on a removed node, or waiting for one: both say why
+        assert errors[key].startswith("ResourcesUnavailable:") and "1 fake_gpu on one node" in errors[key], errors[key]
+    with db.session() as session:
+        rows = {r.key: r for r in session.scalars(select(Run)).all()}
+        assert {r.status for r in rows.values()} == {"failed"}
+        assert all(rows[k].error.startswith("ResourcesUnavailable") for k in rows)

@@ -35,9 +35,13 @@ class SpyExecutor:
 
     name = "spy"
 
-    def __init__(self) -> None:
+    def __init__(self, cannot_place: dict[str, str] | None = None) -> None:
         self.inner = LocalExecutor()
         self.asked: list[list[str]] = []
+        self.cannot_place = cannot_place or {}  # run key -> reason, as a cluster without the resources says
+
+    def unplaceable(self, runs):
+        return {r.key: self.cannot_place[r.key] for r in runs if r.key in self.cannot_place}
 
     def execute(self, runs, on_progress, on_retry=None):
         runs = list(runs)
@@ -330,3 +334,25 @@ def test_a_run_the_budget_cannot_meet_fails_with_its_message_and_the_others_comp
     assert rows[impossible.key].status == "failed" and rows[impossible.key].error.startswith("BudgetError: ")
     assert not rows[impossible.key].scores and not rows[impossible.key].layer_masks
     assert {r.status for k, r in rows.items() if k != impossible.key} == {"completed"}
+
+
+def test_runs_the_executor_cannot_place_fail_first_with_the_reason_and_are_never_executed(tiny_checkpoint,
+                                                                                         tmp_path: Path) -> None:
+    spec = tiny_spec(tiny_checkpoint)
+    planned = plan_sweep(spec)
+    unplaceable = {planned[1].key: "a run needs 2 GPU on one node, but ..."}
+    display, executor = RecordingDisplay(), SpyExecutor(cannot_place=unplaceable)
+    db = Database(f"sqlite:///{tmp_path / 'placement.db'}")
+    try:
+        outcome = run_sweep(spec, db, executor, display=display)
+        rows = rows_by_key(db)
+    finally:
+        db.close()
+    assert [(r.key, e) for r, e in outcome.failed] == [(planned[1].key, "ResourcesUnavailable: a run needs 2 GPU on "
+                                                                        "one node, but ...")]
+    assert display.events[1] == ("finished", planned[1].key, "failed")  # before anything ran
+    assert executor.asked == [[r.key for r in planned if r.key != planned[1].key]]
+    row = rows[planned[1].key]
+    assert row.status == "failed" and row.error.startswith("ResourcesUnavailable") and row.attempts == 1
+    assert not row.scores and not row.layer_masks
+    assert {r.status for k, r in rows.items() if k != planned[1].key} == {"completed"}

@@ -24,6 +24,7 @@ from twossp.db import store
 from twossp.db.models import utcnow
 from twossp.db.session import Database
 from twossp.plan import RunSpec, plan_sweep
+from twossp.runtime.executors import Executor
 from twossp.runtime.worker import RunResult
 from twossp.spec import SweepSpec
 
@@ -105,7 +106,7 @@ class _Heartbeat(threading.Thread):
         self.join()
 
 
-def run_sweep(spec: SweepSpec, db: Database, executor, *, path: str | None = None, rerun_failed: bool = False,
+def run_sweep(spec: SweepSpec, db: Database, executor: Executor, *, path: str | None = None, rerun_failed: bool = False,
               display: Display | None = None, stale_after: float = STALE_AFTER) -> SweepOutcome:
     display = display or _Silent()
     runs = plan_sweep(spec)
@@ -118,18 +119,37 @@ def run_sweep(spec: SweepSpec, db: Database, executor, *, path: str | None = Non
     outcome.skipped = [r for r in runs if r not in candidates]
     display.start(runs, statuses)
     held: set[str] = set()
+    # Runs no node of the executor's cluster can ever hold fail now, with the reason, not hours later.
+    unplaceable = executor.unplaceable(candidates) if candidates else {}
+
+    def claim(run: RunSpec) -> bool:
+        stale_before = utcnow() - timedelta(seconds=stale_after)
+        with db.session() as session:
+            ok = store.claim(session, sweep_id, run, owner, rerun_failed=rerun_failed, stale_before=stale_before)
+        if ok:
+            held.add(run.key)
+        else:
+            outcome.elsewhere.append(run)
+        return ok
 
     def claimed() -> Iterator[RunSpec]:
         """Candidates, each claimed the moment the executor asks for it."""
         for run in candidates:
-            stale_before = utcnow() - timedelta(seconds=stale_after)
-            with db.session() as session:
-                ok = store.claim(session, sweep_id, run, owner, rerun_failed=rerun_failed, stale_before=stale_before)
-            if ok:
-                held.add(run.key)
+            if run.key not in unplaceable and claim(run):
                 yield run
-            else:
-                outcome.elsewhere.append(run)
+
+    def finished(run: RunSpec, result: RunResult) -> None:
+        with db.session() as session:
+            stored = store.record(session, run, result, owner)
+        held.discard(run.key)
+        if stored is None:
+            log.warning("run %s (%s) was taken over by another driver; this result is dropped", run.label, run.key)
+            outcome.dropped.append(run)
+        elif result.status == "completed":
+            outcome.completed.append(run)
+        else:
+            outcome.failed.append((run, result.error or "unknown error"))
+        display.finished(run, result)
 
     def retried(run: RunSpec, reason: str) -> None:
         log.warning("run %s (%s) retried: %s", run.label, run.key, reason)
@@ -140,18 +160,12 @@ def run_sweep(spec: SweepSpec, db: Database, executor, *, path: str | None = Non
     beat = _Heartbeat(db, owner, sweep_id, interval=max(0.2, min(30.0, stale_after / 4)))
     beat.start()
     try:
+        for run in candidates:
+            if run.key in unplaceable and claim(run):
+                finished(run, RunResult(key=run.key, status="failed",
+                                        error=f"ResourcesUnavailable: {unplaceable[run.key]}"))
         for run, result in executor.execute(claimed(), display.progress, on_retry=retried):
-            with db.session() as session:
-                stored = store.record(session, run, result, owner)
-            held.discard(run.key)
-            if stored is None:
-                log.warning("run %s (%s) was taken over by another driver; this result is dropped", run.label, run.key)
-                outcome.dropped.append(run)
-            elif result.status == "completed":
-                outcome.completed.append(run)
-            else:
-                outcome.failed.append((run, result.error or "unknown error"))
-            display.finished(run, result)
+            finished(run, result)
     except KeyboardInterrupt:
         if beat.cancelled:
             raise SweepCancelled(f"sweep {spec.name!r} was cancelled") from None

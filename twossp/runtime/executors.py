@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from twossp.plan import RunSpec
 from twossp.runtime.worker import RunResult, execute_run
@@ -22,10 +22,27 @@ OnRetry = Callable[[RunSpec, str], None]                 # run, why it is retrie
 MAX_RETRIES = 2
 
 
+class Executor(Protocol):
+    name: str
+
+    def unplaceable(self, runs: list[RunSpec]) -> dict[str, str]:
+        """Run key -> why this executor can never run it (asked before anything runs)."""
+
+    def execute(self, runs: Iterable[RunSpec], on_progress: OnProgress,
+                on_retry: OnRetry | None = None) -> Iterator[tuple[RunSpec, RunResult]]:
+        """Pull runs from ``runs`` as they can start; yield each with its result as it finishes."""
+
+    def close(self) -> None: ...
+
+
 class LocalExecutor:
-    """In-process, one run at a time; runs are pulled from ``runs`` only when the previous finished."""
+    """In-process, one run at a time; runs are pulled from ``runs`` only when the previous finished.
+    A model's Ray resources (``gpus``, ``memory``, ...) do not apply here."""
 
     name = "local"
+
+    def unplaceable(self, runs: list[RunSpec]) -> dict[str, str]:
+        return {}
 
     def execute(self, runs: Iterable[RunSpec], on_progress: OnProgress,
                 on_retry: OnRetry | None = None) -> Iterator[tuple[RunSpec, RunResult]]:
@@ -82,11 +99,34 @@ def unsatisfiable(need: dict[str, float], nodes: list[dict[str, float]]) -> str 
     if any(all(node.get(r, 0) >= amount for r, amount in need.items()) for node in nodes):
         return None
     wanted = ", ".join(f"{amount:g} {r}" for r, amount in need.items())
-    best = max(nodes, key=lambda node: sum(node.get(r, 0) >= a for r, a in need.items()), default={})
+    # the closest node: the most of each asked amount, each resource counted up to what is asked
+    best = max(nodes, key=lambda node: sum(min(node.get(r, 0) / a, 1) for r, a in need.items()), default={})
     has = ", ".join(f"{best.get(r, 0):g} {r}" for r in need) if nodes else "no alive node"
     return (f"a run needs {wanted} on one node, but no alive node of the Ray cluster has that "
             f"(the closest has {has}); lower the model's resources in the sweep or attach a cluster that has them "
             "(--address)")
+
+
+def unplaceable(runs: Iterable[RunSpec], nodes: list[dict[str, float]],
+                ignore: tuple[str, ...] = ()) -> dict[str, str]:
+    """Run key -> why no node in ``nodes`` can ever run it, for the runs that cannot be placed;
+    resources named in ``ignore`` are not checked."""
+    reasons = {}
+    for run in runs:
+        need = {name: amount for name, amount in _demand(run).items() if name not in ignore}
+        reason = unsatisfiable(need, nodes)
+        if reason:
+            reasons[run.key] = reason
+    return reasons
+
+
+def this_machine() -> dict[str, float]:
+    """An upper bound of what the private local cluster (``RayExecutor()`` without an address) gets,
+    without starting it or importing torch: this machine's CPUs and its total memory (Ray grants tasks
+    less than that). A run asking for more can never be placed there; one asking less still may not
+    be. GPUs are not counted here (that needs torch or Ray); ``RayExecutor.unplaceable`` counts them."""
+    return {"CPU": float(os.cpu_count() or 1),
+            "memory": float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))}
 
 
 #: Ray errors meaning the run's worker process or node went away: the run itself did nothing wrong.
@@ -110,7 +150,7 @@ class RayExecutor:
     def __init__(self, address: str | None = None, num_cpus: int | None = None, max_retries: int = MAX_RETRIES):
         self.address, self.num_cpus, self.max_retries = address, num_cpus, max_retries
         self._ray = None
-        self._started = False
+        self._initialized = False  # whether this executor called ray.init (and so shuts it down)
 
     def _connect(self):
         """Start (or attach to) Ray on first use, so a sweep with nothing to run starts nothing."""
@@ -128,6 +168,7 @@ class RayExecutor:
         import ray
 
         if not ray.is_initialized():
+            self._initialized = True
             if self.address:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
             else:
@@ -135,7 +176,6 @@ class RayExecutor:
                 # machine left its address behind (Ray would otherwise try to join that one)
                 ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False,
                          log_to_driver=False, logging_level=logging.ERROR)
-                self._started = True
         self._ray = ray
         self._task = ray.remote(_ray_task)
         # The board lives on the driver's node: on any other, losing that node would end the sweep.
@@ -150,6 +190,10 @@ class RayExecutor:
     def unsatisfiable(self, run: RunSpec) -> str | None:
         """Why no alive node of the cluster could ever run ``run``, or None."""
         return unsatisfiable(_demand(run), self._nodes())
+
+    def unplaceable(self, runs: list[RunSpec]) -> dict[str, str]:
+        """The runs no alive node of the cluster can hold (starts or attaches to the cluster)."""
+        return unplaceable(runs, self._nodes())
 
     def capacity(self, run: RunSpec) -> int:
         """How many runs like ``run`` the alive nodes can hold at once (at least 1)."""
@@ -214,7 +258,10 @@ class RayExecutor:
                                 on_retry(run, f"{kind} (retry {retries + 1} of {self.max_retries})")
                             pending[self._submit(run, board)] = (run, retries + 1)
                             continue
-                        result = RunResult(key=run.key, status="failed", error=_lost_message(exc, retries))
+                        gone = kind in _LOST and self.unsatisfiable(run)
+                        error = (f"ResourcesUnavailable: the cluster shrank ({kind}): {gone}" if gone
+                                 else _lost_message(exc, retries))
+                        result = RunResult(key=run.key, status="failed", error=error)
                     yield run, result
                 if time.monotonic() - last_check > self.recheck_every:  # the cluster may have shrunk
                     last_check = time.monotonic()
@@ -231,8 +278,11 @@ class RayExecutor:
             ray.kill(board)
 
     def close(self) -> None:
-        if self._started and self._ray is not None:
+        """Stop the private cluster, or detach from the one attached to (unless Ray was already
+        initialised in this process by someone else)."""
+        if self._ray is not None and self._initialized:
             self._ray.shutdown()
+        self._ray, self._initialized = None, False
 
 
 def _lost_message(exc: Exception, retries: int) -> str:
