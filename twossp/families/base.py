@@ -226,3 +226,9 @@ class FamilyAdapter:
 
     def check_supported(self, config: Any) -> None:
         """Raise ``UnsupportedArchitecture`` for configurations this adapter cannot prune."""
+
+
+def layer_output(output: Any) -> torch.Tensor:
+    """A decoder layer's hidden states: transformers 5 layers return the tensor, older ones a tuple
+    whose first item is it."""
+    return output[0] if isinstance(output, tuple) else output

@@ -30,8 +30,8 @@ from torch import nn
 
 from twossp.errors import BudgetError
 from twossp.evaluate.perplexity import nll_sum
-from twossp.families.base import FamilyAdapter, count
-from twossp.prune.depth import _BlockInputs, _hidden
+from twossp.families.base import FamilyAdapter, count, layer_output
+from twossp.prune.depth import BlockInputs
 from twossp.prune.two_stage import PruneOutcome
 
 Progress = Callable[[str, int, int], None]
@@ -96,7 +96,7 @@ def remove_submodules_greedy(model: nn.Module, adapter: FamilyAdapter, windows: 
                           "removed: every attention and FFN would go, nothing would be left")
 
     start = time.perf_counter()
-    state = _BlockInputs(model, adapter, windows, device)
+    state = BlockInputs(model, adapter, windows, device)
     result.layer_forwards = n * len(windows)
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     removed = 0
@@ -112,7 +112,7 @@ def remove_submodules_greedy(model: nn.Module, adapter: FamilyAdapter, windows: 
                 for w in range(len(windows)):
                     h, outs = state.inputs[w][i], []
                     for j in range(i, n):
-                        h = _hidden(layers[j](h, **state.kwargs[w][j]))
+                        h = layer_output(layers[j](h, **state.kwargs[w][j]))
                         outs.append(h)
                     nll += float(nll_sum(adapter, model, norm(outs.pop()), windows[w]))
                     produced.append(outs)

@@ -10,13 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from twossp.families.base import FamilyAdapter
+from twossp.families.base import FamilyAdapter, layer_output
 
 Progress = Callable[[str, int, int], None]
-
-
-def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 @torch.no_grad()
@@ -35,7 +31,7 @@ def last_token_states(model: nn.Module, adapter: FamilyAdapter, samples: torch.T
         return hook
 
     def leaving(module: nn.Module, args: tuple, output: Any) -> None:
-        current[-1] = _hidden(output)[0, -1].float()
+        current[-1] = layer_output(output)[0, -1].float()
 
     handles = [layer.register_forward_pre_hook(entering(i), with_kwargs=True) for i, layer in enumerate(layers)]
     handles.append(layers[-1].register_forward_hook(leaving))

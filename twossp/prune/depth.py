@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from twossp.evaluate.perplexity import nll_sum
-from twossp.families.base import FamilyAdapter
+from twossp.families.base import FamilyAdapter, layer_output
 
 Progress = Callable[[str, int, int], None]
 
@@ -36,12 +36,7 @@ def naive_layer_forwards(num_layers: int, steps: int) -> int:
     return sum(num_layers - k for k in range(steps)) * num_layers
 
 
-def _hidden(output: Any) -> torch.Tensor:
-    # transformers 5 decoder layers return a tensor; older ones a tuple whose first item is it.
-    return output[0] if isinstance(output, tuple) else output
-
-
-class _BlockInputs:
+class BlockInputs:
     """Every block's input and call arguments for each calibration window, from one real forward."""
 
     def __init__(self, model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, device: torch.device):
@@ -76,7 +71,7 @@ def remove_attention_greedy(model: nn.Module, adapter: FamilyAdapter, windows: t
     layers = adapter.layers(model)
     n = len(layers)
     norm = adapter.final_norm(model)
-    state = _BlockInputs(model, adapter, windows, device)
+    state = BlockInputs(model, adapter, windows, device)
     # both counts cover every calibration window (the naive search runs each candidate on all of them)
     result = DepthSearch(layer_forwards=n * len(windows),
                          naive_layer_forwards=naive_layer_forwards(n, steps) * len(windows))
@@ -93,7 +88,7 @@ def remove_attention_greedy(model: nn.Module, adapter: FamilyAdapter, windows: t
                 for w in range(len(windows)):
                     h, outs = state.inputs[w][i], []
                     for j in range(i, n):
-                        h = _hidden(layers[j](h, **state.kwargs[w][j]))
+                        h = layer_output(layers[j](h, **state.kwargs[w][j]))
                         outs.append(h)
                     result.layer_forwards += n - i
                     nll += float(nll_sum(adapter, model, norm(outs.pop()), windows[w]))

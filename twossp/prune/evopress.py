@@ -42,9 +42,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from twossp.errors import BudgetError
-from twossp.families.base import FamilyAdapter
+from twossp.families.base import FamilyAdapter, layer_output
 from twossp.prune.budget import blocks_to_remove
-from twossp.prune.depth import _hidden
 from twossp.prune.two_stage import PruneOutcome
 
 Progress = Callable[[str, int, int], None]
@@ -150,7 +149,7 @@ class _Fitness:
         skip = set(dropped)
         for j, layer in enumerate(self.layers):
             if j not in skip:
-                h = _hidden(layer(h, **window.kwargs[j]))
+                h = layer_output(layer(h, **window.kwargs[j]))
         self.layer_forwards += len(self.layers) - len(skip)
         return self.norm(h)[0, :-1]
 
