@@ -118,6 +118,8 @@ def cluster(monkeypatch):
     # progress board.)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    # Cluster() records the head's address in Ray's default temp dir, which a fresh machine lacks.
+    os.makedirs(ray._common.utils.get_default_ray_temp_dir(), exist_ok=True)
     small = {"object_store_memory": 100 * 1024 * 1024}
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp_dir,
                                                       "include_dashboard": False, **small})
