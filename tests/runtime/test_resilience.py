@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tiny_checkpoint import paragraphs
 from twossp.plan import plan_sweep
 from twossp.spec import load_sweep
 
@@ -127,7 +128,14 @@ def test_two_drivers_on_one_database_run_each_cell_exactly_once(sweep_file: Path
     assert sum(completed) == 11, outputs  # the two drivers' reports add up to the sweep
 
 
-def test_sweep_cancel_stops_a_running_driver_and_releases_its_runs(sweep_file: Path, db_url: str) -> None:
+def test_sweep_cancel_stops_a_running_driver_and_releases_its_runs(tiny_checkpoint, tmp_path: Path,
+                                                                     db_url: str) -> None:
+    # runs long enough (hundreds of evaluation windows each) that the cancellation lands mid-sweep
+    evaluation = tmp_path / "long-eval.txt"
+    evaluation.write_text("\n\n".join(paragraphs(200, seed=2)) + "\n", encoding="utf-8")
+    sweep_file = tiny_checkpoint.write_sweep(
+        tmp_path / "resilience.yaml", "resilience", seeds=[0, 1, 2, 3, 4],
+        evaluation={"perplexity": [{"path": str(evaluation)}], "seq_len": 16, "max_windows": 400})
     proc = start(sweep_file, db_url, "--stale-after", "2")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and "completed" not in statuses(db_url).values():
