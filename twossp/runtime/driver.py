@@ -119,8 +119,7 @@ def run_sweep(spec: SweepSpec, db: Database, executor: Executor, *, path: str | 
     outcome.skipped = [r for r in runs if r not in candidates]
     display.start(runs, statuses)
     held: set[str] = set()
-    # Runs no node of the executor's cluster can ever hold fail now, with the reason, not hours later.
-    unplaceable = executor.unplaceable(candidates) if candidates else {}
+    unplaceable: dict[str, str] = {}  # run key -> why no node of the executor's cluster can ever hold it
 
     def claim(run: RunSpec) -> bool:
         stale_before = utcnow() - timedelta(seconds=stale_after)
@@ -160,6 +159,8 @@ def run_sweep(spec: SweepSpec, db: Database, executor: Executor, *, path: str | 
     beat = _Heartbeat(db, owner, sweep_id, interval=max(0.2, min(30.0, stale_after / 4)))
     beat.start()
     try:
+        # Runs that can never be placed fail now, with the reason, not hours into the sweep.
+        unplaceable.update(executor.unplaceable(candidates) if candidates else {})
         for run in candidates:
             if run.key in unplaceable and claim(run):
                 finished(run, RunResult(key=run.key, status="failed",
