@@ -16,7 +16,7 @@ methods``. The baselines get all n calibration windows (BlockPruner scores candi
 2SSP's only. BlockPruner runs one greedy search, to the highest sparsity: the greedy path does not
 depend on the target, so each lower sparsity's search is a prefix of it; its pruning time is the
 search's elapsed time when it reached that sparsity's target, and its model is the dense one with
-that prefix removed (the same model a search stopping there gives, tested in
+that prefix removed through the stored-mask mechanism (the same model a search stopping there gives, tested in
 ``tests/prune/test_blockpruner.py``; its CPU seconds are the whole search's, so shown only for the top).
 
 Protocol (PROTOCOL.md; everything on the CPU, fp32, 2 threads):
@@ -114,12 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         problems.append("--option needs a single --method")
     if problems:
         p.error("; ".join(problems))
+    args.method_spec = None  # the --option'ed spec of the single method
     if args.options:
         from pydantic import ValidationError
 
         from twossp.spec import METHODS as METHOD_SPECS
         try:
-            METHOD_SPECS[args.method](**args.options)
+            args.method_spec = METHOD_SPECS[args.method](**args.options)
         except ValidationError as exc:
             p.error(f"--option for {args.method}: " + "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
@@ -289,8 +290,8 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
 
     methods = METHODS if args.method == "all" else (args.method,)
     specs = {name: METHOD_SPECS[name]() for name in METHODS}  # each method with its paper's defaults
-    if args.options:
-        specs[args.method] = METHOD_SPECS[args.method](**args.options)
+    if args.method_spec is not None:
+        specs[args.method] = args.method_spec
         log(f"{args.method} options: {specs[args.method].model_dump(exclude={'name'})}")
 
     torch.set_num_threads(2)
@@ -483,7 +484,8 @@ def blockpruner_records(args: argparse.Namespace, log: Log, dense: torch.nn.Modu
     on the target (tests/prune/test_blockpruner.py), so a lower sparsity's search is a prefix of it.
     Its pruning time is the search's elapsed time at the step where it reached that target (what a
     search stopping there takes), and its model is the dense one with that prefix removed."""
-    from twossp.prune.blockpruner import remove_found, steps_for
+    from twossp.prune.blockpruner import split_removals, steps_for
+    from twossp.prune.masks import apply_masks, layer_masks
     from twossp.prune.methods import prune
     from twossp.prune.two_stage import PruneOutcome
 
@@ -501,7 +503,9 @@ def blockpruner_records(args: argparse.Namespace, log: Log, dense: torch.nn.Modu
     for s in args.sparsities:
         steps = steps_for(d["removed_params_after_each_removal"], dense_counts.layer_params, s)
         model = copy.deepcopy(dense)
-        attention, ffn, blocks = remove_found(model, adapter, order[:steps])
+        attention, ffn, blocks = split_removals(order[:steps])
+        apply_masks(model, adapter, layer_masks(dense_counts.num_layers, dense_counts.intermediate_size, None,
+                                                attention, blocks, ffn))
         seconds = d["seconds_after_each_removal"][steps - 1]
         prefix = PruneOutcome(kept_ffn=None, removed_attention=attention, removed_ffn=ffn, removed_blocks=blocks,
                               timings={"prune": seconds}, details={})

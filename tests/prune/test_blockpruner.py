@@ -12,7 +12,7 @@ import torch
 from twossp.errors import BudgetError
 from twossp.evaluate.perplexity import perplexity
 from twossp.families import adapter_for
-from twossp.prune.blockpruner import remove_found, remove_submodules_greedy, steps_for
+from twossp.prune.blockpruner import remove_submodules_greedy, split_removals, steps_for
 from twossp.prune.masks import apply_masks, layer_masks
 from twossp.prune.methods import prune
 from twossp.spec import BlockPrunerMethod
@@ -168,9 +168,11 @@ def test_a_lower_sparsity_is_a_prefix_of_a_higher_ones_search(tiny, cpu):
     assert len(high_search.seconds) == len(high_search.removed)
     assert high_search.seconds == sorted(high_search.seconds)
 
-    rebuilt = copy.deepcopy(dense)
-    found = remove_found(rebuilt, adapter, high_search.removed[:steps])
+    found = split_removals(high_search.removed[:steps])
     assert found == (low_outcome.removed_attention, low_outcome.removed_ffn, low_outcome.removed_blocks)
+    attention, ffn, blocks = found
+    rebuilt = copy.deepcopy(dense)
+    apply_masks(rebuilt, adapter, layer_masks(6, dense.config.intermediate_size, None, attention, blocks, ffn))
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(tokens).logits, low(tokens).logits, rtol=0, atol=0)
     with pytest.raises(BudgetError, match="short of sparsity 0.75"):

@@ -148,21 +148,14 @@ def steps_for(removed_params: list[int], layer_params: int, sparsity: float) -> 
                       f"removed parameters, short of sparsity {sparsity} ({target:,})")
 
 
-def remove_found(model: nn.Module, adapter: FamilyAdapter, removed: list[Submodule]) -> tuple[list[int], list[int], list[int]]:
-    """Apply a search's removals to ``model``: each submodule replaced by its stand-in (when still
-    there), then the blocks that lost both deleted whole. Returns the removed attentions, FFNs
-    (of blocks that keep their other half) and whole blocks, in dense indices."""
-    layers = adapter.layers(model)
-    for kind, i in removed:
-        if _present(adapter, layers[i], kind):
-            (adapter.remove_attention if kind == ATTENTION else adapter.remove_ffn)(model, i)
+def split_removals(removed: list[Submodule]) -> tuple[list[int], list[int], list[int]]:
+    """A search's removals as the removed attentions and FFNs (of blocks that keep their other half,
+    in order of removal) and the whole blocks (both gone), in dense indices: what ``layer_masks``
+    takes to rebuild the pruned model from the dense one."""
     attention = {i for kind, i in removed if kind == ATTENTION}
     ffn = {i for kind, i in removed if kind == FFN}
-    blocks = sorted(attention & ffn)
-    if blocks:
-        adapter.remove_blocks(model, blocks)
     return ([i for kind, i in removed if kind == ATTENTION and i not in ffn],
-            [i for kind, i in removed if kind == FFN and i not in attention], blocks)
+            [i for kind, i in removed if kind == FFN and i not in attention], sorted(attention & ffn))
 
 
 def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float, method,  # noqa: ANN001
@@ -173,7 +166,9 @@ def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, spa
     dense_params = adapter.block_counts(model).layer_params
     start = time.perf_counter()
     search = remove_submodules_greedy(model, adapter, calibration[:method.num_calibration], sparsity, device, progress)
-    attention, ffn, blocks = remove_found(model, adapter, search.removed)
+    attention, ffn, blocks = split_removals(search.removed)
+    if blocks:
+        adapter.remove_blocks(model, blocks)
     elapsed = time.perf_counter() - start
     achieved = 1 - adapter.block_counts(model).layer_params / dense_params
     return PruneOutcome(
