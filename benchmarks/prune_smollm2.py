@@ -5,7 +5,7 @@ work, perplexity, forward latency.
     .venv/bin/python benchmarks/prune_smollm2.py --seq-len 128 --num-calibration 4 --eval-windows 4
     .venv/bin/python benchmarks/prune_smollm2.py --seq-len 128 --num-calibration 4 --eval-windows 4 --method all
 
-``--method`` picks the pruning method from the library's registry (``twossp.prune.methods.prune``):
+``--method`` picks the pruning method from the library's registry (``twossp.prune.prune``):
 ``2ssp`` (default), ``shortgpt`` (drop the ceil(s*N) blocks of lowest Block Influence), ``window``
 (drop the ceil(s*N) consecutive blocks whose input and output are most similar), ``blockpruner``
 (greedy attention/FFN submodule removal by calibration perplexity), ``evopress`` (evolutionary
@@ -19,7 +19,7 @@ search's elapsed time when it reached that sparsity's target, and its model is t
 that prefix removed through the stored-mask mechanism (the same model a search stopping there gives, tested in
 ``tests/prune/test_blockpruner.py``; its CPU seconds are the whole search's, so shown only for the top).
 
-Protocol (PROTOCOL.md; everything on the CPU, fp32, 2 threads):
+Protocol (docs/evaluation.md; everything on the CPU, fp32, 2 threads):
 - the model is loaded once (``twossp.runtime.loading.load_model``, builtin SmolLM2); every sparsity
   prunes its own ``copy.deepcopy`` of the dense model, so loading is never part of pruning time;
 - calibration: the C4 subset's texts joined with "\\n\\n", tokenised once without special tokens,
@@ -30,8 +30,9 @@ Protocol (PROTOCOL.md; everything on the CPU, fp32, 2 threads):
 - latency: one full forward (LM head included) of one L-token window, a few warm-up runs, then the
   median of the timed runs, for the dense model and every pruned one.
 
-The data lives outside the repository (``../shared/data`` from the repo root, see its README); the
-script exits with status 2 and says so when it is absent. Progress goes to stderr; stdout carries
+The data is not part of the repository: ``--data-dir DIR`` (or ``TWOSSP_BENCH_DATA``) names a folder
+holding the C4 subset and WikiText-2 test files named below; the script exits with status 2 and
+says so when they are absent. Progress goes to stderr; stdout carries
 either a rich table or, with ``--json``, one JSON object per line: a ``dense`` record, then one
 ``sparsity`` record per method and sparsity (each with a ``method`` field).
 """
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import logging
 import math
 import platform
@@ -69,7 +71,9 @@ REFERENCE = {
 }
 TARGET_LAYER_FORWARD_RATIO = 0.55  # stage-2 decoder-layer forwards / naive search's
 TARGET_TIME_RATIO = 0.6            # our total pruning time / the reference's
-METHODS = ("2ssp", "shortgpt", "window", "blockpruner", "evopress", "slicegpt")  # --method all: in this order
+from twossp.methods import METHODS as REGISTRY  # noqa: E402 - torch-free
+
+METHODS = tuple(name for name, entry in REGISTRY.items() if entry.prunes)  # --method all: registry order
 
 
 # --- setup ------------------------------------------------------------------------------------------
@@ -82,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-windows", type=int, default=32, help="WikiText-2 evaluation windows w (default 32)")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.375, 0.5],
                    help="target sparsities, fractions of the decoder-layer parameters (default 0.25 0.375 0.5)")
-    p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
-                   help="reference data folder (default ../shared/data from the repo root)")
+    p.add_argument("--data-dir", type=Path, default=os.environ.get("TWOSSP_BENCH_DATA"),
+                   help=f"folder with the reference data ({C4_FILE}, {WIKITEXT_FILE}); env TWOSSP_BENCH_DATA")
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards before the latency runs (default 2)")
     p.add_argument("--timed-runs", type=int, default=5, help="timed forwards, median reported (default 5)")
     p.add_argument("--method", choices=(*METHODS, "all"), default="2ssp",
@@ -118,9 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.options:
         from pydantic import ValidationError
 
-        from twossp.spec import METHODS as METHOD_SPECS
         try:
-            args.method_spec = METHOD_SPECS[args.method](**args.options)
+            args.method_spec = REGISTRY[args.method].spec(**args.options)
         except ValidationError as exc:
             p.error(f"--option for {args.method}: " + "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
@@ -164,8 +167,8 @@ def read_texts(data_dir: Path) -> tuple[str, str]:
     c4, wiki = data_dir / C4_FILE, data_dir / WIKITEXT_FILE
     missing = [str(f) for f in (c4, wiki) if not f.is_file()]
     if missing:
-        fail(f"reference data not found: {', '.join(missing)}. This benchmark reads the shared data folder "
-             f"(default ../shared/data from the repo root); give its location with --data-dir.")
+        fail(f"reference data not found: {', '.join(missing)}; give the folder that holds it with --data-dir "
+             "(or TWOSSP_BENCH_DATA).")
     with c4.open(encoding="utf-8") as f:
         calibration = "\n\n".join(json.loads(line)["text"] for line in f if line.strip())
     return calibration, wiki.read_text(encoding="utf-8").replace("\r", "")
@@ -282,14 +285,12 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
     from twossp.errors import TwosspError
     from twossp.evaluate.perplexity import make_windows, perplexity
     from twossp.families import adapter_for
-    from twossp.prune.budget import blocks_to_remove, two_stage_budget
-    from twossp.prune.methods import prune
+    from twossp.prune import prune
     from twossp.runtime.loading import load_model
-    from twossp.spec import METHODS as METHOD_SPECS
     from twossp.spec import ModelSpec
 
     methods = METHODS if args.method == "all" else (args.method,)
-    specs = {name: METHOD_SPECS[name]() for name in METHODS}  # each method with its paper's defaults
+    specs = {name: REGISTRY[name].spec() for name in METHODS}  # each method with its paper's defaults
     if args.method_spec is not None:
         specs[args.method] = args.method_spec
         log(f"{args.method} options: {specs[args.method].model_dump(exclude={'name'})}")
@@ -309,11 +310,8 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
     # Fail on an infeasible sparsity now rather than after an hour of pruning the others.
     try:
         for s in args.sparsities:
-            if "2ssp" in methods:
-                two_stage_budget(dense_counts, s, alpha=specs["2ssp"].alpha)
-            if {"shortgpt", "window", "evopress"} & set(methods) and \
-                    blocks_to_remove(dense_counts.num_layers, s) >= dense_counts.num_layers:
-                fail(f"sparsity {s} removes all {dense_counts.num_layers} blocks with the block methods")
+            for name in methods:  # each method's plan preview raises where it could not succeed
+                REGISTRY[name].preview(specs[name], s, dense_counts)
     except TwosspError as exc:
         fail(str(exc))
 
@@ -355,22 +353,22 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
     emit(dense_record)
 
     for name in methods:
-        if name == "blockpruner":
+        if REGISTRY[name].prefix_search:
             for record in blockpruner_records(args, log, dense, adapter, calibration, evaluation, device,
                                               specs[name], dense_ppl, dense_fwd, dense_counts):
                 emit(record)
             continue
         for s in args.sparsities:
-            label = f"sparsity {s}" if args.method == "2ssp" else f"{name}, sparsity {s}"
+            label = f"{name}, sparsity {s}"
             model = copy.deepcopy(dense)
             probe = matmul_gflops()
             cpu_start = time.process_time()
             outcome = prune(model, adapter, calibration, s, specs[name], device, progress=log.progress(label))
             cpu_s = time.process_time() - cpu_start
             probe_after = matmul_gflops()
-            measured = {"label": label, "probe": probe, "probe_after": probe_after, "cpu_s": cpu_s,
+            measured = {"method": name, "label": label, "probe": probe, "probe_after": probe_after, "cpu_s": cpu_s,
                         "dense_ppl": dense_ppl, "dense_fwd": dense_fwd, "dense_counts": dense_counts}
-            if name == "2ssp":
+            if outcome.budget is not None:  # a two-stage method: stage timings and stage-2 work
                 record = two_ssp_record(args, log, model, dense, adapter, calibration, evaluation, device, s,
                                         outcome, measured)
             else:
@@ -387,7 +385,7 @@ def two_ssp_record(args: argparse.Namespace, log: Log, model: torch.nn.Module, d
 
     label, probe, probe_after, cpu_s = measured["label"], measured["probe"], measured["probe_after"], measured["cpu_s"]
     dense_ppl, dense_fwd, dense_counts = measured["dense_ppl"], measured["dense_fwd"], measured["dense_counts"]
-    depth = outcome.depth
+    depth = outcome.search
     widths = {adapter.ffn_width(layer) for layer in adapter.layers(model)}
     ffn_kept = widths.pop() if len(widths) == 1 else sorted(widths)  # 2SSP keeps the same width everywhere
     achieved = 1 - adapter.block_counts(model).layer_params / dense_counts.layer_params
@@ -396,7 +394,7 @@ def two_ssp_record(args: argparse.Namespace, log: Log, model: torch.nn.Module, d
     ratio = depth.layer_forwards / depth.naive_layer_forwards if depth.naive_layer_forwards else None
     record = {
         "record": "sparsity",
-        "method": "2ssp",
+        "method": measured["method"],
         "sparsity": s,
         "achieved_sparsity": achieved,
         "attention_removed": outcome.removed_attention,
@@ -484,10 +482,10 @@ def blockpruner_records(args: argparse.Namespace, log: Log, dense: torch.nn.Modu
     on the target (tests/prune/test_blockpruner.py), so a lower sparsity's search is a prefix of it.
     Its pruning time is the search's elapsed time at the step where it reached that target (what a
     search stopping there takes), and its model is the dense one with that prefix removed."""
+    from twossp.contracts import PruneOutcome, layer_masks
+    from twossp.prune import prune
     from twossp.prune.blockpruner import split_removals, steps_for
-    from twossp.prune.masks import apply_masks, layer_masks
-    from twossp.prune.methods import prune
-    from twossp.prune.two_stage import PruneOutcome
+    from twossp.prune.masks import apply_masks
 
     top = max(args.sparsities)
     searched = copy.deepcopy(dense)
@@ -509,10 +507,10 @@ def blockpruner_records(args: argparse.Namespace, log: Log, dense: torch.nn.Modu
         seconds = d["seconds_after_each_removal"][steps - 1]
         prefix = PruneOutcome(kept_ffn=None, removed_attention=attention, removed_ffn=ffn, removed_blocks=blocks,
                               timings={"prune": seconds}, details={})
-        measured = {"label": f"blockpruner, sparsity {s}", "probe": probe, "probe_after": probe_after,
+        measured = {"method": spec.name, "label": f"{spec.name}, sparsity {s}", "probe": probe, "probe_after": probe_after,
                     "cpu_s": cpu_s if steps == len(order) else None, "dense_ppl": dense_ppl,  # the whole search's
                     "dense_fwd": dense_fwd, "dense_counts": dense_counts}
-        record = block_record(args, log, "blockpruner", model, adapter, evaluation, device, s, prefix, measured)
+        record = block_record(args, log, spec.name, model, adapter, evaluation, device, s, prefix, measured)
         record.update(steps=steps, removal_order=[list(x) for x in order[:steps]],
                       calibration_perplexity=d["calibration_perplexity_after_each_removal"][:steps],
                       timed_from_search_to=top)
@@ -631,7 +629,7 @@ def print_combined_table(args: argparse.Namespace, dense: dict[str, Any], record
     table.add_row("dense", "0", "0", dash, str(dense["ffn_width"]), dash, dash, dash, dash, dash, dash, dash,
                   f"{dense['perplexity']:.3f}", f"{dense['forward_s']:.3f}", "1.00x", f"{dense['matmul_gflops']:.0f}")
     for r in records:
-        two_ssp = r["method"] == "2ssp"
+        two_ssp = "stage1_s" in r  # a two-stage record
         removed = f"{len(r['attention_removed'])} attn" if two_ssp else removed_count(r)
         table.add_row(
             r["method"], f"{r['sparsity']}", f"{r['achieved_sparsity']:.4f}", removed, str(r["ffn_kept"]),
@@ -652,7 +650,7 @@ def print_combined_table(args: argparse.Namespace, dense: dict[str, Any], record
                   "2SSP's attentions in order of removal, the block methods' whole blocks:")
     for r in records:
         console.print(f"  {r['method']} {r['sparsity']}: {removed_text(r)}")
-    two_ssp_records = [r for r in records if r["method"] == "2ssp"]
+    two_ssp_records = [r for r in records if "stage1_s" in r]
     if two_ssp_records:
         print_2ssp_notes(console, two_ssp_records)
     print_environment(console, dense)
@@ -660,9 +658,10 @@ def print_combined_table(args: argparse.Namespace, dense: dict[str, Any], record
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.data_dir.is_dir():
-        fail(f"data folder not found: {args.data_dir}. This benchmark reads the shared reference data "
-             f"(default ../shared/data from the repo root); give its location with --data-dir.")
+    if args.data_dir is None or not Path(args.data_dir).is_dir():
+        fail(f"data folder not found: {args.data_dir}; give the folder holding {C4_FILE} and {WIKITEXT_FILE} "
+             "with --data-dir (or TWOSSP_BENCH_DATA).")
+    args.data_dir = Path(args.data_dir)
     log = Log()
     records: list[dict[str, Any]] = []
 
@@ -674,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     run(args, log, emit)
     dense, records = records[0], records[1:]
     if not args.json:
-        if args.method == "2ssp":
+        if records and all("stage1_s" in r for r in records):  # one two-stage method
             print_table(args, dense, records)
         else:
             print_combined_table(args, dense, records)

@@ -112,9 +112,14 @@ def cpu() -> torch.device:
 # On-disk fixtures for the CLI, database and driver tests (appended; see tests/tiny_checkpoint.py)
 # --------------------------------------------------------------------------------------------
 
-import uuid  # noqa: E402
-
-from pg_server import postgres_server, unavailable_reason  # noqa: E402
+from pg_server import (  # noqa: E402
+    drop_database,
+    new_database,
+    password_unavailable_reason,
+    postgres_password_server,
+    postgres_server,
+    unavailable_reason,
+)
 from tiny_checkpoint import tiny_checkpoint  # noqa: E402,F401  (session-scoped fixture)
 
 
@@ -128,23 +133,44 @@ def postgres_admin_url() -> str:
         yield url
 
 
+@pytest.fixture(scope="session")
+def postgres_password_url() -> SimpleNamespace:
+    """A throwaway PostgreSQL server that requires a password (scram-sha-256) of every connection,
+    for the whole session (see tests/pg_server.py):
+
+    - ``url``: its admin URL with the password in it
+      (``postgresql+psycopg://twossp:PASSWORD@127.0.0.1:PORT/postgres``; the superuser),
+    - ``password``: the password itself, to assert that no output contains it,
+    - ``user``: the user name,
+    - ``new_database()``: a fresh empty database on it; returns its URL (with the password).
+      Dropped with the server at the end of the session.
+    """
+    reason = password_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    from sqlalchemy.engine import make_url
+
+    with postgres_password_server() as (url, password):
+        created: list[str] = []
+
+        def fresh() -> str:
+            created.append(new_database(url))
+            return created[-1]
+
+        yield SimpleNamespace(url=url, password=password, user=make_url(url).username, new_database=fresh)
+        for database in created:  # a server given by TWOSSP_TEST_POSTGRES outlives the session
+            drop_database(url, database)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
     """A URL of an empty database: a SQLite file in ``tmp_path``, or a fresh Postgres database."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'results.db'}"
         return
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
     admin_url = request.getfixturevalue("postgres_admin_url")
-    name = f"twossp_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = new_database(admin_url)
     try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(admin_url, url)

@@ -14,12 +14,12 @@ import torch
 from twossp.checkpoint import load_pruned, save_pruned
 from twossp.errors import UnsupportedArchitecture
 from twossp.families import adapter_for
-from twossp.prune.methods import prune
-from twossp.spec import METHODS
+from twossp.prune import prune
+from twossp.methods import METHODS
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
 #: each method with settings small enough for 6-block models (EvoPress: a short search)
-SPECS = {name: METHODS[name](**({"generations": 4, "offspring": 4, "initial_candidates": 4}
+SPECS = {name: METHODS[name].spec(**({"generations": 4, "offspring": 4, "initial_candidates": 4}
                                  if name == "evopress" else {}))
          for name in METHODS if name != "dense"}
 

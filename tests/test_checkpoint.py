@@ -12,11 +12,13 @@ from sqlalchemy import select
 from transformers import AutoModelForCausalLM
 
 from twossp import cli
-from twossp.checkpoint import REMOVED_KEY, CheckpointError, load_pruned, save_pruned
+from twossp.checkpoint import REMOVED_KEY, load_pruned, save_pruned
+from twossp.errors import CheckpointError
 from twossp.db.models import Run
 from twossp.db.session import Database
 from twossp.families import adapter_for
-from twossp.prune.masks import LayerMask, apply_masks
+from twossp.contracts import LayerMask
+from twossp.prune.masks import apply_masks
 from twossp.prune.two_stage import prune_2ssp
 from twossp.prune.width import prune_width, top_neurons
 
@@ -103,7 +105,7 @@ def test_export_rebuilds_a_run_from_the_database_alone(tiny_checkpoint, tmp_path
     dense = runner.invoke(cli.main, ["export", dense_key, str(tmp_path / "dense"), "--db", db_url])
     assert dense.exit_code == 0 and "plain Hugging Face checkpoint" in dense.output
     missing = runner.invoke(cli.main, ["export", "ffffffff", str(tmp_path / "none"), "--db", db_url])
-    assert missing.exit_code == 1 and "no run with a key starting 'ffffffff'" in missing.output
+    assert missing.exit_code == 2 and "no run with a key starting 'ffffffff'" in missing.output
 
 
 def test_export_refuses_a_slicegpt_run_and_says_how_to_keep_it(tiny_checkpoint, tmp_path) -> None:
@@ -118,5 +120,5 @@ def test_export_refuses_a_slicegpt_run_and_says_how_to_keep_it(tiny_checkpoint, 
         key = session.scalars(select(Run.key).where(Run.method == "slicegpt")).one()
     db.close()
     refused = runner.invoke(cli.main, ["export", key, str(tmp_path / "out"), "--db", db_url])
-    assert refused.exit_code == 1 and "save_to: DIR" in refused.output
+    assert refused.exit_code == 2 and "save_to: DIR" in refused.output
     assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -273,7 +274,13 @@ def test_invalid_sweep_leaves_an_existing_database_untouched(swept, tmp_path: Pa
 @pytest.fixture(scope="module")
 def swept_with_a_missing_model(tiny_checkpoint, tmp_path_factory) -> tuple[Path, Path, Path, Result]:
     root = tmp_path_factory.mktemp("cli-missing")
+    # a model folder that validates (its config.json is there) but whose weights are not: a
+    # missing folder is refused before anything runs (see the bad sweeps); this one fails to load
     missing = root / "no-such-model"
+    missing.mkdir()
+    for file in tiny_checkpoint.model_dir.iterdir():  # config and tokenizer, no weights
+        if file.suffix != ".safetensors":
+            shutil.copy(file, missing / file.name)
     sweep_file = tiny_checkpoint.write_sweep(
         root / "two-models.yaml", name="two-models",
         models=[{"path": str(tiny_checkpoint.model_dir)}, {"path": str(missing)}])
@@ -293,11 +300,11 @@ def test_a_model_that_cannot_load_fails_its_runs_only(swept_with_a_missing_model
     assert {r.status for r in good} == {"completed"}
     assert {r.status for r in bad} == {"failed"}
     for r in bad:
-        assert str(missing) in r.error and "not found" in r.error
+        assert str(missing) in r.error
         assert r.finished_at is not None and r.achieved_sparsity is None
     for r in bad:
         assert f"failed no-such-model {r.method}" in result.output and r.key in result.output
-    assert result.output.count(f"model directory not found: {missing}") >= 3
+    assert result.output.count(f"found in directory {missing}") >= 3
 
 
 def test_runs_lists_failed_runs_with_their_error(swept_with_a_missing_model) -> None:
@@ -307,7 +314,7 @@ def test_runs_lists_failed_runs_with_their_error(swept_with_a_missing_model) -> 
     assert result.exit_code == 0, result.output
     for r in stored.values():
         assert (r.key in result.output) == (r.status == "failed")
-    assert result.output.count("model directory not found") == 3
+    assert result.output.count("found in directory") == 3
     assert str(missing) in result.output
 
     everything = invoke("runs", "--db", db_file)
@@ -374,7 +381,7 @@ def test_db_upgrade_then_current_prints_the_head(tmp_path: Path) -> None:
     head = head_revision(url)
     result = invoke("db", "current", "--db", db_file)
     assert result.exit_code == 0
-    assert f"{url}: revision {head} (head {head})" in result.output
+    assert f"{url}: schema {head}" in result.output and "up to date" in result.output
 
 
 def test_db_option_reads_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -382,7 +389,7 @@ def test_db_option_reads_the_environment(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("TWOSSP_DB", str(db_file))
     assert invoke("db", "upgrade").exit_code == 0
     assert db_file.exists()
-    assert f"revision {head_revision(f'sqlite:///{db_file}')}" in invoke("db", "current").output
+    assert f"schema {head_revision(f'sqlite:///{db_file}')}" in invoke("db", "current").output
 
 
 def _downgraded_with_foreign_table(db_file: Path) -> str:
@@ -436,7 +443,7 @@ def test_a_database_at_an_unknown_revision_is_refused(tmp_path: Path) -> None:
 
 def test_list_methods_and_families_print_one_per_line_with_a_description() -> None:
     from twossp.families import supported_architectures
-    from twossp.spec import METHODS
+    from twossp.methods import METHODS
 
     methods = invoke("list", "methods")
     assert methods.exit_code == 0
@@ -496,7 +503,7 @@ def test_plan_reports_runs_no_node_of_this_machine_can_hold(tiny_checkpoint, tmp
     big = tiny_checkpoint.write_sweep(tmp_path / "big.yaml", "big", models=[
         {"path": str(tiny_checkpoint.model_dir), "cpus": 100000}])
     result = invoke("sweep", "plan", big, "--db", tmp_path / "none.db")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # a run that cannot succeed
     flat = " ".join(result.output.split())
     assert "3 run(s) of tiny-llama can never be placed on this machine (the local Ray cluster):" \
            in flat and "needs 100000 CPU on one node" in flat, result.output

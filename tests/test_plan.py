@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from twossp.plan import RunSpec, plan_sweep
-from twossp.spec import DenseMethod, TwoSSPMethod, parse_sweep
+from twossp.methods import DenseMethod, TwoSSPMethod
+from twossp.spec import parse_sweep
 
 BASE: dict[str, Any] = {
     "name": "base",
@@ -27,7 +28,7 @@ BASE: dict[str, Any] = {
 
 
 def plan(doc: dict[str, Any]) -> list[RunSpec]:
-    return plan_sweep(parse_sweep(yaml.safe_dump(doc, sort_keys=False), "test.yaml"))
+    return plan_sweep(parse_sweep(yaml.safe_dump(doc, sort_keys=False), "test.yaml", check_files=False))
 
 
 def keys_by_method(doc: dict[str, Any]) -> dict[str, str]:
@@ -118,7 +119,7 @@ def test_keys_are_stable_within_and_across_processes() -> None:
     code = (
         "import json, sys, yaml; from twossp.spec import parse_sweep; from twossp.plan import plan_sweep; "
         "doc = json.loads(sys.argv[1]); "
-        "print(json.dumps([r.key for r in plan_sweep(parse_sweep(yaml.safe_dump(doc)))]))"
+        "print(json.dumps([r.key for r in plan_sweep(parse_sweep(yaml.safe_dump(doc), check_files=False))]))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # a key must not depend on hash()
     result = subprocess.run([sys.executable, "-c", code, json.dumps(BASE)],
@@ -232,8 +233,12 @@ def test_the_order_of_evaluation_datasets_does_not_change_keys() -> None:
 
     def keys(datasets: str) -> list[str]:
         spec = parse_sweep("name: s\nmodels: [{hub: org/m}]\nmethods: [dense, 2ssp]\nsparsities: [0.5]\n"
-                           f"calibration: {{source: lee-calibration}}\nevaluation: {{perplexity: {datasets}}}\n")
-        return [r.key for r in plan_sweep(spec)]
+                           f"calibration: {{source: lee-calibration}}\nevaluation: {{perplexity: {datasets}}}\n",
+                           check_files=False)
+        runs = plan_sweep(spec)
+        # the leaderboard pairs a method with its dense baseline by evaluation key: one identity
+        assert len({r.evaluation_key for r in runs}) == 1
+        return [r.key for r in runs] + [runs[0].evaluation_key]
 
     assert keys("[wikitext2, c4, {path: /d/x.txt}]") == keys("[{path: /d/x.txt}, c4, wikitext2]")
     assert keys("[wikitext2, c4]") != keys("[wikitext2]")

@@ -1,114 +1,187 @@
-"""The command line. The only module that prints for humans and chooses exit codes.
+"""The command line: the only module that prints for humans and chooses exit codes.
 
-Exit codes: 0 success; 1 a run failed or a library error; 2 invalid input (sweep file, usage);
-3 database schema out of date.
+Every command is a few lines over library calls; errors become messages in one place
+(``TwosspGroup.invoke``), never a traceback. Everything that comes from a user (names, keys, paths,
+URLs, error messages) is printed as plain text, never as rich markup, and database URLs only ever
+with their password masked.
+
+Exit codes (also in the README):
+  0    success
+  1    a run failed, runs were left undone, or a library error while working
+  2    invalid input: a sweep or dashboard file, a command-line argument, a database URL or file,
+       runs that could not succeed (unsupported architecture, infeasible sparsity, no placement)
+  3    the database schema is out of date (or newer than this twossp)
+  130  interrupted (Ctrl-C, SIGTERM) or cancelled with `twossp sweep cancel`: unfinished runs released
+An unexpected internal error (a bug) prints its traceback with a request to report it, and exits 1.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import traceback
 from pathlib import Path
+from typing import Any, Iterable, NoReturn
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from twossp.errors import SchemaOutdated, SpecError, TwosspError
+from twossp.errors import (CheckpointError, DatabaseError, PlanError, SchemaOutdated, SpecError, TwosspError,
+                           UnknownName)
 
-console = Console()
-err = Console(stderr=True)
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+#: exit code of each library error class (the first match in order wins); any other TwosspError: 1
+EXIT_CODES: tuple[tuple[type[TwosspError], int], ...] = (
+    (SpecError, 2), (PlanError, 2), (DatabaseError, 2), (UnknownName, 2), (CheckpointError, 2), (SchemaOutdated, 3),
+)
 
 DB_OPTION = click.option("--db", "db_url", envvar="TWOSSP_DB", default=None,
                          help="SQLAlchemy URL or SQLite path (default: sqlite:///twossp.db; env TWOSSP_DB).")
 
 
-def _fail(exc: TwosspError) -> None:
-    if isinstance(exc, SpecError):
-        for problem in exc.problems:
-            err.print(f"[red]error[/] {problem}", highlight=False, soft_wrap=True)
-        err.print(f"{len(exc.problems)} problem(s) found")
-        sys.exit(2)
-    err.print(f"[red]error[/] {exc}", highlight=False, soft_wrap=True)
-    sys.exit(3 if isinstance(exc, SchemaOutdated) else 1)
+def say(*parts: str | tuple[str, str], stderr: bool = False) -> None:
+    """Print plain text (pieces may be ``(text, style)``): no markup is interpreted in any of it."""
+    (err if stderr else console).print(Text.assemble(*parts), soft_wrap=True)
 
 
-def _database(db_url: str | None, create: bool = True):
+def fail(message: str, code: int) -> NoReturn:
+    say(("error", "red"), " ", message, stderr=True)
+    sys.exit(code)
+
+
+class TwosspGroup(click.Group):
+    """Turns every library error into its message and exit code, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SpecError as exc:
+            for problem in exc.problems:
+                say(("error", "red"), " ", str(problem), stderr=True)
+            say(f"{len(exc.problems)} problem(s) found", stderr=True)
+            sys.exit(2)
+        except PlanError as exc:
+            for problem in exc.problems:
+                say(("cannot succeed", "red"), " ", problem, stderr=True)
+            say(f"{len(exc.problems)} run problem(s) found; nothing was run or stored", stderr=True)
+            sys.exit(2)
+        except TwosspError as exc:
+            fail(str(exc), next((code for kind, code in EXIT_CODES if isinstance(exc, kind)), 1))
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception:  # noqa: BLE001 - a bug: show it, and ask for a report
+            err.print(Text(traceback.format_exc()))
+            say(("internal error", "red"), " (a bug in twossp, not in your input): please report it with the "
+                "command you ran and the traceback above", stderr=True)
+            sys.exit(1)
+
+
+def _open(db_url: str | None, create: bool = False):  # noqa: ANN202 - a twossp.db.session.Database
+    """The database: created on first use only by commands that write (``create``)."""
     from twossp.db.session import Database
 
-    return Database(db_url, auto_upgrade=create)
+    return Database(db_url, create=create)
 
 
-@click.group(help="twossp: structured pruning of LLMs with 2SSP, run as declarative sweeps.")
+@click.group(cls=TwosspGroup, help="twossp: structured pruning of LLMs with 2SSP, run as declarative sweeps.")
 @click.version_option(package_name="twossp")
 def main() -> None:
     pass
 
 
 # ---------------------------------------------------------------------------------- sweep
-@main.group(help="Validate, plan and run sweep files.")
+@main.group(cls=TwosspGroup, help="Validate, plan and run sweep files.")
 def sweep() -> None:
     pass
 
 
-@sweep.command("validate", help="Check sweep files; report every problem with file and line.")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(files: tuple[str, ...]) -> None:
+def _load_and_check(files: Iterable[str], on_ok: Any = None) -> list[tuple[str, Any, Any, Any]]:
+    """Each sweep file validated (every problem of every file at once), its runs planned and
+    preflighted from local files: (file, spec, runs, preflight); ``on_ok`` is told of each valid file."""
     from twossp.plan import plan_sweep
+    from twossp.runtime.preflight import preflight
     from twossp.spec import load_sweep
 
-    problems = []
+    loaded, problems = [], []
     for file in files:
         try:
             spec = load_sweep(file)
         except SpecError as exc:
             problems += exc.problems
             continue
-        console.print(f"[green]ok[/] {file}: sweep {spec.name!r}, {len(plan_sweep(spec))} runs", highlight=False)
+        runs = plan_sweep(spec)
+        loaded.append((file, spec, runs, preflight(runs)))
+        if on_ok:
+            on_ok(*loaded[-1])
     if problems:
-        _fail(SpecError(problems))
+        raise SpecError(problems)
+    return loaded
 
 
-@sweep.command("plan", help="List the runs a sweep expands to, their keys, and which are already done.")
+@sweep.command("validate", help="Check sweep files; report every problem with file and line.")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(files: tuple[str, ...]) -> None:
+    def ok(file: str, spec: Any, runs: list[Any], report: Any) -> None:
+        say(("ok", "green"), f" {file}: sweep {spec.name!r}, {len(runs)} runs")
+
+    _raise_plan_problems(report for *_, report in _load_and_check(files, on_ok=ok))
+
+
+def _raise_plan_problems(reports: Iterable[Any]) -> None:
+    problems = [p for report in reports for p in report.problems]
+    if problems:
+        raise PlanError(problems)
+
+
+@sweep.command("plan", help="List the runs a sweep expands to, their keys, what each will remove and which are "
+               "already done; exits 2 if a run could not succeed.")
 @click.argument("file", type=click.Path(dir_okay=False))
 @DB_OPTION
 @click.option("--address", default=None,
               help="Check the runs' resources against this Ray cluster (auto or HOST:PORT); without it, "
                    "against this machine's CPUs and memory (GPUs are checked when the sweep runs).")
 def plan(file: str, db_url: str | None, address: str | None) -> None:
-    from twossp.plan import plan_sweep
-    from twossp.runtime.loading import local_config
-    from twossp.spec import load_sweep
+    from twossp.db import store
+    from twossp.db.session import database_exists
 
-    try:
-        spec = load_sweep(file)
-        runs = plan_sweep(spec)
-        statuses = _existing_statuses(db_url, [r.key for r in runs])
-    except TwosspError as exc:
-        _fail(exc)
-    configs = {m.label: local_config(m) for m in spec.models}
-    table = Table(title=f"sweep {spec.name}: {len(runs)} runs")
+    [(_, spec, runs, report)] = _load_and_check([file])
+    statuses: dict[str, str] = {}
+    if database_exists(db_url):
+        db = _open(db_url)
+        try:
+            with db.session() as session:
+                statuses = store.run_statuses(session, [r.key for r in runs])
+        finally:
+            db.close()
+    table = Table(title=Text(f"sweep {spec.name}: {len(runs)} runs"))
     for col in ("key", "model", "method", "sparsity", "calib", "seed", "will remove", "in database"):
         table.add_column(col)
+    colours = {"completed": "green", "failed": "red", "new": "cyan"}
     for run in runs:
-        status = statuses.get(run.key, "new")
-        colour = {"completed": "green", "failed": "red", "new": "cyan"}.get(status, "yellow")
-        table.add_row(run.key, run.model.label, run.method.name,
+        status = str(statuses.get(run.key, "new"))
+        table.add_row(run.key, Text(run.model.label), run.method.name,
                       f"{run.sparsity:g}" if run.sparsity is not None else "-",
                       str(run.calibration.samples) if run.calibration else "-",
                       str(run.calibration.seed) if run.calibration else "-",
-                      _will_remove(run, configs[run.model.label]), f"[{colour}]{status}[/]")
+                      Text(report.previews.get(run.key, "?")), Text(status, style=colours.get(status, "yellow")))
     console.print(table)
     done = sum(1 for s in statuses.values() if s == "completed")
-    console.print(f"{done} of {len(runs)} runs already completed")
-    if any(c is None for c in configs.values()):
-        console.print("[dim]will remove: shown once a model's config.json is local (path:, the hub cache, "
-                      "or a builtin/GGUF model after its first run)[/]")
-    _report_unplaceable(runs, address)
+    say(f"{done} of {len(runs)} runs already completed")
+    if report.unknown:
+        say(("will remove: shown once a model's config.json is local (path:, the hub cache, or a builtin/GGUF "
+             "model after its first run)", "dim"))
+    unplaceable = _unplaceable(runs, address)
+    _raise_plan_problems([report])
+    if unplaceable:
+        sys.exit(2)
 
 
-def _report_unplaceable(runs, address: str | None) -> None:  # noqa: ANN001
-    """Runs whose resources no node can ever give (with the Ray executor), grouped by model."""
+def _unplaceable(runs: list[Any], address: str | None) -> int:
+    """Print, per model, the runs whose resources no node can ever give; how many there are."""
     from twossp.runtime.executors import RayExecutor, this_machine, unplaceable
 
     if address:
@@ -116,9 +189,7 @@ def _report_unplaceable(runs, address: str | None) -> None:  # noqa: ANN001
         try:
             reasons, where = executor.unplaceable(runs), f"the Ray cluster at {address}"
         except Exception as exc:  # noqa: BLE001 - Ray's connection errors have no common type
-            err.print(f"[red]error:[/] could not check resources against the Ray cluster at {address}: {exc}",
-                      highlight=False)
-            sys.exit(2)
+            fail(f"could not check resources against the Ray cluster at {address}: {exc}", 2)
         finally:
             executor.close()
     else:  # GPUs are checked by `sweep run` (or with --address): counting them here would import torch
@@ -129,48 +200,8 @@ def _report_unplaceable(runs, address: str | None) -> None:  # noqa: ANN001
             count, _ = by_model.get(run.model.label, (0, ""))
             by_model[run.model.label] = (count + 1, reasons[run.key])
     for label, (count, reason) in by_model.items():
-        console.print(f"[red]{count} run(s) of {label} can never be placed on {where}:[/] {reason}",
-                      highlight=False)
-
-
-def _will_remove(run, config) -> str:
-    """Attention submodules and FFN width a 2SSP run will give, from the config alone."""
-    from twossp.plan import expected_blocks, expected_budget
-
-    if config is None:
-        return "?" if run.method.name != "dense" else "-"
-    try:
-        budget, blocks = expected_budget(run, config), expected_blocks(run, config)
-    except TwosspError as exc:
-        return f"[red]{exc}[/]"
-    if blocks is not None:
-        return f"{blocks} of {config['num_hidden_layers']} blocks"
-    if budget is None:
-        return "-"
-    return f"{budget.num_attention_removed} attn, FFN {config['intermediate_size']}->{budget.ffn_keep}"
-
-
-def _missing_sqlite_file(url: str) -> bool:
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    return parsed.get_backend_name() == "sqlite" and bool(parsed.database) and not Path(parsed.database).exists()
-
-
-def _existing_statuses(db_url: str | None, keys: list[str]) -> dict[str, str]:
-    """Read-only: a database that does not exist yet is not created by `plan`."""
-    from twossp.db import store
-    from twossp.db.session import database_url
-
-    url = database_url(db_url)
-    if _missing_sqlite_file(url):
-        return {}
-    db = _database(url, create=False)
-    try:
-        with db.session() as session:
-            return store.run_statuses(session, keys)
-    finally:
-        db.close()
+        say((f"{count} run(s) of {label} can never be placed on {where}:", "red"), f" {reason}")
+    return len(reasons)
 
 
 @sweep.command("run", help="Run a sweep: plan it, skip completed runs, execute the rest, store results.")
@@ -188,47 +219,59 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
         stale_after: float) -> None:
     from twossp.dash.live import LiveSweep
     from twossp.runtime.driver import SweepCancelled, run_sweep
-    from twossp.spec import load_sweep
+    from twossp.runtime.executors import LocalExecutor, RayExecutor
 
-    try:
-        spec = load_sweep(file)
-        db = _database(db_url)
-    except TwosspError as exc:
-        _fail(exc)
-    if executor == "ray":
-        from twossp.runtime.executors import RayExecutor
-
-        runner = RayExecutor(address=address, max_retries=max_retries)
-    else:
-        from twossp.runtime.executors import LocalExecutor
-
-        runner = LocalExecutor()
+    [(_, spec, _, report)] = _load_and_check([file])
+    report.raise_problems()  # before the database is touched
+    db = _open(db_url, create=True)
+    runner = RayExecutor(address=address, max_retries=max_retries) if executor == "ray" else LocalExecutor()
     # SIGTERM (a scheduler stopping us) is handled like Ctrl-C: unfinished runs are released.
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         outcome = run_sweep(spec, db, runner, path=str(Path(file).resolve()), rerun_failed=rerun_failed,
                             display=LiveSweep(console), stale_after=stale_after)
     except SweepCancelled:
-        err.print("[yellow]cancelled[/] (twossp sweep cancel): unfinished runs were released and will run next time")
+        say(("cancelled", "yellow"), " (twossp sweep cancel): unfinished runs were released and will run next time",
+            stderr=True)
         sys.exit(130)
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: unfinished runs were released and will run next time")
+        say(("interrupted", "yellow"), ": unfinished runs were released and will run next time", stderr=True)
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         runner.close()
         db.close()
     console.print()
-    elsewhere = f", {len(outcome.elsewhere)} held by another driver" if outcome.elsewhere else ""
-    console.print(f"[bold]{len(outcome.completed)} completed, {len(outcome.failed)} failed, "
-                  f"{len(outcome.skipped)} skipped{elsewhere}[/] (results in {db.url})", highlight=False)
+    elsewhere = f", {len(outcome.elsewhere)} done by another driver" if outcome.elsewhere else ""
+    say((f"{len(outcome.completed)} completed, {len(outcome.failed)} failed, {len(outcome.skipped)} skipped"
+         f"{elsewhere}", "bold"), f" (results in {db.display_url})")
     for retried_run, reason in outcome.retried:
-        err.print(f"[yellow]retried[/] {retried_run.label} ({retried_run.key}): {reason}", highlight=False)
+        say(("retried", "yellow"), f" {retried_run.label} ({retried_run.key}): {reason}", stderr=True)
     for failed_run, error in outcome.failed:
-        err.print(f"[red]failed[/] {failed_run.label} ({failed_run.key}): {error.strip().splitlines()[-1]}",
-                  highlight=False)
+        say(("failed", "red"), f" {failed_run.label} ({failed_run.key}): {error.strip().splitlines()[-1]}",
+            stderr=True)
+    skipped_failed = [r for r in outcome.skipped if r.key in _failed_keys(db_url, outcome.skipped)]
+    if skipped_failed:
+        say(f"{len(skipped_failed)} run(s) failed in an earlier sweep run and were skipped; "
+            "re-run them with --rerun-failed", stderr=True)
+    if outcome.dropped:
+        say(f"{len(outcome.dropped)} run(s) were taken over by another driver; their results are that driver's",
+            stderr=True)
     if outcome.failed:
         sys.exit(1)
+
+
+def _failed_keys(db_url: str | None, runs: list[Any]) -> set[str]:
+    if not runs:
+        return set()
+    from twossp.db import store
+
+    db = _open(db_url)
+    try:
+        with db.session() as session:
+            return {k for k, s in store.run_statuses(session, [r.key for r in runs]).items() if s == "failed"}
+    finally:
+        db.close()
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -246,24 +289,17 @@ def cancel(sweep_ref: str, db_url: str | None) -> None:
     if Path(sweep_ref).is_file():
         from twossp.spec import load_sweep
 
-        try:
-            name = load_sweep(sweep_ref).name
-        except TwosspError as exc:
-            _fail(exc)
-    try:
-        db = _database(db_url)
-    except TwosspError as exc:
-        _fail(exc)
+        name = load_sweep(sweep_ref).name
+    db = _open(db_url)
     try:
         with db.session() as session:
             running = store.request_cancel(session, name)
     finally:
         db.close()
     if running is None:
-        err.print(f"no sweep named {name!r} in {db.url}", highlight=False)
-        sys.exit(1)
-    console.print(f"cancel requested for sweep {name!r}: {running} run(s) running; their drivers stop within "
-                  "their heartbeat interval (at most a quarter of --stale-after, 30 s by default)", highlight=False)
+        fail(f"no sweep named {name!r} in {db.display_url}", 2)
+    say(f"cancel requested for sweep {name!r}: {running} run(s) running; their drivers stop within "
+        "their heartbeat interval (at most a quarter of --stale-after, 30 s by default)")
 
 
 # ---------------------------------------------------------------------------------- results
@@ -271,22 +307,22 @@ def cancel(sweep_ref: str, db_url: str | None) -> None:
 @DB_OPTION
 @click.option("--sweep", "sweep_name", default=None, help="Only runs of this sweep.")
 @click.option("--dashboard", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A dashboards/*.yaml view (default: dashboards/leaderboard.yaml).")
+              help="A dashboard view file (default: the packaged leaderboard view).")
 def leaderboard(db_url: str | None, sweep_name: str | None, dashboard: str | None) -> None:
     from twossp.dash.leaderboard import leaderboard_table, load_dashboard
     from twossp.db import store
 
+    view = load_dashboard(dashboard)
+    db = _open(db_url)
     try:
-        db = _database(db_url)
-        view = load_dashboard(dashboard)
-    except TwosspError as exc:
-        _fail(exc)
-    with db.session() as session:
-        runs = store.leaderboard_cells(session, sweep_name, view.metric)
-        if not runs:
-            console.print(f"no completed runs in {db.url}" + (f" for sweep {sweep_name!r}" if sweep_name else ""))
-            return
-        console.print(leaderboard_table(runs, view))
+        with db.session() as session:
+            cells = store.leaderboard_cells(session, sweep_name, view.metric)
+    finally:
+        db.close()
+    if not cells:
+        say(f"no completed runs in {db.display_url}" + (f" for sweep {sweep_name!r}" if sweep_name else ""))
+        return
+    console.print(leaderboard_table(cells, view))
 
 
 @main.command("runs", help="List runs with their status (and error, for failed ones).")
@@ -294,26 +330,22 @@ def leaderboard(db_url: str | None, sweep_name: str | None, dashboard: str | Non
 @click.option("--status", type=click.Choice(["pending", "running", "completed", "failed"]), default=None,
               help="Only runs with this status.")
 def runs_cmd(db_url: str | None, status: str | None) -> None:
-    from sqlalchemy import select
+    from twossp.db import store
 
-    from twossp.db.models import Run
-
+    db = _open(db_url)
     try:
-        db = _database(db_url)
-    except TwosspError as exc:
-        _fail(exc)
-    with db.session() as session:
-        query = select(Run).order_by(Run.id)
-        if status:
-            query = query.where(Run.status == status)
-        table = Table()
-        for col in ("key", "model", "method", "target", "achieved", "status", "tries", "error"):
-            table.add_column(col, overflow="fold")
-        for r in session.scalars(query):
-            error = (r.error or "").strip().splitlines()[-1] if r.error else ""
-            table.add_row(r.key, r.model, r.method, f"{r.target_sparsity:g}",
-                          f"{r.achieved_sparsity:.4f}" if r.achieved_sparsity is not None else "-", r.status,
-                          str(r.attempts), error)
+        with db.session() as session:
+            rows = store.run_rows(session, status)
+    finally:
+        db.close()
+    table = Table()
+    for col in ("key", "model", "method", "target", "achieved", "status", "tries", "error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        error = r.error.strip().splitlines()[-1] if r.error and r.error.strip() else ""
+        table.add_row(r.key, Text(r.model), r.method, f"{r.target_sparsity:g}",
+                      f"{r.achieved_sparsity:.4f}" if r.achieved_sparsity is not None else "-", str(r.status),
+                      str(r.attempts), Text(error))
     console.print(table)
 
 
@@ -322,30 +354,30 @@ def runs_cmd(db_url: str | None, status: str | None) -> None:
 @click.argument("run_key")
 @click.argument("directory", type=click.Path(file_okay=False))
 @DB_OPTION
-def export(run_key: str, directory: str, db_url: str | None) -> None:
-    from twossp.checkpoint import export_run
+@click.option("--overwrite", is_flag=True, help="Replace what DIR holds (by default DIR must be empty or new).")
+def export(run_key: str, directory: str, db_url: str | None, overwrite: bool) -> None:
+    from twossp.runtime.export import export_run
 
+    db = _open(db_url)
     try:
-        db = _database(db_url)
-        saved = export_run(db, run_key, directory)
-    except TwosspError as exc:
-        _fail(exc)
-    console.print(f"saved to {saved.directory}: {saved.note}", highlight=False, soft_wrap=True)
+        saved = export_run(db, run_key, directory, overwrite=overwrite)
+    finally:
+        db.close()
+    say(f"saved to {saved.directory}: {saved.note}")
 
 
 # ---------------------------------------------------------------------------------- list
-@main.group("list", help="What twossp supports.")
+@main.group("list", cls=TwosspGroup, help="What twossp supports.")
 def list_group() -> None:
     pass
 
 
 @list_group.command("methods", help="Sweep methods, one per line, with the paper each follows.")
 def list_methods() -> None:
-    from twossp.spec import METHODS
+    from twossp.methods import METHODS
 
-    for name, cls in METHODS.items():
-        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph, one line
-        click.echo(f"{name}\t{doc}")
+    for name, entry in METHODS.items():
+        click.echo(f"{name}\t{entry.description}")
 
 
 @list_group.command("families", help="Supported model architectures (config.architectures), one per line.")
@@ -357,36 +389,26 @@ def list_families() -> None:
 
 
 # ---------------------------------------------------------------------------------- db
-@main.group(help="Database schema management (Alembic).")
+@main.group(cls=TwosspGroup, help="Database schema management (Alembic).")
 def db() -> None:
     pass
 
 
-@db.command("upgrade", help="Upgrade the database schema to this version of twossp.")
+@db.command("upgrade", help="Upgrade the database schema to this version of twossp (creating it if needed).")
 @DB_OPTION
 def db_upgrade(db_url: str | None) -> None:
-    from twossp.db.session import database_url, upgrade
+    from twossp.db.session import safe_url, upgrade
 
-    url = database_url(db_url)
-    try:
-        upgrade(url)
-    except TwosspError as exc:
-        _fail(exc)
-    console.print(f"{url}: schema at head")
+    upgrade(db_url)
+    say(f"{safe_url(db_url)}: schema at head")
 
 
 @db.command("current", help="Print the schema revision of the database.")
 @DB_OPTION
 def db_current(db_url: str | None) -> None:
-    from twossp.db.session import current_revision, database_url, head_revision, make_engine
+    from twossp.db.session import describe_revision
 
-    url = database_url(db_url)
-    if _missing_sqlite_file(url):
-        console.print(f"{url}: no database yet (head {head_revision(url)})")
-        return
-    engine = make_engine(url)
-    console.print(f"{url}: revision {current_revision(engine)} (head {head_revision(url)})")
-    engine.dispose()
+    say(describe_revision(db_url))
 
 
 if __name__ == "__main__":

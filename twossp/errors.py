@@ -32,7 +32,8 @@ class SpecError(TwosspError):
 
 
 class BudgetError(TwosspError):
-    """The requested sparsity cannot be met by the 2SSP budget rule (PROTOCOL.md, Eq. 5)."""
+    """The requested sparsity cannot be met (the 2SSP budget rule, paper Eq. 5; or a whole-block
+    method that would remove every block)."""
 
 
 class UnsupportedArchitecture(TwosspError):
@@ -45,3 +46,39 @@ class DataUnavailable(TwosspError):
 
 class SchemaOutdated(TwosspError):
     """The database schema is older than this version of twossp expects."""
+
+
+class UnknownName(TwosspError, KeyError):
+    """A name looked up in a registry (methods, families) is not registered; the message lists the
+    registered ones and the closest match."""
+
+    def __init__(self, kind: str, name: str, known: list[str]):
+        import difflib
+
+        self.kind, self.name, self.known = kind, name, known
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        super().__init__(f"unknown {kind} {name!r}{hint}; known: {', '.join(known)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class CheckpointError(TwosspError):
+    """A pruned checkpoint does not match what its config says (missing or extra weights), or a
+    run cannot be exported."""
+
+
+class DatabaseError(TwosspError):
+    """The result database cannot be used: a URL that names nothing usable, a server that cannot
+    be reached or refuses the credentials, a file that is not a database. Messages never contain a
+    password."""
+
+
+class PlanError(TwosspError):
+    """Runs of a valid sweep that could not succeed (an unsupported architecture, an infeasible
+    budget, a model config that cannot be read), found from local files before any work."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))

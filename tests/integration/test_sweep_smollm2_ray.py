@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from twossp.db.models import LayerMaskRow, Run, Score, Timing
 from twossp.families import adapter_for
-from twossp.prune.budget import two_stage_budget
-from twossp.prune.masks import LayerMask, apply_masks
+from twossp.budget import two_stage_budget
+from twossp.contracts import LayerMask
+from twossp.prune.masks import apply_masks
 from twossp.data.tokens import token_stream
 from twossp.evaluate.perplexity import make_windows, perplexity
 from twossp.runtime.loading import load_model

@@ -13,9 +13,10 @@ from twossp.errors import BudgetError
 from twossp.evaluate.perplexity import perplexity
 from twossp.families import adapter_for
 from twossp.prune.blockpruner import remove_submodules_greedy, split_removals, steps_for
-from twossp.prune.masks import apply_masks, layer_masks
-from twossp.prune.methods import prune
-from twossp.spec import BlockPrunerMethod
+from twossp.contracts import layer_masks
+from twossp.prune.masks import apply_masks
+from twossp.prune import prune
+from twossp.methods import BlockPrunerMethod
 
 
 def _layer_numel(model) -> int:

@@ -18,10 +18,11 @@ from twossp.prune.blocks import (
     window_blocks,
     window_similarity,
 )
-from twossp.prune.budget import blocks_to_remove
-from twossp.prune.masks import apply_masks, layer_masks
-from twossp.prune.methods import prune
-from twossp.spec import ShortGPTMethod, WindowMethod
+from twossp.budget import blocks_to_remove
+from twossp.contracts import layer_masks
+from twossp.prune.masks import apply_masks
+from twossp.prune import prune
+from twossp.methods import ShortGPTMethod, WindowMethod
 
 
 @torch.no_grad()

@@ -6,9 +6,10 @@ import pytest
 from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
 from twossp.errors import BudgetError, UnsupportedArchitecture
-from twossp.families import adapter_for
+from twossp.families import adapter_for, config_block_counts
 from twossp.families.llama import LlamaAdapter, MistralAdapter, Qwen2Adapter
-from twossp.prune.budget import BlockCounts, two_stage_budget
+from twossp.budget import two_stage_budget
+from twossp.contracts import BlockCounts
 
 # Published configs (only the fields that matter for counting); no weights are instantiated.
 PAPER_CONFIGS = {
@@ -39,7 +40,7 @@ ROWS = [(model, s) for model in TABLE for s in (0.25, 0.375, 0.5)]
 
 def _counts(model: str) -> BlockCounts:
     adapter_cls, make = PAPER_CONFIGS[model]
-    return adapter_cls().config_block_counts(make())
+    return config_block_counts(make(), adapter_cls)
 
 
 @pytest.mark.parametrize("model,sparsity", ROWS)
@@ -59,7 +60,7 @@ def test_protocol_table_phi3(sparsity, expected):
         adapter = adapter_for(config)
     except UnsupportedArchitecture:
         pytest.skip("Phi-3 is not supported yet")
-    budget = two_stage_budget(adapter.config_block_counts(config), sparsity)
+    budget = two_stage_budget(config_block_counts(config, type(adapter)), sparsity)
     assert (budget.num_attention_removed, budget.ffn_keep) == expected
 
 
@@ -146,7 +147,7 @@ def test_config_counts_match_instantiated_model(tiny, family, overrides, attn_bi
     model = tiny.model(family, num_layers=3, **overrides)
     adapter = adapter_for(model.config)
     measured = adapter.block_counts(model)
-    assert adapter.config_block_counts(model.config) == measured
+    assert config_block_counts(model.config, type(adapter)) == measured
     # and the measured numbers themselves, from the state dict, independently of the adapter
     sd = model.state_dict()
     assert measured.layer_params == sum(t.numel() for k, t in sd.items() if ".layers." in k)

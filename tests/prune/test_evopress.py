@@ -15,9 +15,10 @@ from torch.nn import functional as F
 from twossp.errors import BudgetError
 from twossp.families import adapter_for
 from twossp.prune.evopress import evolve_blocks, reachable, selection_stages
-from twossp.prune.masks import apply_masks, layer_masks
-from twossp.prune.methods import prune
-from twossp.spec import EvoPressMethod
+from twossp.contracts import layer_masks
+from twossp.prune.masks import apply_masks
+from twossp.prune import prune
+from twossp.methods import EvoPressMethod
 
 
 @torch.no_grad()

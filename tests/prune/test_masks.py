@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from twossp.families import adapter_for
-from twossp.prune.masks import LayerMask, apply_masks, layer_masks, pack_indices
+from twossp.contracts import LayerMask, layer_masks, pack_indices
+from twossp.prune.masks import apply_masks
 from twossp.prune.two_stage import prune_2ssp
 from twossp.prune.width import neuron_scores
 

@@ -11,17 +11,19 @@ import yaml
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
 
-from twossp.checkpoint import CheckpointError, load_pruned, save_pruned
+from twossp.checkpoint import load_pruned, save_pruned
+from twossp.errors import CheckpointError
 from twossp.data.tokens import token_stream
 from twossp.errors import BudgetError, UnsupportedArchitecture
 from twossp.evaluate.perplexity import make_windows, perplexity
 from twossp.families import adapter_for
 from twossp.families.llama import LlamaAdapter
 from twossp.plan import plan_sweep
-from twossp.prune.methods import prune
+from twossp.prune import prune
 from twossp.prune.slicegpt import CONFIG_KEY, SlicedDecoderLayer, choose_width, slice_model, sliced_layer_params
 from twossp.runtime.worker import execute_run
-from twossp.spec import SliceGPTMethod, parse_sweep
+from twossp.methods import SliceGPTMethod
+from twossp.spec import parse_sweep
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 HIDDEN = 64  # the tiny models' hidden size (tests/conftest.py)

@@ -23,7 +23,7 @@ from twossp.db.session import Database
 from twossp.plan import RunSpec, plan_sweep
 from twossp.runtime.driver import SweepOutcome, run_sweep, runs_to_do
 from twossp.runtime.executors import LocalExecutor
-from twossp.runtime.worker import RunResult
+from twossp.contracts import RunResult
 from twossp.spec import parse_sweep
 
 

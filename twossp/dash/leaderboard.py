@@ -1,20 +1,24 @@
 """``twossp leaderboard``: for each model and sparsity, methods side by side with their score per
-dataset and the change against the dense model. The view is declared in ``dashboards/*.yaml``."""
+dataset and the change against the dense model. The view is declared in a dashboard file; the
+default one, ``dashboards/leaderboard.yaml``, ships inside the package (``twossp.dashboards``)."""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from twossp.db.store import BoardCell
+from twossp.errors import SpecError, SpecProblem
 
 
 class Dashboard(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     title: str = "twossp leaderboard"
     metric: str = "perplexity"
@@ -23,14 +27,41 @@ class Dashboard(BaseModel):
 
 
 def default_dashboard_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "dashboards" / "leaderboard.yaml"
+    return Path(str(resources.files("twossp.dashboards") / "leaderboard.yaml"))
 
 
 def load_dashboard(path: str | Path | None) -> Dashboard:
+    """A dashboard file, validated like a sweep file: ``SpecError`` with every problem and its line."""
     path = Path(path) if path else default_dashboard_path()
-    if not path.exists():
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except OSError as exc:
+        raise SpecError([SpecProblem(file, None, "", f"cannot read dashboard file: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise SpecError([SpecProblem(file, None, "", "dashboard file is not UTF-8 text")]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([SpecProblem(file, mark.line + 1 if mark else None, "", f"invalid YAML: {problem}")]) from None
+    except RecursionError:
+        raise SpecError([SpecProblem(file, None, "", "the YAML is nested too deeply")]) from None
+    if data is None:
         return Dashboard()
-    return Dashboard.model_validate(yaml.safe_load(path.read_text()) or {})
+    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
+        raise SpecError([SpecProblem(file, 1, "", "a dashboard file is a YAML mapping (title:, metric:, ...)")])
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    try:
+        return Dashboard.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = str(error["loc"][0]) if error["loc"] else ""
+            message = f"unknown key {key!r}" if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(SpecProblem(file, lines.get(key, 1), key, message))
+        raise SpecError(problems) from None
 
 
 def leaderboard_table(cells: list[BoardCell], view: Dashboard) -> Table:
@@ -38,7 +69,7 @@ def leaderboard_table(cells: list[BoardCell], view: Dashboard) -> Table:
     datasets = sorted({d for c in cells for d in c.scores})
     baseline = {(c.model, c.evaluation_key): c.scores for c in cells if c.method == view.baseline}
 
-    table = Table(title=view.title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+    table = Table(title=Text(view.title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
                   caption=f"{view.metric} per dataset; Δ: change against {view.baseline}; "
                           "n: calibration samples; achieved: sparsity counted on the pruned model; "
                           "several seeds: mean ±sd")
@@ -46,7 +77,7 @@ def leaderboard_table(cells: list[BoardCell], view: Dashboard) -> Table:
     for col in ("target", "method", "achieved", "n"):
         table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     for ds in datasets:
-        table.add_column(ds, justify="right", no_wrap=True)
+        table.add_column(Text(ds), justify="right", no_wrap=True)
         table.add_column("Δ", justify="right", no_wrap=True)
 
     def order(c: BoardCell) -> tuple:
@@ -60,7 +91,8 @@ def leaderboard_table(cells: list[BoardCell], view: Dashboard) -> Table:
         previous = (cell.model, cell.target_sparsity)
         base = baseline.get((cell.model, cell.evaluation_key), {})
         achieved = "-" if cell.achieved_sparsity is None else f"{cell.achieved_sparsity:.3f}"
-        row = [cell.model, f"{cell.target_sparsity:.3g}", cell.method, achieved, str(cell.calibration_samples or "-")]
+        row = [Text(cell.model), f"{cell.target_sparsity:.3g}", Text(cell.method), achieved,
+               str(cell.calibration_samples or "-")]
         for ds in datasets:
             if ds not in cell.scores:
                 row += ["-", "-"]

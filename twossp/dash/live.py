@@ -10,8 +10,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from twossp.contracts import RunResult
 from twossp.plan import RunSpec
-from twossp.runtime.worker import RunResult
 
 _STYLE = {"completed": "green", "failed": "red", "running": "yellow", "queued": "dim", "skipped": "dim cyan"}
 
@@ -31,8 +31,8 @@ class LiveSweep:
                                   "phase": "", "done": int(state == "skipped"), "total": 1, "note": "",
                                   "since": None}
         skipped = sum(1 for r in self.rows.values() if r["state"].startswith("done"))
-        self.console.print(f"[bold]{len(runs)} runs planned[/], {skipped} already in the database, "
-                           f"{len(runs) - skipped} to run")
+        self.console.print(Text.assemble((f"{len(runs)} runs planned", "bold"), f", {skipped} already in the "
+                                         f"database, {len(runs) - skipped} to run"))
         if self.console.is_terminal:  # logs and pipes get one line per finished run instead
             self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
             self.live.start()
@@ -56,9 +56,9 @@ class LiveSweep:
         else:
             row["note"] = (result.error or "").strip().splitlines()[-1][:120]
         elapsed = (result.finished_at - result.started_at).total_seconds() if result.started_at and result.finished_at else 0
-        colour = _STYLE.get(result.status, "")
-        message = f"[{colour}]{result.status}[/] {run.label} [dim]({run.key}, {elapsed:.0f}s)[/] {row['note']}"
-        self.console.print(message, highlight=False)
+        message = Text.assemble((str(result.status), _STYLE.get(result.status, "")), f" {run.label} ",
+                                (f"({run.key}, {elapsed:.0f}s)", "dim"), f" {row['note']}")
+        self.console.print(message, highlight=False, soft_wrap=True)
         self._refresh()
 
     def stop(self) -> None:
@@ -79,5 +79,5 @@ class LiveSweep:
             bar = ProgressBar(total=row["total"], completed=row["done"], width=20)
             step = f"{row['phase']} {row['done']}/{row['total']}" if row["state"] == "running" else ""
             state = Text(row["state"], style=_STYLE.get(row["state"].split()[0], ""))
-            table.add_row(row["run"].label, key, state, step, bar, row["note"])
+            table.add_row(Text(row["run"].label), key, state, Text(step), bar, Text(row["note"]))
         return Group(table)

@@ -1,5 +1,5 @@
-"""Documents from a text source, and token streams cut into windows (PROTOCOL.md, "Data and
-evaluation protocol"): documents joined with "\\n\\n", tokenised once without special tokens."""
+"""Documents from a text source, and token streams cut into windows (docs/evaluation.md,
+Calibration data): documents joined with "\\n\\n", tokenised once without special tokens."""
 
 from __future__ import annotations
 

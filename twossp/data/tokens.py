@@ -39,7 +39,7 @@ def tokens_sha256(tokens: torch.Tensor) -> str:
 
 
 def calibration_windows(tokenizer: Any, source: TextSource, samples: int, seq_len: int, seed: int) -> torch.Tensor:
-    """The first ``samples`` consecutive windows of ``seq_len`` tokens (PROTOCOL.md, calibration)."""
+    """The first ``samples`` consecutive windows of ``seq_len`` tokens (docs/evaluation.md, Calibration data)."""
     tokens = token_stream(tokenizer, source, seed)
     if tokens.numel() < samples * seq_len:
         raise DataUnavailable(

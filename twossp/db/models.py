@@ -8,9 +8,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Text
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Integer, LargeBinary, MetaData
+from sqlalchemy import String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from twossp.contracts import RunStatus
 
 
 def utcnow() -> datetime:
@@ -25,6 +27,14 @@ class Base(DeclarativeBase):
         "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
         "pk": "pk_%(table_name)s",
     })
+
+
+#: ``runs.status``: the lowercase values of ``RunStatus`` in a VARCHAR(20), held to them by the CHECK
+#: constraint ``ck_runs_status`` on every backend (migration 0003). Rows load as ``RunStatus`` members
+#: (a ``str`` enum, so ``row.status == "completed"`` holds); a value outside it is refused in Python
+#: (``validate_strings``) and, written around the ORM, by the database.
+RUN_STATUS = Enum(RunStatus, native_enum=False, create_constraint=True, length=20, name="status",
+                  values_callable=lambda members: [m.value for m in members], validate_strings=True)
 
 
 class Sweep(Base):
@@ -53,7 +63,7 @@ class Run(Base):
     achieved_sparsity: Mapped[Optional[float]] = mapped_column(Float)
     calibration_samples: Mapped[Optional[int]] = mapped_column(Integer)
     seed: Mapped[Optional[int]] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), index=True)  # pending | running | completed | failed
+    status: Mapped[RunStatus] = mapped_column(RUN_STATUS, index=True)  # pending | running | completed | failed
     error: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))

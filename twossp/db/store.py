@@ -3,20 +3,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable
+from typing import Callable, Iterable
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from twossp.contracts import RunResult, RunStatus
 from twossp.db.models import LayerMaskRow, Run, Score, Sweep, Timing, utcnow
 from twossp.plan import RunSpec
-from twossp.runtime.worker import RunResult
 from twossp.spec import SweepSpec
 
 
@@ -46,26 +44,21 @@ def run_statuses(session: Session, keys: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def evaluation_key(evaluation: dict) -> str:
-    """Runs whose evaluation settings (datasets, window, limit) are equal share this key; the
-    leaderboard compares a method only with the dense run evaluated the same way."""
-    canonical = json.dumps(evaluation, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
 def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_failed: bool,
-          stale_before: datetime) -> bool:
+          stale_before: datetime, owner_is_dead: Callable[[str | None], bool] = lambda owner: False) -> bool:
     """Atomically make ``run`` ``running`` under ``owner``, if nobody else may hold it: new, pending,
-    failed (with ``rerun_failed``), or ``running`` with a heartbeat older than ``stale_before`` (its
-    driver died). False when it is completed or held by a live driver. What a previous attempt left
-    (scores, timings, masks) is cleared in the same transaction."""
+    failed (with ``rerun_failed``), or ``running`` with a heartbeat older than ``stale_before`` or an
+    owner that ``owner_is_dead`` (its driver died). False when it is completed or held by a live
+    driver. What a previous attempt left (scores, timings, masks) is cleared in the same transaction.
+    The run's ``evaluation_key`` is the plan's (``RunSpec.evaluation_key``): the one identity the run
+    key also hashes."""
     now = utcnow()
-    values = dict(status="running", owner=owner, heartbeat_at=now, attempts=Run.attempts + 1, error=None,
+    values = dict(status=RunStatus.RUNNING, owner=owner, heartbeat_at=now, attempts=Run.attempts + 1, error=None,
                   started_at=now, finished_at=None, sweep_id=sweep_id,
                   calibration_samples=run.calibration.samples if run.calibration else None,
                   seed=run.calibration.seed if run.calibration else None,
-                  evaluation_key=evaluation_key(run.model_dump(mode="json")["evaluation"]))
-    row_id = session.scalar(select(Run.id).where(Run.key == run.key))
+                  evaluation_key=run.evaluation_key)
+    row_id, holder = session.execute(select(Run.id, Run.owner).where(Run.key == run.key)).one_or_none() or (None, None)
     if row_id is None:
         try:
             with session.begin_nested():
@@ -75,10 +68,13 @@ def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_fa
             return True
         except IntegrityError:  # another driver inserted it between our read and our write
             row_id = session.scalar(select(Run.id).where(Run.key == run.key))
+    abandoned = or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < stale_before)
+    if holder and owner_is_dead(holder):
+        abandoned = or_(abandoned, Run.owner == holder)
     claimable = or_(
-        Run.status == "pending",
-        and_(Run.status == "failed", rerun_failed),
-        and_(Run.status == "running", or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < stale_before)),
+        Run.status == RunStatus.PENDING,
+        and_(Run.status == RunStatus.FAILED, rerun_failed),
+        and_(Run.status == RunStatus.RUNNING, abandoned),
     )
     taken = session.execute(update(Run).where(Run.id == row_id, claimable).values(**values)
                             .execution_options(synchronize_session=False))
@@ -89,9 +85,17 @@ def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_fa
     return True
 
 
+def run_rows(session: Session, status: str | None = None) -> list[Run]:
+    """Every run (of ``status``, when given), in the order they were first claimed."""
+    query = select(Run).order_by(Run.id)
+    if status:
+        query = query.where(Run.status == RunStatus(status))
+    return list(session.scalars(query))
+
+
 def heartbeat(session: Session, owner: str, sweep_id: int) -> bool:
     """Refresh the heartbeat of every run ``owner`` holds; True if the sweep was asked to cancel."""
-    session.execute(update(Run).where(Run.owner == owner, Run.status == "running")
+    session.execute(update(Run).where(Run.owner == owner, Run.status == RunStatus.RUNNING)
                     .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
     return session.scalar(select(Sweep.cancel_requested_at).where(Sweep.id == sweep_id)) is not None
 
@@ -109,13 +113,13 @@ def request_cancel(session: Session, name: str) -> int | None:
     if row is None:
         return None
     row.cancel_requested_at = utcnow()
-    return len(session.scalars(select(Run.id).where(Run.sweep_id == row.id, Run.status == "running")).all())
+    return len(session.scalars(select(Run.id).where(Run.sweep_id == row.id, Run.status == RunStatus.RUNNING)).all())
 
 
 def release(session: Session, owner: str, keys: Iterable[str]) -> None:
     """Runs ``owner`` claimed but did not finish (interrupted, cancelled) go back to pending."""
-    session.execute(update(Run).where(Run.key.in_(list(keys)), Run.owner == owner, Run.status == "running")
-                    .values(status="pending", heartbeat_at=None).execution_options(synchronize_session=False))
+    session.execute(update(Run).where(Run.key.in_(list(keys)), Run.owner == owner, Run.status == RunStatus.RUNNING)
+                    .values(status=RunStatus.PENDING, heartbeat_at=None).execution_options(synchronize_session=False))
 
 
 def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run | None:
@@ -125,7 +129,7 @@ def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run
     row = session.scalar(select(Run).where(Run.key == run.key))
     if row is None:
         raise LookupError(f"run {run.key} was never claimed")
-    if row.owner != owner or row.status != "running":
+    if row.owner != owner or row.status != RunStatus.RUNNING:
         return None
     row.status, row.error = result.status, result.error
     row.started_at = result.started_at or row.started_at
@@ -135,7 +139,7 @@ def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run
     row.host, row.device, row.versions = result.host, result.device, result.versions or None
     row.details = result.details or None
     row.calibration_sha256 = result.calibration_sha256
-    if result.status == "completed":
+    if result.status == RunStatus.COMPLETED:
         row.scores = [Score(dataset=d, metric=m, value=v, tokens_sha256=result.token_hashes.get(d))
                       for d, m, v in result.scores]
         row.timings = [Timing(phase=p, seconds=s) for p, s in result.timings.items()]
@@ -165,7 +169,7 @@ def leaderboard_cells(session: Session, sweep: str | None, metric: str) -> list[
     cell = (Run.model, Run.target_sparsity, Run.method, Run.calibration_samples, Run.evaluation_key)
 
     def scoped(query):  # noqa: ANN001, ANN202
-        query = query.where(Run.status == "completed")
+        query = query.where(Run.status == RunStatus.COMPLETED)
         if sweep:
             query = query.join(Sweep, Sweep.id == Run.sweep_id).where(Sweep.name == sweep)
         return query.group_by(*cell)

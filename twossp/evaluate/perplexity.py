@@ -1,19 +1,16 @@
-"""Perplexity per PROTOCOL.md: non-overlapping windows (the short tail dropped), batch size 1,
-perplexity = exp(token-weighted mean next-token NLL)."""
+"""Perplexity as the evaluation protocol defines it (docs/evaluation.md, Perplexity): non-overlapping
+windows (the short tail dropped), batch size 1, perplexity = exp(token-weighted mean next-token NLL)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from twossp.families.base import FamilyAdapter
-
-Progress = Callable[[str, int, int], None]
+from twossp.contracts import Progress
+from twossp.families.base import FamilyAdapter, nll_sum
 
 
 def make_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
@@ -30,21 +27,6 @@ class Perplexity:
     nll_sum: float
     tokens: int
     windows: int
-
-
-def nll_sum(adapter: FamilyAdapter, model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-            chunk: int = 1024) -> torch.Tensor:
-    """Summed next-token NLL of one window from the decoder's final hidden state.
-
-    ``hidden`` is (1, L, d) and ``targets`` the window's tokens; position t predicts token t+1.
-    Logits are made ``chunk`` positions at a time so a 150k vocabulary never holds L x V floats."""
-    h = hidden[0, :-1]
-    y = targets.to(h.device).view(-1)[1:]
-    total = torch.zeros((), dtype=torch.float64, device=h.device)
-    for start in range(0, h.shape[0], chunk):
-        logits = adapter.logits(model, h[start:start + chunk]).float()
-        total += F.cross_entropy(logits, y[start:start + chunk], reduction="sum").double()
-    return total
 
 
 @torch.no_grad()

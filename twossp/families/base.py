@@ -1,4 +1,5 @@
-"""What pruning code needs to know about a model family, and nothing more (STYLE.md, habit 2)."""
+"""What pruning code needs to know about a model family, and nothing more: pruning code talks to an
+adapter, never to ``model.model.layers[i].mlp`` directly."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from twossp.prune.budget import BlockCounts
+from twossp.contracts import BlockCounts
 
 
 class RemovedAttention(nn.Module):
     """Stands where a pruned attention submodule was: owns no weights and adds nothing to the
-    residual stream (the block keeps its residual path and FFN, PROTOCOL.md stage 2)."""
+    residual stream (the block keeps its residual path and FFN, docs/method.md, Stage 2)."""
 
     def __init__(self, layer_idx: int):
         super().__init__()
@@ -31,13 +33,16 @@ class RemovedFFN(nn.Module):
         return torch.zeros_like(hidden_states)
 
 
-def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+def new_linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+    """The one way twossp builds a Linear from kept (or computed) weights: ``weight`` is
+    (out, in), cast to ``like``'s dtype and device, which also gives the trainability."""
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=like.weight.device,
+                    dtype=like.weight.dtype)
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
             new.bias.copy_(bias)
-    new.weight.requires_grad_(old.weight.requires_grad)
+    new.weight.requires_grad_(like.weight.requires_grad)
     return new
 
 
@@ -45,13 +50,13 @@ def slice_rows(linear: nn.Linear, keep: torch.Tensor) -> nn.Linear:
     """A new Linear keeping only output features ``keep`` (rows of the weight, entries of the bias)."""
     keep = keep.to(linear.weight.device)
     bias = linear.bias[keep] if linear.bias is not None else None
-    return _linear_like(linear, linear.weight[keep], bias)
+    return new_linear(linear.weight[keep], bias, linear)
 
 
 def slice_columns(linear: nn.Linear, keep: torch.Tensor) -> nn.Linear:
     """A new Linear keeping only input features ``keep`` (columns of the weight; the bias stays)."""
     keep = keep.to(linear.weight.device)
-    return _linear_like(linear, linear.weight[:, keep], linear.bias)
+    return new_linear(linear.weight[:, keep], linear.bias, linear)
 
 
 def count(module: nn.Module) -> int:
@@ -104,7 +109,7 @@ class FamilyAdapter:
 
     def block_counts(self, model: nn.Module) -> BlockCounts:
         """P_attn and P_mlp measured on the first block that still has each submodule (block 0 of a
-        dense model), P_layers on every block (PROTOCOL.md, Terms)."""
+        dense model), P_layers on every block (docs/method.md, Terms)."""
         layers = self.layers(model)
         with_attn = [layer for layer in layers if self.is_attention_present(layer)]
         with_ffn = [layer for layer in layers if self.is_ffn_present(layer)]
@@ -115,12 +120,6 @@ class FamilyAdapter:
             mlp_params=count(self.mlp(with_ffn[0])) if with_ffn else 0,
             layer_params=count(layers),
         )
-
-    def config_block_counts(self, config: Any) -> BlockCounts:
-        """The same counts from a config alone (no weights), for planning; see ``config_counts``."""
-        from twossp.families import config_block_counts
-
-        return config_block_counts(config, type(self))
 
     def ffn_width(self, layer: nn.Module) -> int:
         return self.ffn_down(layer).in_features
@@ -232,3 +231,18 @@ def layer_output(output: Any) -> torch.Tensor:
     """A decoder layer's hidden states: transformers 5 layers return the tensor, older ones a tuple
     whose first item is it."""
     return output[0] if isinstance(output, tuple) else output
+
+
+def nll_sum(adapter: FamilyAdapter, model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+            chunk: int = 1024) -> torch.Tensor:
+    """Summed next-token NLL of one window from the decoder's final hidden state.
+
+    ``hidden`` is (1, L, d) and ``targets`` the window's tokens; position t predicts token t+1.
+    Logits are made ``chunk`` positions at a time so a 150k vocabulary never holds L x V floats."""
+    h = hidden[0, :-1]
+    y = targets.to(h.device).view(-1)[1:]
+    total = torch.zeros((), dtype=torch.float64, device=h.device)
+    for start in range(0, h.shape[0], chunk):
+        logits = adapter.logits(model, h[start:start + chunk]).float()
+        total += F.cross_entropy(logits, y[start:start + chunk], reduction="sum").double()
+    return total

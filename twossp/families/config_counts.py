@@ -1,11 +1,11 @@
 """Parameter counts from a model's config alone: no weights and no torch, so ``sweep plan`` can
-show what each sparsity will remove before anything is downloaded (PROTOCOL.md, Terms)."""
+show what each sparsity will remove before anything is downloaded (docs/method.md, Terms)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from twossp.prune.budget import BlockCounts
+from twossp.contracts import BlockCounts
 
 
 def _get(config: Any, name: str, default: Any = None) -> Any:

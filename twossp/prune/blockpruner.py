@@ -3,7 +3,7 @@
 Every decoder block is two "minimal residual blocks" (paper Sec. 3.1): its attention and its FFN,
 each with the norm that only feeds it, so the model is a sequence of 2N removable submodules. Each
 step measures, for every remaining submodule, the calibration perplexity of the current model with
-that submodule removed, and removes for good the one with the lowest (Sec. 3.2-3.3; PROTOCOL.md
+that submodule removed, and removes for good the one with the lowest (Sec. 3.2-3.3; docs/method.md:
 scores on one calibration window). As in the authors' search, the candidates are listed attention
 first, then FFN, each in block order, and the first of equal perplexities wins.
 
@@ -11,11 +11,10 @@ The search stops as soon as the removed parameters (counted on the actual module
 reach ``sparsity`` x P_layers: the sparsity is rounded up to whole submodules, and the achieved
 figure recorded. A block that has lost both submodules is then deleted whole.
 
-Prefix reuse as in 2SSP's stage 2 (``depth.py``): the input of block i does not depend on blocks
->= i, so every block's input is kept from one pass, a candidate at block i (attention or FFN, the
-other half of the block still runs) runs only blocks i..N-1, and the winner's recomputed block
-inputs carry over to the next step. The choices are those of the naive search (the same operations
-on the same tensors); the layer forwards are about half.
+Candidates are scored as in 2SSP's stage 2, by ``calibration.BlockInputs``: a candidate at block i
+(attention or FFN, the other half of the block still runs) runs only blocks i..N-1, and the
+winner's recomputed block inputs carry over to the next step. The choices are those of the naive
+search (the same operations on the same tensors); the layer forwards are about half.
 """
 
 from __future__ import annotations
@@ -23,18 +22,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
+from twossp.budget import ceil_share
+from twossp.contracts import Progress, PruneOutcome
 from twossp.errors import BudgetError
-from twossp.evaluate.perplexity import nll_sum
-from twossp.families.base import FamilyAdapter, count, layer_output
-from twossp.prune.depth import BlockInputs
-from twossp.prune.two_stage import PruneOutcome
+from twossp.families.base import FamilyAdapter, count
+from twossp.prune.calibration import BlockInputs
 
-Progress = Callable[[str, int, int], None]
 
 ATTENTION, FFN = "attention", "ffn"
 Submodule = tuple[str, int]  # (ATTENTION | FFN, dense block index)
@@ -52,8 +49,8 @@ class BlockPrunerSearch:
 
 
 def target_params(layer_params: int, sparsity: float) -> int:
-    """Parameters to remove: ceil(s * P_layers), guarding against float noise (as ``blocks_to_remove``)."""
-    return math.ceil(round(sparsity * layer_params, 6))
+    """Parameters to remove: ceil(s * P_layers), the rounding of every whole-unit method."""
+    return ceil_share(sparsity, layer_params)
 
 
 def _bypassed(adapter: FamilyAdapter, layer: nn.Module, kind: str):
@@ -87,7 +84,6 @@ def remove_submodules_greedy(model: nn.Module, adapter: FamilyAdapter, windows: 
     blocks are not deleted here, so every index stays a dense one."""
     layers = adapter.layers(model)
     n = len(layers)
-    norm = adapter.final_norm(model)
     dense_params = count(layers)
     sizes = {(kind, i): submodule_params(adapter, layers[i], kind) for kind, i in candidates(adapter, layers)}
     result = BlockPrunerSearch(target_params=target_params(dense_params, sparsity))
@@ -98,24 +94,15 @@ def remove_submodules_greedy(model: nn.Module, adapter: FamilyAdapter, windows: 
     start = time.perf_counter()
     state = BlockInputs(model, adapter, windows, device)
     result.layer_forwards = n * len(windows)
-    tokens = windows.shape[0] * (windows.shape[1] - 1)
     removed = 0
     while removed < result.target_params:
         pool = candidates(adapter, layers)
         if len(pool) <= 1:
             raise BudgetError(f"sparsity {sparsity}: the search would remove every submodule")
-        best_nll, best, best_inputs = math.inf, None, None
+        best_nll, best, best_inputs = math.inf, None, []
         for kind, i in pool:
-            nll = 0.0
-            produced: list[list[torch.Tensor]] = []
             with _bypassed(adapter, layers[i], kind):
-                for w in range(len(windows)):
-                    h, outs = state.inputs[w][i], []
-                    for j in range(i, n):
-                        h = layer_output(layers[j](h, **state.kwargs[w][j]))
-                        outs.append(h)
-                    nll += float(nll_sum(adapter, model, norm(outs.pop()), windows[w]))
-                    produced.append(outs)
+                nll, produced = state.score_from(i)
             result.layer_forwards += (n - i) * len(windows)
             if nll < best_nll:
                 best_nll, best, best_inputs = nll, (kind, i), produced
@@ -124,12 +111,11 @@ def remove_submodules_greedy(model: nn.Module, adapter: FamilyAdapter, windows: 
             raise BudgetError("every candidate removal gave a non-finite calibration perplexity")
         kind, i = best
         (adapter.remove_attention if kind == ATTENTION else adapter.remove_ffn)(model, i)
-        for w, outs in enumerate(best_inputs or []):
-            state.inputs[w][i + 1:] = outs
+        state.adopt(i, best_inputs)
         removed += sizes[best]
         result.removed.append(best)
         result.removed_params.append(removed)
-        result.calibration_perplexity.append(math.exp(best_nll / tokens))
+        result.calibration_perplexity.append(math.exp(best_nll / state.tokens))
         result.seconds.append(time.perf_counter() - start)
         if progress:
             progress("blockpruner", min(removed, result.target_params), result.target_params)

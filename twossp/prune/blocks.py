@@ -1,18 +1,21 @@
-"""Depth baselines that remove whole blocks (PROTOCOL.md, "Baselines in the paper"):
-ShortGPT's Block Influence (arXiv 2403.03853) and Gromov et al.'s similarity window
-(arXiv 2403.17887). Both round the sparsity up to whole blocks."""
+"""Depth baselines that remove whole blocks (docs/method.md, Baselines): ShortGPT's Block
+Influence (arXiv 2403.03853) and Gromov et al.'s similarity window (arXiv 2403.17887). Both round
+the sparsity up to whole blocks."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from twossp.budget import blocks_to_remove
+from twossp.contracts import Progress, PruneOutcome
+from twossp.errors import BudgetError
 from twossp.families.base import FamilyAdapter, layer_output
-
-Progress = Callable[[str, int, int], None]
+from twossp.prune.calibration import hidden_input, hooked
 
 
 @torch.no_grad()
@@ -24,26 +27,18 @@ def last_token_states(model: nn.Module, adapter: FamilyAdapter, samples: torch.T
     states: list[torch.Tensor] = []
     current: list[torch.Tensor | None] = [None] * (len(layers) + 1)
 
-    def entering(i: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            current[i] = hidden[0, -1].float()
-        return hook
+    def entering(i: int, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        current[i] = hidden_input(args, kwargs)[0, -1].float()
 
-    def leaving(module: nn.Module, args: tuple, output: Any) -> None:
+    def leaving(i: int, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         current[-1] = layer_output(output)[0, -1].float()
 
-    handles = [layer.register_forward_pre_hook(entering(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    handles.append(layers[-1].register_forward_hook(leaving))
-    try:
+    with hooked(layers, entering), hooked(layers[-1:], leaving, when="after"):
         for k in range(samples.shape[0]):
             adapter.decoder(model)(input_ids=samples[k:k + 1].to(device), use_cache=False)
             states.append(torch.stack(current))  # type: ignore[arg-type]
             if progress:
                 progress("block states", k + 1, samples.shape[0])
-    finally:
-        for h in handles:
-            h.remove()
     return torch.stack(states)
 
 
@@ -73,3 +68,30 @@ def window_blocks(states: torch.Tensor, count: int) -> list[int]:
     similarity = window_similarity(states, count)
     start = max(range(similarity.numel()), key=lambda l: (float(similarity[l]), -l))
     return list(range(start, start + count))
+
+
+def _whole_blocks(select: Callable[[torch.Tensor, int], list[int]],
+                  scores: Callable[[torch.Tensor, int], torch.Tensor]) -> Callable[..., PruneOutcome]:
+    """A sweep runner that scores blocks on last-token states and deletes the ``select``ed ones."""
+    def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
+            method: Any, device: torch.device, progress: Progress | None = None) -> PruneOutcome:
+        n = len(adapter.layers(model))
+        count = blocks_to_remove(n, sparsity)
+        if count >= n:
+            raise BudgetError(f"sparsity {sparsity:g} removes {count} of {n} blocks: nothing would be left")
+        start = time.perf_counter()
+        states = last_token_states(model, adapter, calibration, device, progress)
+        blocks = select(states, count)
+        adapter.remove_blocks(model, blocks)
+        return PruneOutcome(
+            kept_ffn=None, removed_attention=[], removed_blocks=blocks,
+            timings={"prune": time.perf_counter() - start},
+            details={"removed_blocks": blocks, "blocks_removed": count,
+                     "scores": [round(float(v), 6) for v in scores(states, count)]},
+        )
+    return run
+
+
+#: The ``shortgpt`` and ``window`` sweep methods.
+run_shortgpt = _whole_blocks(shortgpt_blocks, lambda states, count: block_influence(states))
+run_window = _whole_blocks(window_blocks, window_similarity)

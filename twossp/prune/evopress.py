@@ -41,12 +41,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from twossp.contracts import Progress, PruneOutcome
 from twossp.errors import BudgetError
 from twossp.families.base import FamilyAdapter, layer_output
-from twossp.prune.budget import blocks_to_remove
-from twossp.prune.two_stage import PruneOutcome
+from twossp.prune.calibration import block_inputs
+from twossp.budget import blocks_to_remove
 
-Progress = Callable[[str, int, int], None]
 Config = tuple[int, ...]  # dropped blocks, ascending
 
 #: Selection stages before the final one: (fraction of the calibration windows, at least one;
@@ -112,8 +112,8 @@ class _Fitness:
         self.tokens = [windows.shape[1] - 1] * windows.shape[0]
         budget = cache_bytes
         for ids in windows:
-            first, kwargs = self._capture(ids.view(1, -1).to(device))
-            window = _Window(first, kwargs, None, None)
+            calls = block_inputs(model, adapter, ids, device, keep_hidden={0})
+            window = _Window(calls[0].hidden, [call.kwargs for call in calls], None, None)
             hidden = self._final_hidden(window, ())
             size = hidden.shape[0] * model.config.vocab_size * 4
             if size <= budget:
@@ -124,24 +124,6 @@ class _Fitness:
                 window.dense_hidden = hidden
             self.windows.append(window)
 
-    def _capture(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        first: list[torch.Tensor] = []
-        kwargs: list[dict[str, Any]] = [{} for _ in self.layers]
-
-        def capture(i: int):
-            def hook(module: nn.Module, args: tuple, kw: dict[str, Any]) -> None:
-                if i == 0:
-                    first.append(args[0] if args else kw["hidden_states"])
-                kwargs[i] = {k: v for k, v in kw.items() if k != "hidden_states"}
-            return hook
-
-        handles = [layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
-        try:
-            self.adapter.decoder(self.model)(input_ids=ids, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
-        return first[0], kwargs
 
     def _final_hidden(self, window: _Window, dropped: Config) -> torch.Tensor:
         """The candidate's final hidden state (after the final norm) at every position but the last."""

@@ -25,30 +25,27 @@ as their default does, the last block's output and the LM head stay at width D (
 sliced); ``slice_head=True`` slices them too.
 
 ``config.hidden_size`` is left alone: attention and rotary shapes derive from it. The sliced width
-is recorded in ``config.twossp_slicegpt``, from which ``rebuild_sliced`` reshapes a freshly built
+is recorded in ``config.twossp_slicegpt``, from which ``checkpoint.rebuild_sliced`` reshapes a freshly built
 model before a checkpoint's weights are loaded into it.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from twossp.checkpoint import CheckpointError, SavedCheckpoint
+from twossp.contracts import Progress, PruneOutcome
 from twossp.errors import BudgetError, UnsupportedArchitecture
-from twossp.families.base import FamilyAdapter, RemovedAttention
-from twossp.prune.two_stage import PruneOutcome
+from twossp.families.base import FamilyAdapter, RemovedAttention, new_linear
+from twossp.prune.calibration import block_inputs
 
 if TYPE_CHECKING:
-    from twossp.spec import SliceGPTMethod
+    from twossp.methods import SliceGPTMethod
 
-Progress = Callable[[str, int, int], None]
 
 CONFIG_KEY = "twossp_slicegpt"
 
@@ -153,8 +150,8 @@ def check_supported(model: nn.Module, adapter: FamilyAdapter) -> None:
             raise UnsupportedArchitecture(f"block {i} has no attention: SliceGPT needs the dense model")
         if not adapter.is_ffn_present(layer):
             raise UnsupportedArchitecture(f"block {i} has no FFN: SliceGPT needs the dense model")
-        _stream_linears(adapter.attention(layer), READS_ATTENTION, WRITES_ATTENTION, width, f"block {i} attention")
-        _stream_linears(adapter.mlp(layer), READS_MLP, WRITES_MLP, width, f"block {i} FFN")
+        stream_linears(adapter.attention(layer), READS_ATTENTION, WRITES_ATTENTION, width, f"block {i} attention")
+        stream_linears(adapter.mlp(layer), READS_MLP, WRITES_MLP, width, f"block {i} FFN")
         norms += [layer.input_layernorm, layer.post_attention_layernorm]
     for norm in norms:
         weight = getattr(norm, "weight", None)
@@ -165,7 +162,7 @@ def check_supported(model: nn.Module, adapter: FamilyAdapter) -> None:
         raise UnsupportedArchitecture("SliceGPT expects one RMSNorm epsilon throughout the model")
 
 
-def _stream_linears(module: nn.Module, reads: tuple[str, ...], writes: str, width: int,
+def stream_linears(module: nn.Module, reads: tuple[str, ...], writes: str, width: int,
                     where: str) -> tuple[list[str], str]:
     """The names of ``module``'s linears that read the stream, and of the one that writes it."""
     present = [name for name in reads if isinstance(getattr(module, name, None), nn.Linear)]
@@ -188,7 +185,7 @@ def sliced_layer_params(model: nn.Module, adapter: FamilyAdapter, width: int, sl
         for module, reads, writes, d_read, d_write in (
                 (adapter.attention(layer), READS_ATTENTION, WRITES_ATTENTION, width, width),
                 (adapter.mlp(layer), READS_MLP, WRITES_MLP, width, d_out)):
-            names, out_name = _stream_linears(module, reads, writes, dense, "")
+            names, out_name = stream_linears(module, reads, writes, dense, "")
             facing = {getattr(module, name) for name in names} | {getattr(module, out_name)}
             total += sum(p.numel() for m in module.modules() if m not in facing for p in m.parameters(recurse=False))
             for name in names:
@@ -229,41 +226,20 @@ class SliceReport:
     layer_params: int      # P_layers after slicing, shortcuts included
 
 
-class _StopForward(Exception):
-    """Raised by the hook that captures block 0's input: nothing after it needs to run."""
-
-
 def _block_inputs(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor,
                   device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """Block 0's input for every calibration window, and for every block the keyword arguments the
     decoder passes it (mask, positions, rotary embeddings), the same for all windows of one length.
     They are taken per block because masks may differ between layer types (sliding windows); the
     first window therefore runs the whole decoder, the others stop at block 0."""
-    layers = adapter.layers(model)
     inputs: list[torch.Tensor] = []
-    kwargs: list[dict[str, Any]] = [{} for _ in layers]
-
-    def hook(i: int):
-        def capture(module: nn.Module, args: tuple, kw: dict[str, Any]) -> None:
-            if i == 0:
-                inputs.append(args[0] if args else kw["hidden_states"])
-            if not kwargs[i]:
-                kwargs[i] = {k: v for k, v in kw.items() if k not in ("hidden_states", "past_key_values")}
-                kwargs[i].update(cache=None, use_cache=False)
-            elif i == 0:
-                raise _StopForward
-        return capture
-
-    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    try:
-        for k in range(calibration.shape[0]):
-            try:
-                adapter.decoder(model)(input_ids=calibration[k:k + 1].to(device), use_cache=False)
-            except _StopForward:
-                pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    kwargs: list[dict[str, Any]] = []
+    for k, window in enumerate(calibration):
+        calls = block_inputs(model, adapter, window, device, keep_hidden={0}, stop_after=None if k == 0 else 0)
+        inputs.append(calls[0].hidden)
+        if k == 0:
+            kwargs = [{**{name: value for name, value in call.kwargs.items() if name != "past_key_values"},
+                       "cache": None, "use_cache": False} for call in calls]
     return inputs, kwargs
 
 
@@ -283,16 +259,6 @@ def principal_directions(gram: torch.Tensor) -> torch.Tensor:
     return vectors[:, torch.argsort(values, descending=True)]
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                    device=like.weight.device, dtype=like.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    return new
-
-
 def _times(weight: torch.Tensor, basis: torch.Tensor, scale: torch.Tensor | None = None,
            rows: int = 8192) -> torch.Tensor:
     """diag-scaled ``weight @ basis`` in float64, cast back to ``weight``'s dtype; a few thousand
@@ -309,19 +275,19 @@ def _times(weight: torch.Tensor, basis: torch.Tensor, scale: torch.Tensor | None
 def _reader(linear: nn.Linear, scale: torch.Tensor, basis: torch.Tensor) -> nn.Linear:
     """``linear`` after the norm scale ``scale`` it followed, reading the stream in ``basis``:
     W diag(scale) Q[:, :D']. The bias is untouched."""
-    return _linear(_times(linear.weight, basis, scale), linear.bias, linear)
+    return new_linear(_times(linear.weight, basis, scale), linear.bias, linear)
 
 
 def _writer(linear: nn.Linear, basis: torch.Tensor) -> nn.Linear:
     """``linear`` writing the stream in ``basis``: Q[:, :D']^T W and Q[:, :D']^T b."""
     basis = basis.to(linear.weight.device)
     bias = basis.T @ linear.bias.double() if linear.bias is not None else None
-    return _linear(basis.T @ linear.weight.double(), bias, linear)
+    return new_linear(basis.T @ linear.weight.double(), bias, linear)
 
 
 def _shortcut(matrix: torch.Tensor, like: nn.Linear) -> nn.Linear:
     """The residual connection x -> x M as a bias-free Linear (its weight is M^T)."""
-    return _linear(matrix.T, None, like)
+    return new_linear(matrix.T, None, like)
 
 
 def _rotate(signal: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -330,7 +296,7 @@ def _rotate(signal: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return (signal.float() @ basis.float()).to(signal.dtype)
 
 
-def _child_name(parent: nn.Module, child: nn.Module) -> str:
+def child_name(parent: nn.Module, child: nn.Module) -> str:
     return next(name for name, module in parent.named_children() if module is child)
 
 
@@ -368,8 +334,8 @@ def slice_model(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Ten
 
     for i, layer in enumerate(layers):
         attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-        attn_reads, _ = _stream_linears(attn, READS_ATTENTION, WRITES_ATTENTION, dense_width, f"block {i}")
-        mlp_reads, _ = _stream_linears(mlp, READS_MLP, WRITES_MLP, dense_width, f"block {i}")
+        attn_reads, _ = stream_linears(attn, READS_ATTENTION, WRITES_ATTENTION, dense_width, f"block {i}")
+        mlp_reads, _ = stream_linears(mlp, READS_MLP, WRITES_MLP, dense_width, f"block {i}")
         scale_attn, scale_mlp = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
         for name in attn_reads:
             setattr(attn, name, _reader(getattr(attn, name), scale_attn, q[:, :width]))
@@ -401,7 +367,7 @@ def slice_model(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Ten
     del signals
 
     model.set_output_embeddings(_reader(head, final_norm.weight, q[:, :head_width]))
-    setattr(decoder, _child_name(decoder, final_norm), RMSNormalize(dense_width, eps))
+    setattr(decoder, child_name(decoder, final_norm), RMSNormalize(dense_width, eps))
     model.config.tie_word_embeddings = False  # the embedding and the head now differ
     setattr(model.config, CONFIG_KEY, {"sliced_hidden_size": width, "hidden_size": dense_width,
                                        "head_hidden_size": head_width, "rms_norm_eps": eps,
@@ -428,113 +394,3 @@ def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, spa
                  "shortcut_params": report.shortcut_params, "layer_params": report.layer_params,
                  "layer_params_dense": dense, "round_to": method.round_to},
     )
-
-
-# --- saving and reloading -----------------------------------------------------------------------
-def is_sliced(config: Any) -> bool:
-    return bool(getattr(config, CONFIG_KEY, None))
-
-
-@torch.no_grad()
-def rebuild_sliced(model: nn.Module, adapter: FamilyAdapter) -> None:
-    """Reshape a freshly built dense model (of a config written by ``slice_model``) into the sliced
-    architecture. The new tensors are uninitialised: load every weight into them afterwards."""
-    record = getattr(model.config, CONFIG_KEY)
-    width, head_width, eps = record["sliced_hidden_size"], record["head_hidden_size"], record["rms_norm_eps"]
-    dense_width = model.get_input_embeddings().embedding_dim
-    if dense_width != record["hidden_size"]:
-        raise CheckpointError(f"{CONFIG_KEY} says hidden size {record['hidden_size']}, the model has {dense_width}")
-
-    def empty(linear: nn.Linear, in_features: int | None = None, out_features: int | None = None) -> nn.Linear:
-        return nn.Linear(in_features or linear.in_features, out_features or linear.out_features,
-                         bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
-
-    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
-    model.set_input_embeddings(nn.Embedding(embed.num_embeddings, width, padding_idx=embed.padding_idx,
-                                            device=embed.weight.device, dtype=embed.weight.dtype))
-    model.set_output_embeddings(empty(head, in_features=head_width))
-    decoder = adapter.decoder(model)
-    setattr(decoder, _child_name(decoder, adapter.final_norm(model)), RMSNormalize(dense_width, eps))
-    layers = adapter.layers(model)
-    for i, layer in enumerate(layers):
-        attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-        d_out = head_width if i == len(layers) - 1 else width
-        for module, reads, writes, d_write in ((attn, READS_ATTENTION, WRITES_ATTENTION, width),
-                                               (mlp, READS_MLP, WRITES_MLP, d_out)):
-            names, out_name = _stream_linears(module, reads, writes, dense_width, f"block {i}")
-            for name in names:
-                setattr(module, name, empty(getattr(module, name), in_features=width))
-            setattr(module, out_name, empty(getattr(module, out_name), out_features=d_write))
-        like = getattr(attn, WRITES_ATTENTION)
-        layers[i] = SlicedDecoderLayer(
-            attn, mlp, RMSNormalize(dense_width, eps), RMSNormalize(dense_width, eps),
-            nn.Linear(width, width, bias=False, device=like.weight.device, dtype=like.weight.dtype),
-            nn.Linear(width, d_out, bias=False, device=like.weight.device, dtype=like.weight.dtype),
-            getattr(layer, "attention_type", None))
-
-
-@dataclass(frozen=True)
-class SlicedCheckpoint(SavedCheckpoint):
-    width: int = 0
-    dense_width: int = 0
-
-    @property
-    def note(self) -> str:
-        return (f"SliceGPT: hidden width {self.width} of {self.dense_width}, with shortcut matrices on every residual "
-                "connection, which a stock config cannot express: load it with twossp.load_pruned(DIR)")
-
-
-def save_sliced(model: nn.Module, tokenizer: Any, directory: Path) -> SlicedCheckpoint:
-    """``save_pretrained``; ``config.twossp_slicegpt`` tells ``load_sliced`` how to rebuild."""
-    record = getattr(model.config, CONFIG_KEY)
-    model.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    return SlicedCheckpoint(Path(directory), stock=False, removed_attention=[],
-                            width=record["sliced_hidden_size"], dense_width=record["hidden_size"])
-
-
-def _checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (directory / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        raise CheckpointError(f"{directory} has no model.safetensors (or index)")
-    tensors: dict[str, torch.Tensor] = {}
-    for name in files:
-        tensors.update(load_file(directory / name))
-    return tensors
-
-
-def load_sliced(directory: str | Path, config: Any, dtype: torch.dtype | None = None) -> nn.Module:
-    """Build the dense architecture of ``config`` without initialising it, reshape it with
-    ``rebuild_sliced``, and load every weight from the checkpoint; any missing, unexpected or
-    mis-shaped tensor raises ``CheckpointError``."""
-    from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
-    from twossp.families import adapter_for
-
-    directory = Path(directory)
-    if dtype is None:
-        saved = getattr(config, "dtype", None) or torch.float32
-        dtype = getattr(torch, saved) if isinstance(saved, str) else saved
-    with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    adapter = adapter_for(config)
-    rebuild_sliced(model, adapter)
-    tensors = _checkpoint_tensors(directory)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{directory} does not match its SliceGPT config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"mismatched {mismatched[:5]}; refusing a model with re-initialised weights")
-    model.load_state_dict(tensors, strict=True)
-    return model.eval()

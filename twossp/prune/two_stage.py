@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
+from twossp.budget import two_stage_budget
+from twossp.contracts import Progress, PruneOutcome
 from twossp.families.base import FamilyAdapter
-from twossp.prune.budget import Budget, two_stage_budget
-from twossp.prune.depth import DepthSearch, remove_attention_greedy
+from twossp.methods import TwoSSPMethod
+from twossp.prune.depth import remove_attention_greedy
 from twossp.prune.width import neuron_scores, prune_width, top_neurons
-
-Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class PruneOutcome:
-    """What a pruning method did, in terms of the dense model's indices."""
-
-    kept_ffn: list[torch.Tensor] | None  # per block: kept neuron indices of the dense FFN (None: all)
-    removed_attention: list[int]         # blocks whose attention was removed, in order of removal
-    timings: dict[str, float] = field(default_factory=dict)
-    removed_blocks: list[int] = field(default_factory=list)  # whole blocks deleted (dense indices)
-    removed_ffn: list[int] = field(default_factory=list)     # blocks whose whole FFN was removed
-    details: dict = field(default_factory=dict)              # method-specific record for the database
-    budget: Budget | None = None
-    depth: DepthSearch | None = None
 
 
 def prune_2ssp(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
@@ -60,5 +44,12 @@ def prune_2ssp(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tens
             "stage2_naive_layer_forwards": depth.naive_layer_forwards,
         },
         budget=budget,
-        depth=depth,
+        search=depth,
     )
+
+
+def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
+        method: TwoSSPMethod, device: torch.device, progress: Progress | None = None) -> PruneOutcome:
+    """The ``2ssp`` sweep method."""
+    return prune_2ssp(model, adapter, calibration, sparsity, device, alpha=method.alpha,
+                      num_calibration_second_stage=method.num_calibration_second_stage, progress=progress)

@@ -1,15 +1,14 @@
-"""Stage 1 of 2SSP: width pruning of every FFN (paper Sec. 3.1; PROTOCOL.md, stage 1)."""
+"""Stage 1 of 2SSP: width pruning of every FFN (paper Sec. 3.1; docs/method.md, Stage 1)."""
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 from torch import nn
 
+from twossp.contracts import Progress
 from twossp.families.base import FamilyAdapter
+from twossp.prune.calibration import hooked
 
-Progress = Callable[[str, int, int], None]
 
 
 @torch.no_grad()
@@ -23,21 +22,16 @@ def neuron_scores(model: nn.Module, adapter: FamilyAdapter, samples: torch.Tenso
     layers = adapter.layers(model)
     sums = [torch.zeros(adapter.ffn_width(layer), dtype=torch.float32, device=device) for layer in layers]
 
-    def capture(i: int):
-        def hook(module: nn.Module, args: tuple) -> None:
-            sums[i] += args[0].float().norm(dim=-2).sum(dim=0)  # (batch, L, d_ff) -> (d_ff,)
-        return hook
+    def accumulate(i: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        activation = args[0] if args else kwargs["input"]
+        sums[i] += activation.float().norm(dim=-2).sum(dim=0)  # (batch, L, d_ff) -> (d_ff,)
 
-    handles = [adapter.ffn_down(layer).register_forward_pre_hook(capture(i)) for i, layer in enumerate(layers)]
-    try:
+    with hooked([adapter.ffn_down(layer) for layer in layers], accumulate):
         decoder = adapter.decoder(model)
         for k in range(samples.shape[0]):
             decoder(input_ids=samples[k:k + 1].to(device), use_cache=False)
             if progress:
                 progress("stage 1", k + 1, samples.shape[0])
-    finally:
-        for h in handles:
-            h.remove()
     return [s / samples.shape[0] for s in sums]
 
 

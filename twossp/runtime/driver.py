@@ -5,7 +5,9 @@ Several drivers may work on one database (the same sweep from two shells, two sw
 cells). A run is claimed atomically just before it is handed to the executor, so each run is
 executed by one driver at a time; while it runs, a background thread refreshes its heartbeat. A
 ``running`` row whose heartbeat is older than ``stale_after`` belongs to a driver that died
-(SIGKILL, a lost machine) and is claimed again by the next driver that wants it.
+(SIGKILL, a lost machine) and is claimed again by the next driver that wants it; one whose owner
+is a process of this machine that no longer exists is claimed at once. Runs another live driver
+holds are waited for: a sweep ends with every run completed or failed, or says which are not.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import logging
 import os
 import platform
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Iterator, Protocol
 
+from twossp.contracts import RunResult, RunStatus
 from twossp.db import store
 from twossp.db.models import utcnow
 from twossp.db.session import Database
 from twossp.plan import RunSpec, plan_sweep
 from twossp.runtime.executors import Executor
-from twossp.runtime.worker import RunResult
 from twossp.spec import SweepSpec
 
 log = logging.getLogger("twossp.driver")
@@ -56,7 +59,7 @@ class SweepCancelled(KeyboardInterrupt):
 class SweepOutcome:
     planned: list[RunSpec]
     skipped: list[RunSpec] = field(default_factory=list)     # completed before, or failed (no --rerun-failed)
-    elsewhere: list[RunSpec] = field(default_factory=list)   # held by another live driver
+    elsewhere: list[RunSpec] = field(default_factory=list)   # completed meanwhile by another driver
     completed: list[RunSpec] = field(default_factory=list)
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
     retried: list[tuple[RunSpec, str]] = field(default_factory=list)
@@ -69,7 +72,7 @@ def runs_to_do(runs: list[RunSpec], statuses: dict[str, str], rerun_failed: bool
     todo = []
     for run in runs:
         status = statuses.get(run.key)
-        if status == "completed" or (status == "failed" and not rerun_failed):
+        if status == RunStatus.COMPLETED or (status == RunStatus.FAILED and not rerun_failed):
             continue
         todo.append(run)
     return todo
@@ -77,6 +80,22 @@ def runs_to_do(runs: list[RunSpec], statuses: dict[str, str], rerun_failed: bool
 
 def driver_id() -> str:
     return f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """Whether ``owner`` (host:pid:id) is a driver process of this machine that no longer exists.
+    Owners on other hosts are never known dead: their heartbeat has to go stale."""
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != platform.node() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
 
 
 class _Heartbeat(threading.Thread):
@@ -106,75 +125,114 @@ class _Heartbeat(threading.Thread):
         self.join()
 
 
-def run_sweep(spec: SweepSpec, db: Database, executor: Executor, *, path: str | None = None, rerun_failed: bool = False,
-              display: Display | None = None, stale_after: float = STALE_AFTER) -> SweepOutcome:
-    display = display or _Silent()
-    runs = plan_sweep(spec)
-    outcome = SweepOutcome(planned=runs)
-    owner = driver_id()
-    with db.session() as session:
-        sweep_id = store.upsert_sweep(session, spec, path).id
-        statuses = store.run_statuses(session, [r.key for r in runs])
-    candidates = runs_to_do(runs, statuses, rerun_failed)
-    outcome.skipped = [r for r in runs if r not in candidates]
-    display.start(runs, statuses)
-    held: set[str] = set()
-    unplaceable: dict[str, str] = {}  # run key -> why no node of the executor's cluster can ever hold it
+class SweepDriver:
+    """One ``sweep run``: claim each run as the executor can start it, store each result as it
+    arrives, release what is unfinished on the way out."""
 
-    def claim(run: RunSpec) -> bool:
-        stale_before = utcnow() - timedelta(seconds=stale_after)
-        with db.session() as session:
-            ok = store.claim(session, sweep_id, run, owner, rerun_failed=rerun_failed, stale_before=stale_before)
+    #: seconds between looks at runs another driver holds
+    poll_every = 2.0
+
+    def __init__(self, spec: SweepSpec, db: Database, executor: Executor, *, path: str | None = None,
+                 rerun_failed: bool = False, display: Display | None = None, stale_after: float = STALE_AFTER):
+        self.spec, self.db, self.executor, self.path = spec, db, executor, path
+        self.rerun_failed, self.stale_after = rerun_failed, stale_after
+        self.display = display or _Silent()
+        self.owner = driver_id()
+        self.outcome = SweepOutcome(planned=plan_sweep(spec))
+        self.held: set[str] = set()
+        self.unplaceable: dict[str, str] = {}  # run key -> why no node of the executor's cluster can hold it
+        self.sweep_id = 0
+
+    # --- the steps ------------------------------------------------------------------------------
+    def run(self) -> SweepOutcome:
+        runs = self.outcome.planned
+        with self.db.session() as session:
+            self.sweep_id = store.upsert_sweep(session, self.spec, self.path).id
+            statuses = store.run_statuses(session, [r.key for r in runs])
+        candidates = runs_to_do(runs, statuses, self.rerun_failed)
+        self.outcome.skipped = [r for r in runs if r not in candidates]
+        self.display.start(runs, statuses)
+        beat = _Heartbeat(self.db, self.owner, self.sweep_id, interval=max(0.2, min(30.0, self.stale_after / 4)))
+        beat.start()
+        try:
+            self.fail_unplaceable(candidates)
+            waiting = self.execute(candidates)
+            while waiting:  # held by live drivers: theirs to finish, or ours once they die
+                time.sleep(self.poll_every)
+                waiting = self.execute(waiting)
+        except KeyboardInterrupt:
+            if beat.cancelled:
+                raise SweepCancelled(f"sweep {self.spec.name!r} was cancelled") from None
+            raise
+        finally:
+            beat.stop()
+            self.display.stop()
+            if self.held:
+                with self.db.session() as session:
+                    store.release(session, self.owner, self.held)
+        return self.outcome
+
+    def fail_unplaceable(self, candidates: list[RunSpec]) -> None:
+        """Runs that can never be placed fail now, with the reason, not hours into the sweep."""
+        self.unplaceable.update(self.executor.unplaceable(candidates) if candidates else {})
+        for run in candidates:
+            if run.key in self.unplaceable and self.claim(run):
+                self.finished(run, RunResult.failure(run.key, f"ResourcesUnavailable: {self.unplaceable[run.key]}"))
+
+    def execute(self, candidates: list[RunSpec]) -> list[RunSpec]:
+        """Hand the claimable candidates to the executor; the ones another live driver holds."""
+        busy: list[RunSpec] = []
+
+        def claimed() -> Iterator[RunSpec]:
+            for run in candidates:
+                if run.key not in self.unplaceable:
+                    if self.claim(run):
+                        yield run
+                    else:
+                        busy.append(run)
+
+        for run, result in self.executor.execute(claimed(), self.display.progress, on_retry=self.retried):
+            self.finished(run, result)
+        if not busy:
+            return []
+        with self.db.session() as session:
+            statuses = store.run_statuses(session, [r.key for r in busy])
+        done = [r for r in busy if statuses.get(r.key) in (RunStatus.COMPLETED, RunStatus.FAILED)]
+        self.outcome.elsewhere += done
+        return [r for r in busy if r not in done]
+
+    # --- the events -----------------------------------------------------------------------------
+    def claim(self, run: RunSpec) -> bool:
+        stale_before = utcnow() - timedelta(seconds=self.stale_after)
+        with self.db.session() as session:
+            ok = store.claim(session, self.sweep_id, run, self.owner, rerun_failed=self.rerun_failed,
+                             stale_before=stale_before, owner_is_dead=owner_is_dead)
         if ok:
-            held.add(run.key)
-        else:
-            outcome.elsewhere.append(run)
+            self.held.add(run.key)
         return ok
 
-    def claimed() -> Iterator[RunSpec]:
-        """Candidates, each claimed the moment the executor asks for it."""
-        for run in candidates:
-            if run.key not in unplaceable and claim(run):
-                yield run
-
-    def finished(run: RunSpec, result: RunResult) -> None:
-        with db.session() as session:
-            stored = store.record(session, run, result, owner)
-        held.discard(run.key)
+    def finished(self, run: RunSpec, result: RunResult) -> None:
+        with self.db.session() as session:
+            stored = store.record(session, run, result, self.owner)
+        self.held.discard(run.key)
         if stored is None:
             log.warning("run %s (%s) was taken over by another driver; this result is dropped", run.label, run.key)
-            outcome.dropped.append(run)
-        elif result.status == "completed":
-            outcome.completed.append(run)
+            self.outcome.dropped.append(run)
+        elif result.status == RunStatus.COMPLETED:
+            self.outcome.completed.append(run)
         else:
-            outcome.failed.append((run, result.error or "unknown error"))
-        display.finished(run, result)
+            self.outcome.failed.append((run, result.error or "unknown error"))
+        self.display.finished(run, result)
 
-    def retried(run: RunSpec, reason: str) -> None:
+    def retried(self, run: RunSpec, reason: str) -> None:
         log.warning("run %s (%s) retried: %s", run.label, run.key, reason)
-        outcome.retried.append((run, reason))
-        with db.session() as session:
-            store.add_attempt(session, run.key, owner)
+        self.outcome.retried.append((run, reason))
+        with self.db.session() as session:
+            store.add_attempt(session, run.key, self.owner)
 
-    beat = _Heartbeat(db, owner, sweep_id, interval=max(0.2, min(30.0, stale_after / 4)))
-    beat.start()
-    try:
-        # Runs that can never be placed fail now, with the reason, not hours into the sweep.
-        unplaceable.update(executor.unplaceable(candidates) if candidates else {})
-        for run in candidates:
-            if run.key in unplaceable and claim(run):
-                finished(run, RunResult(key=run.key, status="failed",
-                                        error=f"ResourcesUnavailable: {unplaceable[run.key]}"))
-        for run, result in executor.execute(claimed(), display.progress, on_retry=retried):
-            finished(run, result)
-    except KeyboardInterrupt:
-        if beat.cancelled:
-            raise SweepCancelled(f"sweep {spec.name!r} was cancelled") from None
-        raise
-    finally:
-        beat.stop()
-        display.stop()
-        if held:
-            with db.session() as session:
-                store.release(session, owner, held)
-    return outcome
+
+def run_sweep(spec: SweepSpec, db: Database, executor: Executor, *, path: str | None = None, rerun_failed: bool = False,
+              display: Display | None = None, stale_after: float = STALE_AFTER) -> SweepOutcome:
+    """Run every run of ``spec`` not yet completed (see ``SweepDriver``)."""
+    return SweepDriver(spec, db, executor, path=path, rerun_failed=rerun_failed, display=display,
+                       stale_after=stale_after).run()

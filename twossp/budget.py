@@ -1,30 +1,12 @@
-"""The 2SSP sparsity budget (paper Eq. 5, alpha from Sec. 4.3): pure arithmetic on parameter counts."""
+"""The 2SSP sparsity budget (paper Eq. 5, alpha from Sec. 4.3; docs/method.md) and the one rounding
+rule of whole-unit methods: pure arithmetic on parameter counts, no torch."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from twossp.contracts import BlockCounts, Budget
 from twossp.errors import BudgetError
-
-
-@dataclass(frozen=True)
-class BlockCounts:
-    """Parameter counts of a model's decoder stack, measured on block 0 (PROTOCOL.md, Terms)."""
-
-    num_layers: int        # N
-    intermediate_size: int  # d_ff
-    attn_params: int       # P_attn: q, k, v, o (+ biases)
-    mlp_params: int        # P_mlp: gate, up, down (+ biases)
-    layer_params: int      # P_layers: every parameter inside the decoder layers, norms included
-
-
-@dataclass(frozen=True)
-class Budget:
-    sparsity: float
-    num_attention_removed: int  # N_attn
-    ffn_params_cut_per_block: int  # m
-    ffn_keep: int               # d_keep, the same in every block
 
 
 def two_stage_budget(counts: BlockCounts, sparsity: float, alpha: float = 1.5) -> Budget:
@@ -58,7 +40,14 @@ def two_stage_budget(counts: BlockCounts, sparsity: float, alpha: float = 1.5) -
     return Budget(sparsity, n_attn, m, d_keep)
 
 
+def ceil_share(sparsity: float, total: int) -> int:
+    """ceil(s * total), the count of whole units (blocks, parameters) a sparsity asks for, rounded
+    up. The product is first taken down by a relative 1e-12, so float noise does not add a unit
+    (0.3 * 10 is 3.0000000000000004) while any real fraction still does (at 10^11 units the guard
+    is 0.1 of a unit)."""
+    return math.ceil(sparsity * total * (1 - 1e-12))
+
+
 def blocks_to_remove(num_layers: int, sparsity: float) -> int:
-    """Depth baselines round the sparsity up to whole blocks: ceil(s * N) (PROTOCOL.md), guarding
-    against float noise (0.3 * 10 is 3.0000000000000004)."""
-    return math.ceil(round(sparsity * num_layers, 9))
+    """Whole-block methods remove ceil(s * N) blocks (docs/method.md, Baselines)."""
+    return ceil_share(sparsity, num_layers)

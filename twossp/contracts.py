@@ -1,0 +1,152 @@
+"""The data that crosses layers: what a worker hands the driver (``RunResult``), what a pruning
+method hands the worker (``PruneOutcome``), the parameter counts every layer reasons about
+(``BlockCounts``), layer masks, run states and the progress callback.
+
+Everything here is plain data and imports neither torch nor any other twossp layer, so both
+sides of each boundary import it (the sweep driver unpickles results without torch).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+#: progress(phase, done, total): how far a long step is; called from the worker's thread.
+Progress = Callable[[str, int, int], None]
+
+
+class RunStatus(str, enum.Enum):
+    """A run's state in the database (a CHECK constraint holds the column to these values)."""
+
+    PENDING = "pending"        # planned or released, not running
+    RUNNING = "running"        # claimed by a driver whose heartbeat says it is alive
+    COMPLETED = "completed"    # scores, timings and masks stored
+    FAILED = "failed"          # the error stored
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class BlockCounts:
+    """Parameter counts of a model's decoder stack, measured on block 0 (docs/method.md, Terms)."""
+
+    num_layers: int        # N
+    intermediate_size: int  # d_ff
+    attn_params: int       # P_attn: q, k, v, o (+ biases)
+    mlp_params: int        # P_mlp: gate, up, down (+ biases)
+    layer_params: int      # P_layers: every parameter inside the decoder layers, norms included
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How 2SSP splits a sparsity between its stages (paper Eq. 5; ``twossp.budget``)."""
+
+    sparsity: float
+    num_attention_removed: int  # N_attn
+    ffn_params_cut_per_block: int  # m
+    ffn_keep: int               # d_keep, the same in every block
+
+
+# --------------------------------------------------------------------------------------------
+# Layer masks: what a pruned model kept, in the dense model's indices
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerMask:
+    """One dense block: whether its attention stays and which FFN neurons do. Returned by
+    workers, stored in ``layer_masks``, and enough to rebuild the pruned model from the dense one
+    (``twossp.prune.masks.apply_masks``)."""
+
+    layer: int
+    attention_kept: bool
+    ffn_width: int        # dense FFN width (bits in the mask)
+    ffn_mask: bytes       # kept neurons, np.packbits(bool[ffn_width]) (big-endian bit order)
+
+    @property
+    def removed_block(self) -> bool:
+        """The whole block is gone: no attention and no FFN neuron left."""
+        return not self.attention_kept and self.ffn_kept == 0
+
+    @property
+    def ffn_kept(self) -> int:
+        return int(self.kept_indices().size)
+
+    def kept_indices(self) -> np.ndarray:
+        bits = np.unpackbits(np.frombuffer(self.ffn_mask, dtype=np.uint8), count=self.ffn_width)
+        return np.flatnonzero(bits)
+
+
+def pack_indices(indices: Sequence[int] | np.ndarray, width: int) -> bytes:
+    bits = np.zeros(width, dtype=bool)
+    bits[np.asarray(indices, dtype=np.int64)] = True
+    return np.packbits(bits).tobytes()
+
+
+def layer_masks(num_layers: int, dense_width: int, kept_ffn: Sequence[Sequence[int]] | None,
+                removed_attention: Sequence[int], removed_blocks: Sequence[int] = (),
+                removed_ffn: Sequence[int] = ()) -> list[LayerMask]:
+    """One mask per dense block; ``kept_ffn=None`` means every neuron kept (e.g. the dense model).
+    A removed FFN keeps no neuron; a removed block keeps neither its attention nor any neuron."""
+    removed = set(removed_attention) | set(removed_blocks)
+    masks = []
+    for i in range(num_layers):
+        kept = kept_ffn[i] if kept_ffn is not None else np.arange(dense_width)
+        if i in removed_blocks or i in removed_ffn:
+            kept = np.arange(0)
+        masks.append(LayerMask(i, i not in removed, dense_width, pack_indices(kept, dense_width)))
+    return masks
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PruneOutcome:
+    """What a pruning method did, in terms of the dense model's indices."""
+
+    kept_ffn: "list[torch.Tensor] | None"  # per block: kept neuron indices of the dense FFN (None: all)
+    removed_attention: list[int]         # blocks whose attention was removed, in order of removal
+    timings: dict[str, float] = field(default_factory=dict)
+    removed_blocks: list[int] = field(default_factory=list)  # whole blocks deleted (dense indices)
+    removed_ffn: list[int] = field(default_factory=list)     # blocks whose whole FFN was removed
+    details: dict = field(default_factory=dict)              # method-specific record for the database
+    budget: "Budget | None" = None
+    search: Any = None  # the method's own search record (e.g. prune.depth.DepthSearch), in-process only
+
+    def masks(self, num_layers: int, dense_width: int) -> list[LayerMask]:
+        return layer_masks(num_layers, dense_width, self.kept_ffn, self.removed_attention, self.removed_blocks,
+                           self.removed_ffn)
+
+
+@dataclass
+class RunResult:
+    """One finished run as plain data, cheap to pickle across Ray; the driver turns it into rows."""
+
+    key: str
+    status: RunStatus                    # COMPLETED or FAILED once the worker returns
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    achieved_sparsity: float | None = None
+    params_dense: int | None = None
+    params_pruned: int | None = None
+    scores: list[tuple[str, str, float]] = field(default_factory=list)   # (dataset, metric, value)
+    timings: dict[str, float] = field(default_factory=dict)
+    masks: list[LayerMask] = field(default_factory=list)
+    calibration_sha256: str | None = None                             # of the calibration windows used
+    token_hashes: dict[str, str] = field(default_factory=dict)        # dataset -> sha256 of its windows
+    details: dict[str, Any] = field(default_factory=dict)
+    host: str | None = None
+    device: str | None = None
+    versions: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def failure(cls, key: str, error: str) -> "RunResult":
+        return cls(key=key, status=RunStatus.FAILED, error=error)

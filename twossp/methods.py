@@ -1,0 +1,184 @@
+"""The pruning methods a sweep can name: one registry, one entry per method.
+
+An entry holds everything twossp needs to know about a method: its sweep spec (a Pydantic model,
+validated in sweep files), its runner (a ``Lazy`` reference to the function that prunes in place,
+imported only by the worker), its plan preview (what it will remove, from parameter counts alone,
+raising ``BudgetError`` where the run could not succeed), whether ``twossp export`` can rebuild it
+from the stored layer masks, and its description (the spec's docstring). Nothing else in twossp
+branches on method names: adding a method is its runner module plus one entry here.
+
+Torch-free: ``twossp sweep validate`` and ``twossp list methods`` import this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from twossp.budget import blocks_to_remove, ceil_share, two_stage_budget
+from twossp.contracts import BlockCounts
+from twossp.errors import BudgetError
+from twossp.registry import Lazy, Registry
+
+
+class Strict(BaseModel):
+    """Sweep-file models: unknown keys, type coercions (``yes`` for a number, ``"1"`` for a flag)
+    and non-finite numbers are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+#: Integers stored in the database's INTEGER columns (and so in every run key) fit in 32 bits.
+MAX_INT = 2**31 - 1
+
+
+class MethodSpec(Strict):
+    """Base of every method's sweep spec; ``name`` is the discriminator."""
+
+    name: str
+    #: The field that says how many calibration windows the method reads (the sweep checks that
+    #: every calibration size has that many); None: it reads them all.
+    windows_field: ClassVar[str | None] = None
+
+
+# --------------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------------
+class DenseMethod(MethodSpec):
+    """The unpruned model: the reference every pruned run is compared against."""
+
+    name: Literal["dense"] = "dense"
+
+
+class TwoSSPMethod(MethodSpec):
+    """2SSP (arXiv 2501.17771): FFN width pruning, then iterative attention removal."""
+
+    name: Literal["2ssp"] = "2ssp"
+    alpha: float = Field(default=1.5, gt=0)
+    num_calibration_second_stage: int = Field(default=1, ge=1, le=MAX_INT)
+    windows_field: ClassVar[str | None] = "num_calibration_second_stage"
+
+
+class ShortGPTMethod(MethodSpec):
+    """ShortGPT (arXiv 2403.03853): drop the ceil(s*N) blocks of lowest Block Influence."""
+
+    name: Literal["shortgpt"] = "shortgpt"
+
+
+class WindowMethod(MethodSpec):
+    """Gromov et al. (arXiv 2403.17887): drop the ceil(s*N) consecutive blocks whose input and
+    output hidden states are most similar."""
+
+    name: Literal["window"] = "window"
+
+
+class BlockPrunerMethod(MethodSpec):
+    """BlockPruner (arXiv 2406.10594): greedily remove the attention or FFN submodule whose removal
+    gives the lowest calibration perplexity, until the sparsity is reached."""
+
+    name: Literal["blockpruner"] = "blockpruner"
+    num_calibration: int = Field(default=1, ge=1, le=MAX_INT)  # windows scoring each candidate (the paper: one)
+    windows_field: ClassVar[str | None] = "num_calibration"
+
+
+class EvoPressMethod(MethodSpec):
+    """EvoPress (arXiv 2410.14649): evolutionary search over which ceil(s*N) blocks to drop,
+    fitness = KL divergence to the dense model, multi-step selection."""
+
+    name: Literal["evopress"] = "evopress"
+    generations: int = Field(default=50, ge=1, le=MAX_INT)
+    offspring: int = Field(default=16, ge=1, le=MAX_INT)
+    search_seed: int = Field(default=0, ge=0, le=MAX_INT)
+    initial_candidates: int = Field(default=64, ge=1, le=MAX_INT)  # random configurations; the fittest starts
+    max_mutations: int = Field(default=3, ge=1, le=MAX_INT)  # level-switch swaps per offspring, at most
+
+
+class SliceGPTMethod(MethodSpec):
+    """SliceGPT (arXiv 2401.15024): PCA rotations fused into the weights, hidden width sliced;
+    the parameters of the added shortcut matrices are counted."""
+
+    name: Literal["slicegpt"] = "slicegpt"
+    round_to: int = Field(default=8, ge=1, le=MAX_INT)  # the sliced width is a multiple of this
+
+
+# --------------------------------------------------------------------------------------------
+# Plan previews: what a run will remove, from the counts of config.json alone
+# --------------------------------------------------------------------------------------------
+Preview = Callable[[MethodSpec, float, BlockCounts], str]
+
+
+def _two_ssp_preview(method: TwoSSPMethod, sparsity: float, counts: BlockCounts) -> str:
+    budget = two_stage_budget(counts, sparsity, method.alpha)
+    return f"{budget.num_attention_removed} attn, FFN {counts.intermediate_size}->{budget.ffn_keep}"
+
+
+def _whole_blocks_preview(method: MethodSpec, sparsity: float, counts: BlockCounts) -> str:
+    count = blocks_to_remove(counts.num_layers, sparsity)
+    if count >= counts.num_layers:
+        raise BudgetError(f"sparsity {sparsity:g} removes {count} of {counts.num_layers} blocks: nothing would be left")
+    return f"{count} of {counts.num_layers} blocks"
+
+
+def _submodules_preview(method: MethodSpec, sparsity: float, counts: BlockCounts) -> str:
+    return f"attn/FFN submodules holding >= {ceil_share(sparsity, counts.layer_params):,} parameters"
+
+
+def _slicegpt_preview(method: MethodSpec, sparsity: float, counts: BlockCounts) -> str:
+    return f"hidden width sliced (a multiple of {method.round_to}) to keep <= {1 - sparsity:.3g} of P_layers"
+
+
+# --------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """One registered method (see the module docstring)."""
+
+    spec: type[MethodSpec]
+    run: Lazy | None                    # (model, adapter, calibration, sparsity, spec, device, progress) -> PruneOutcome
+    preview: Preview | None = None
+    export_refusal: str | None = None   # why ``twossp export`` cannot rebuild it from masks; None: it can
+    #: a search run to a higher sparsity holds every lower one's as a prefix (BlockPruner's greedy
+    #: path does not depend on the target), so one search measures every sparsity
+    prefix_search: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.model_fields["name"].default
+
+    @property
+    def prunes(self) -> bool:
+        """Whether runs of it take a sparsity, calibration and seed (every method but dense)."""
+        return self.run is not None
+
+    @property
+    def description(self) -> str:
+        """The spec's docstring, its first paragraph on one line."""
+        return " ".join((self.spec.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+_ENTRIES = (
+    Method(DenseMethod, run=None, preview=lambda method, sparsity, counts: "-"),
+    Method(TwoSSPMethod, Lazy("twossp.prune.two_stage:run"), _two_ssp_preview),
+    Method(ShortGPTMethod, Lazy("twossp.prune.blocks:run_shortgpt"), _whole_blocks_preview),
+    Method(WindowMethod, Lazy("twossp.prune.blocks:run_window"), _whole_blocks_preview),
+    Method(BlockPrunerMethod, Lazy("twossp.prune.blockpruner:run"), _submodules_preview, prefix_search=True),
+    Method(EvoPressMethod, Lazy("twossp.prune.evopress:run"), _whole_blocks_preview),
+    Method(SliceGPTMethod, Lazy("twossp.prune.slicegpt:run"), _slicegpt_preview,
+           export_refusal="its PCA rotations are not layer masks and are not stored in the database, so it "
+                          "cannot be rebuilt from there: a sliced model is saved while it runs, with "
+                          "`save_to: DIR` in the sweep"),
+)
+
+METHODS: Registry[Method] = Registry("method", {entry.name: entry for entry in _ENTRIES})
+
+
+def method_of(spec: MethodSpec) -> Method:
+    """The registry entry of a validated method spec."""
+    return METHODS[spec.name]
+
+
+__all__ = ["METHODS", "MAX_INT", "Method", "MethodSpec", "Strict", "method_of",
+           *(entry.spec.__name__ for entry in _ENTRIES)]
