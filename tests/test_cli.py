@@ -459,7 +459,7 @@ def test_list_methods_and_families_print_one_per_line_with_a_description() -> No
     assert "SmolLM2" in families.output
 
 
-PAPER_CONFIGS = {  # the published configs' relevant fields (PROTOCOL.md's table)
+PAPER_CONFIGS = {  # the published configs' relevant fields (docs/method.md, Worked numbers)
     "llama2-7b": {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 11008,
                   "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32},
     "qwen25-7b": {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 3584, "intermediate_size": 18944,

@@ -218,7 +218,8 @@ def _unplaceable(runs: list[Any], address: str | None) -> int:
 def run(file: str, db_url: str | None, executor: str, address: str | None, rerun_failed: bool, max_retries: int,
         stale_after: float) -> None:
     from twossp.dash.live import LiveSweep
-    from twossp.runtime.driver import SweepCancelled, run_sweep
+    from twossp.errors import SweepCancelled
+    from twossp.runtime.driver import run_sweep
     from twossp.runtime.executors import LocalExecutor, RayExecutor
 
     [(_, spec, _, report)] = _load_and_check([file])

@@ -82,3 +82,8 @@ class PlanError(TwosspError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class SweepCancelled(KeyboardInterrupt):
+    """``twossp sweep cancel`` was asked for a running sweep; its unfinished runs were released.
+    A KeyboardInterrupt, not a TwosspError: it ends the driver the way Ctrl-C does."""

@@ -94,7 +94,7 @@ def _relative_to_sweep(value: str | None, info: ValidationInfo) -> str | None:
 # Text sources (calibration and evaluation)
 # --------------------------------------------------------------------------------------------
 
-#: Named text sources. Hub ones follow PROTOCOL.md ("Data and evaluation protocol"); the ``lee-*``
+#: Named text sources. Hub ones follow docs/evaluation.md; the ``lee-*``
 #: ones are the offline default: the Lee news corpus (300 articles) from the gensim wheel on PyPI,
 #: split by article so calibration and evaluation never share text.
 NAMED_SOURCES: dict[str, str] = {

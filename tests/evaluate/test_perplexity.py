@@ -1,4 +1,4 @@
-"""Perplexity per PROTOCOL.md: non-overlapping windows, tail dropped, token-weighted exp(mean NLL)."""
+"""Perplexity per docs/evaluation.md: non-overlapping windows, tail dropped, token-weighted exp(mean NLL)."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ def test_tables_agree_with_each_other_and_with_the_budget(swept):
     model, _ = load_model(ModelSpec(builtin="smollm2-135m-instruct"), torch.float32, torch.device("cpu"))
     adapter = adapter_for(model.config)
     counts = adapter.block_counts(model)
-    expected_removed = {0.25: 2, 0.375: 4, 0.5: 8}  # PROTOCOL.md, SmolLM2 row
+    expected_removed = {0.25: 2, 0.375: 4, 0.5: 8}  # docs/method.md, Worked numbers
     with Session(create_engine(db)) as s:
         runs = s.scalars(select(Run).where(Run.status == "completed")).all()
         assert sorted(r.target_sparsity for r in runs) == [0.0, 0.25, 0.375, 0.5]

@@ -68,7 +68,7 @@ def test_block_states_and_scores_match_a_hand_computation(tiny, cpu, family):
 
 
 def test_blocks_to_remove_rounds_up_to_whole_blocks():
-    assert blocks_to_remove(28, 0.375) == 11   # PROTOCOL.md: 11/28 = 0.393
+    assert blocks_to_remove(28, 0.375) == 11   # docs/method.md: 11/28 = 0.393
     assert blocks_to_remove(32, 0.25) == 8
     assert blocks_to_remove(10, 0.3) == 3       # not 4 from 3.0000000000000004
     assert blocks_to_remove(30, 0.5) == 15

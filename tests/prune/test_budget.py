@@ -1,4 +1,4 @@
-"""The 2SSP budget (paper Eq. 5): PROTOCOL.md's worked table reproduced from published configs alone."""
+"""The 2SSP budget (paper Eq. 5): the worked table of docs/method.md reproduced from published configs alone."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ PAPER_CONFIGS = {
         num_key_value_heads=3, attention_bias=False, mlp_bias=False)),
 }
 
-# PROTOCOL.md table: (N_attn, d_keep) at s = 0.25, 0.375, 0.5.
+# docs/method.md, Worked numbers: (N_attn, d_keep) at s = 0.25, 0.375, 0.5.
 TABLE = {
     "Llama-2-7B": {0.25: (5, 7744), 0.375: (9, 6368), 0.5: (13, 4992)},
     "Mistral-7B-v0.3": {0.25: (1, 10005), 0.375: (2, 7893), 0.5: (5, 5994)},

@@ -1,4 +1,4 @@
-"""Stage 2 of 2SSP (PROTOCOL.md): the greedy attention search equals the naive brute force."""
+"""Stage 2 of 2SSP (docs/method.md): the greedy attention search equals the naive brute force."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 1 of 2SSP (PROTOCOL.md): neuron scores, selection and physical FFN slicing."""
+"""Stage 1 of 2SSP (docs/method.md): neuron scores, selection and physical FFN slicing."""
 
 from __future__ import annotations
 

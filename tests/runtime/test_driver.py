@@ -102,7 +102,7 @@ def swept(tiny_checkpoint, tmp_path_factory) -> Iterator[tuple]:
 
 
 def dense_counts(config: dict) -> dict[str, int]:
-    """Parameter counts of one dense Llama block from its config (PROTOCOL.md, Terms)."""
+    """Parameter counts of one dense Llama block from its config (docs/method.md, Terms)."""
     d, d_ff = config["hidden_size"], config["intermediate_size"]
     heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
     head_dim = d // heads

@@ -54,10 +54,10 @@ def _resolve(explicit: str | None) -> str:
     return url
 
 
-def database_url(explicit: str | None = None) -> str:
+def database_url(explicit: str | os.PathLike | None = None) -> str:
     """The URL to open: ``explicit``, else ``TWOSSP_DB``, else ``sqlite:///twossp.db``; a bare path
     means a SQLite file. ``DatabaseError`` for a scheme without ``//`` (``sqlite:/x.db``)."""
-    given = (explicit or os.environ.get("TWOSSP_DB") or DEFAULT_URL).strip()
+    given = str(explicit or os.environ.get("TWOSSP_DB") or DEFAULT_URL).strip()
     if "://" not in given and re.match(r"(?i)^(sqlite|postgres(ql)?)(\+\w+)?:", given):
         raise DatabaseError(f"{_mask(given)} is not a database URL (no '//' after the scheme: "
                             f"sqlite:///PATH, postgresql+psycopg://HOST/DBNAME); give {_KINDS}")

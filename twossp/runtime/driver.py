@@ -27,6 +27,7 @@ from twossp.contracts import RunResult, RunStatus
 from twossp.db import store
 from twossp.db.models import utcnow
 from twossp.db.session import Database
+from twossp.errors import SweepCancelled
 from twossp.plan import RunSpec, plan_sweep
 from twossp.runtime.executors import Executor
 from twossp.spec import SweepSpec
@@ -49,10 +50,6 @@ class _Silent:
     def progress(self, key: str, phase: str, done: int, total: int) -> None: ...
     def finished(self, run: RunSpec, result: RunResult) -> None: ...
     def stop(self) -> None: ...
-
-
-class SweepCancelled(KeyboardInterrupt):
-    """``twossp sweep cancel`` was asked for this sweep; unfinished runs were released."""
 
 
 @dataclass
