@@ -251,3 +251,31 @@ def test_a_run_held_by_a_dead_driver_of_this_host_is_taken_over_at_once(tiny_che
         row = session.scalars(select(Run).where(Run.key == key)).one()
         assert row.status == RunStatus.COMPLETED and row.owner != dead_owner and row.attempts == 2
     db.close()
+
+
+def test_new_weights_in_the_same_folder_are_new_runs_and_old_masks_are_not_exported(tiny_checkpoint,
+                                                                                    tmp_path: Path) -> None:
+    """The run key names the weights, not the folder: after the weights in a `path:` folder change,
+    the sweep computes every run again, and `export` refuses the old runs' masks."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint.model_dir, model)
+    sweep_file = tiny_checkpoint.write_sweep(tmp_path / "s.yaml", "stale", models=[{"path": str(model)}])
+    db_file = tmp_path / "r.db"
+    assert "3 completed, 0 failed, 0 skipped" in assert_clean(
+        invoke("sweep", "run", sweep_file, "--executor", "local", "--db", db_file), 0)
+    db = Database(db_file)
+    with db.session() as session:
+        old = session.scalars(select(Run.key).where(Run.method == "2ssp")).first()
+    db.close()
+    weights = model / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({name: (t * 1.01 if t.is_floating_point() else t).contiguous() for name, t in tensors.items()},
+              weights, metadata={"format": "pt"})
+    assert not torch.equal(load_file(weights)[next(iter(tensors))], tensors[next(iter(tensors))])
+    again = assert_clean(invoke("sweep", "run", sweep_file, "--executor", "local", "--db", db_file), 0)
+    assert "3 completed, 0 failed, 0 skipped" in again
+    refused = assert_clean(invoke("export", old, tmp_path / "out", "--db", db_file), 2)
+    assert "other weights" in refused and not (tmp_path / "out").exists()

@@ -287,6 +287,7 @@ def test_relative_paths_are_relative_to_the_sweep_file(tmp_path, monkeypatch) ->
     for name in ("models/tiny/config.json", "abs/model/config.json", "sweeps/m.gguf", "sweeps/data/calib.jsonl",
                  "sweeps/data/eval.txt"):
         (tmp_path / name).write_text("{}")
+    (tmp_path / "abs/model/config.json").write_text('{"other": 1}')  # other weights than models/tiny
     absolute = tmp_path / "abs" / "model"
     sweep = folder / "local.yaml"
     sweep.write_text(

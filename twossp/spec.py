@@ -30,7 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from twossp.errors import SpecError, SpecProblem, UnknownName
+from twossp.errors import DataUnavailable, SpecError, SpecProblem, UnknownName
+from twossp.fingerprint import fingerprint_directory, fingerprint_file
 from twossp.methods import MAX_INT, METHODS, Strict, method_of
 
 #: Hostile-YAML limits: a sweep file is a few dozen values, a few levels deep.
@@ -241,14 +242,21 @@ class ModelSpec(Strict):
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What determines the weights: part of every run key."""
+        """What determines the weights: part of every run key. A local folder or GGUF file is named
+        by a fingerprint of its content (``twossp.fingerprint``: headers, sizes and sampled bytes,
+        about 1 MiB read per weight file), not by its path: weights rewritten in place give new
+        keys, so stale results are never passed off as fresh, and a copy elsewhere shares its
+        results. A path that does not exist (reported by validation) is named by the path."""
         if self.hub:
             return {"hub": self.hub, "revision": self.revision or "main"}
         if self.builtin:
             return {"builtin": self.builtin}
-        if self.path:
-            return {"path": _resolved(self.path)}
-        return {"gguf": _resolved(self.gguf or "")}
+        where = _resolved(self.path or self.gguf or "")
+        try:
+            weights = fingerprint_directory(where) if self.path else fingerprint_file(where)
+        except DataUnavailable:
+            return {"path" if self.path else "gguf": where}
+        return {"weights" if self.path else "gguf_weights": weights}
 
 
 # --------------------------------------------------------------------------------------------
