@@ -14,6 +14,7 @@ model) that the removed node surely holds a run that is not about to finish.
 
 from __future__ import annotations
 
+import json
 import os
 
 # Ray reads this when it is first imported: every listener binds to 127.0.0.1.
@@ -247,8 +248,10 @@ def test_runs_no_node_can_hold_are_reported_at_plan_time_and_a_cluster_that_shri
 
     evaluation = tmp_path / "long-eval.txt"
     evaluation.write_text("\n\n".join(paragraphs(400, seed=2)) + "\n", encoding="utf-8")
-    wide = tmp_path / "tiny-copy"  # another model path, so its runs have their own keys
+    wide = tmp_path / "tiny-copy"  # other weights (keys name them), so its runs have their own keys
     shutil.copytree(tiny_checkpoint.model_dir, wide)
+    config = json.loads((wide / "config.json").read_text())
+    (wide / "config.json").write_text(json.dumps({**config, "twossp_test_copy": True}))
     sweep_file = tiny_checkpoint.write_sweep(
         tmp_path / "shrink.yaml", "shrink",
         models=[{"path": str(tiny_checkpoint.model_dir), "cpus": 1, "resources": {"fake_gpu": 1}},
