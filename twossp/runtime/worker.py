@@ -27,10 +27,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _git_revision() -> str | None:
-    """The revision of the twossp checkout this code runs from, or None when it is not one (an
-    installed wheel, or a copy inside some other repository)."""
-    root = Path(__file__).resolve().parents[2]
+def git_revision(root: Path = Path(__file__).resolve().parents[2]) -> str | None:
+    """The revision of the twossp checkout at ``root`` (the one this code runs from), or None when it
+    is not one: an installed wheel, or a copy inside some other repository (whose revision says
+    nothing about this code)."""
     try:
         top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
                              text=True, timeout=5)
@@ -56,7 +56,7 @@ def versions() -> dict[str, Any]:
     except PackageNotFoundError:
         ours = None
     return {"twossp": ours, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "git": _git_revision()}
+            "python": platform.python_version(), "git": git_revision()}
 
 
 class Stopwatch:
