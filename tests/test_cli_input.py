@@ -279,3 +279,33 @@ def test_new_weights_in_the_same_folder_are_new_runs_and_old_masks_are_not_expor
     assert "3 completed, 0 failed, 0 skipped" in again
     refused = assert_clean(invoke("export", old, tmp_path / "out", "--db", db_file), 2)
     assert "other weights" in refused and not (tmp_path / "out").exists()
+
+
+def test_listing_evaluation_datasets_in_another_order_keeps_the_dense_baseline(tiny_checkpoint,
+                                                                              tmp_path: Path) -> None:
+    """Two sweeps list the same evaluation datasets in different orders: the second one's dense run
+    is the first one's (same key), and its pruned runs still compare against it (same evaluation key)."""
+    second = tmp_path / "second.txt"
+    shutil.copy(tiny_checkpoint.evaluation, second)
+    first_order = [{"path": str(tiny_checkpoint.evaluation)}, {"path": str(second)}]
+    a = tiny_checkpoint.write_sweep(tmp_path / "a.yaml", "order-a", sparsities=[0.25],
+                                    evaluation={"perplexity": first_order, "seq_len": 16, "max_windows": 4})
+    b = tiny_checkpoint.write_sweep(tmp_path / "b.yaml", "order-b", sparsities=[0.5],
+                                    evaluation={"perplexity": first_order[::-1], "seq_len": 16, "max_windows": 4})
+    db_file = tmp_path / "r.db"
+    assert "2 completed" in assert_clean(invoke("sweep", "run", a, "--executor", "local", "--db", db_file), 0)
+    assert "1 completed, 0 failed, 1 skipped" in assert_clean(
+        invoke("sweep", "run", b, "--executor", "local", "--db", db_file), 0)
+    board = invoke("leaderboard", "--db", db_file)
+    rows = [line for line in board.output.splitlines() if " 2ssp " in line]
+    assert len(rows) == 2, board.output
+    assert all(row.count("%") == 2 for row in rows), board.output  # a change against dense per dataset
+
+
+def test_remote_files_skips_the_local_file_checks(tiny_checkpoint, tmp_path: Path) -> None:
+    """On a cluster's head node, paths that exist only on the worker nodes are not this machine's."""
+    sweep_file = tiny_checkpoint.write_sweep(tmp_path / "s.yaml", "remote",
+                                             models=[{"path": "/on/the/nodes/model"}])
+    assert "model directory not found" in assert_clean(invoke("sweep", "validate", sweep_file), 2)
+    assert_clean(invoke("sweep", "validate", sweep_file, "--remote-files"), 0)
+    assert_clean(invoke("sweep", "plan", sweep_file, "--remote-files", "--db", tmp_path / "r.db"), 0)

@@ -39,6 +39,10 @@ EXIT_CODES: tuple[tuple[type[TwosspError], int], ...] = (
     (SpecError, 2), (PlanError, 2), (DatabaseError, 2), (UnknownName, 2), (CheckpointError, 2), (SchemaOutdated, 3),
 )
 
+FILES_OPTION = click.option(
+    "--remote-files", is_flag=True,
+    help="The sweep's local paths (models, text files) exist on the cluster's nodes, not on this machine: "
+         "do not check them here.")
 DB_OPTION = click.option("--db", "db_url", envvar="TWOSSP_DB", default=None,
                          help="SQLAlchemy URL or SQLite path (default: sqlite:///twossp.db; env TWOSSP_DB).")
 
@@ -99,7 +103,8 @@ def sweep() -> None:
     pass
 
 
-def _load_and_check(files: Iterable[str], on_ok: Any = None) -> list[tuple[str, Any, Any, Any]]:
+def _load_and_check(files: Iterable[str], on_ok: Any = None,
+                    remote_files: bool = False) -> list[tuple[str, Any, Any, Any]]:
     """Each sweep file validated (every problem of every file at once), its runs planned and
     preflighted from local files: (file, spec, runs, preflight); ``on_ok`` is told of each valid file."""
     from twossp.plan import plan_sweep
@@ -109,7 +114,7 @@ def _load_and_check(files: Iterable[str], on_ok: Any = None) -> list[tuple[str, 
     loaded, problems = [], []
     for file in files:
         try:
-            spec = load_sweep(file)
+            spec = load_sweep(file, check_files=not remote_files)
         except SpecError as exc:
             problems += exc.problems
             continue
@@ -124,11 +129,12 @@ def _load_and_check(files: Iterable[str], on_ok: Any = None) -> list[tuple[str, 
 
 @sweep.command("validate", help="Check sweep files; report every problem with file and line.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(files: tuple[str, ...]) -> None:
+@FILES_OPTION
+def validate(files: tuple[str, ...], remote_files: bool) -> None:
     def ok(file: str, spec: Any, runs: list[Any], report: Any) -> None:
         say(("ok", "green"), f" {file}: sweep {spec.name!r}, {len(runs)} runs")
 
-    _raise_plan_problems(report for *_, report in _load_and_check(files, on_ok=ok))
+    _raise_plan_problems(report for *_, report in _load_and_check(files, on_ok=ok, remote_files=remote_files))
 
 
 def _raise_plan_problems(reports: Iterable[Any]) -> None:
@@ -144,11 +150,12 @@ def _raise_plan_problems(reports: Iterable[Any]) -> None:
 @click.option("--address", default=None,
               help="Check the runs' resources against this Ray cluster (auto or HOST:PORT); without it, "
                    "against this machine's CPUs and memory (GPUs are checked when the sweep runs).")
-def plan(file: str, db_url: str | None, address: str | None) -> None:
+@FILES_OPTION
+def plan(file: str, db_url: str | None, address: str | None, remote_files: bool) -> None:
     from twossp.db import store
     from twossp.db.session import database_exists
 
-    [(_, spec, runs, report)] = _load_and_check([file])
+    [(_, spec, runs, report)] = _load_and_check([file], remote_files=remote_files)
     statuses: dict[str, str] = {}
     if database_exists(db_url):
         db = _open(db_url)
@@ -215,14 +222,15 @@ def _unplaceable(runs: list[Any], address: str | None) -> int:
               help="Re-submissions of a run whose Ray worker or node died (a run that raises is never retried).")
 @click.option("--stale-after", type=click.FloatRange(min=0.5), default=120.0, show_default=True,
               help="Seconds without a heartbeat after which another driver's running run counts as abandoned.")
+@FILES_OPTION
 def run(file: str, db_url: str | None, executor: str, address: str | None, rerun_failed: bool, max_retries: int,
-        stale_after: float) -> None:
+        stale_after: float, remote_files: bool) -> None:
     from twossp.dash.live import LiveSweep
     from twossp.errors import SweepCancelled
     from twossp.runtime.driver import run_sweep
     from twossp.runtime.executors import LocalExecutor, RayExecutor
 
-    [(_, spec, _, report)] = _load_and_check([file])
+    [(_, spec, _, report)] = _load_and_check([file], remote_files=remote_files)
     report.raise_problems()  # before the database is touched
     db = _open(db_url, create=True)
     runner = RayExecutor(address=address, max_retries=max_retries) if executor == "ray" else LocalExecutor()
