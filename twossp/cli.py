@@ -103,11 +103,12 @@ def sweep() -> None:
     pass
 
 
-def _load_and_check(files: Iterable[str], on_ok: Any = None,
-                    remote_files: bool = False) -> list[tuple[str, Any, Any, Any]]:
+def _load_and_check(files: Iterable[str], on_ok: Any = None, remote_files: bool = False,
+                    resolve: bool = False) -> list[tuple[str, Any, Any, Any]]:
     """Each sweep file validated (every problem of every file at once), its runs planned and
     preflighted from local files: (file, spec, runs, preflight); ``on_ok`` is told of each valid file."""
     from twossp.plan import plan_sweep
+    from twossp.runtime.loading import resolve_revisions
     from twossp.runtime.preflight import preflight
     from twossp.spec import load_sweep
 
@@ -118,6 +119,8 @@ def _load_and_check(files: Iterable[str], on_ok: Any = None,
         except SpecError as exc:
             problems += exc.problems
             continue
+        if resolve:  # hub branches to the commits they name: the keys then name the weights
+            spec = resolve_revisions(spec)
         runs = plan_sweep(spec)
         loaded.append((file, spec, runs, preflight(runs)))
         if on_ok:
@@ -155,7 +158,7 @@ def plan(file: str, db_url: str | None, address: str | None, remote_files: bool)
     from twossp.db import store
     from twossp.db.session import database_exists
 
-    [(_, spec, runs, report)] = _load_and_check([file], remote_files=remote_files)
+    [(_, spec, runs, report)] = _load_and_check([file], remote_files=remote_files, resolve=True)
     statuses: dict[str, str] = {}
     if database_exists(db_url):
         db = _open(db_url)
@@ -230,7 +233,7 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
     from twossp.runtime.driver import run_sweep
     from twossp.runtime.executors import LocalExecutor, RayExecutor
 
-    [(_, spec, _, report)] = _load_and_check([file], remote_files=remote_files)
+    [(_, spec, _, report)] = _load_and_check([file], remote_files=remote_files, resolve=True)
     report.raise_problems()  # before the database is touched
     db = _open(db_url, create=True)
     runner = RayExecutor(address=address, max_retries=max_retries) if executor == "ray" else LocalExecutor()

@@ -41,6 +41,10 @@ class RunSpec(Strict):
     evaluation: EvaluationSpec
     runtime: RuntimeSpec
     save_to: str | None = None  # where the pruned model goes (not in the key: it changes no number)
+    #: The weights as planned (``ModelSpec.identity``: a content fingerprint, a hub commit), frozen
+    #: here so the key never changes under a run, and the worker and ``export`` can tell whether the
+    #: weights they find are still these.
+    weights: dict[str, Any] | None = None
 
     def evaluation_identity(self) -> dict[str, Any]:
         """What determines how a run is evaluated, and nothing else: the order datasets are listed
@@ -55,7 +59,7 @@ class RunSpec(Strict):
 
     def identity(self) -> dict[str, Any]:
         ident: dict[str, Any] = {
-            "model": self.model.identity,
+            "model": self.weights or self.model.identity,
             "trust_remote_code": self.model.trust_remote_code,
             "method": self.method.model_dump(),
             "sparsity": self.sparsity,
@@ -84,6 +88,10 @@ class RunSpec(Strict):
             parts.append(f"seed={self.calibration.seed}")
         return " ".join(parts)
 
+    def weights_changed(self) -> bool:
+        """Whether the model's weights are no longer the ones this run was planned on."""
+        return self.weights is not None and self.model.identity != self.weights
+
     def preview(self, counts: BlockCounts) -> str:
         """What this run will remove, from the dense model's parameter counts alone (its method's
         plan preview); raises ``BudgetError`` when the run could not succeed."""
@@ -100,7 +108,7 @@ def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
     for model in spec.models:
         for method in spec.methods:
             common = dict(sweep=spec.name, model=model, method=method, evaluation=evaluation, runtime=spec.runtime,
-                          save_to=spec.save_to)
+                          save_to=spec.save_to, weights=model.identity)
             if not method_of(method).prunes:
                 runs.append(RunSpec(**common))
                 continue

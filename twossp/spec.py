@@ -247,7 +247,7 @@ class ModelSpec(Strict):
         about 1 MiB read per weight file), not by its path: weights rewritten in place give new
         keys, so stale results are never passed off as fresh, and a copy elsewhere shares its
         results. A path that does not exist (reported by validation) is named by the path."""
-        if self.hub:
+        if self.hub:  # a commit (resolved from a branch or tag by the runtime) names the weights
             return {"hub": self.hub, "revision": self.revision or "main"}
         if self.builtin:
             return {"builtin": self.builtin}

@@ -26,7 +26,7 @@ def find_run(db: Any, key: str) -> tuple[RunSpec, list[LayerMask]]:
         if run.status != RunStatus.COMPLETED:
             raise CheckpointError(f"run {run.key} is {run.status}, not completed: nothing to export")
         spec = RunSpec.model_validate(run.spec)
-        if spec.key != run.key:  # the key names the weights: they are not the ones the run pruned
+        if spec.weights_changed() or (spec.weights is None and spec.key != run.key):  # other weights now
             raise CheckpointError(
                 f"run {run.key} was computed from other weights than {spec.model.label} holds now "
                 f"({spec.model.path or spec.model.gguf or spec.model.hub}): its masks would be applied to weights "

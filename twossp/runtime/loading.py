@@ -131,3 +131,43 @@ def load_model(spec: ModelSpec, dtype: "torch.dtype", device: "torch.device") ->
     model = _from_hub_or_cache(
         spec, lambda **kw: AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **common, **kw))
     return model.to(device).eval(), tokenizer
+
+
+def resolve_revisions(spec: Any) -> Any:
+    """The sweep with every hub model's branch or tag replaced by the commit it names now, so that
+    run keys name the weights: from the local cache's refs, or the hub when it is reachable. A
+    model neither knows (offline, never downloaded) keeps its revision; its runs then fail to load
+    with that reason. Torch-free."""
+    models = [_resolved_revision(m) if m.hub else m for m in spec.models]
+    return spec.model_copy(update={"models": models})
+
+
+def _resolved_revision(model: ModelSpec) -> ModelSpec:
+    import re
+
+    revision = model.revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return model
+    commit = _cached_commit(model.hub, revision)
+    if commit is None and unreachable_reason() is None:
+        from huggingface_hub import HfApi
+
+        try:
+            commit = HfApi().model_info(model.hub, revision=revision).sha
+        except Exception:  # noqa: BLE001 - not found, gated, ...: loading reports it with its reason
+            commit = None
+    return model.model_copy(update={"revision": commit}) if commit else model
+
+
+def _cached_commit(repo: str, revision: str, cache: Path | None = None) -> str | None:
+    """The commit a branch or tag pointed to when the model was last downloaded into the hub cache."""
+    if cache is None:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        cache = Path(HF_HUB_CACHE)
+    ref = cache / f"models--{repo.replace('/', '--')}" / "refs" / revision
+    try:
+        commit = ref.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return commit if len(commit) == 40 else None

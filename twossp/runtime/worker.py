@@ -154,6 +154,9 @@ class _Run:
         self.device = resolve_device(self.spec.runtime.device)
         self.result.device = device_name(self.device)
         self.clock = Stopwatch(self.device, self.result.timings)
+        if self.spec.weights_changed():
+            raise DataUnavailable(f"the weights of {self.spec.model.label} changed since the sweep was planned "
+                                  f"({self.spec.model.path or self.spec.model.gguf}); run the sweep again")
         self.progress("load", 0, 1)
         self.model, self.tokenizer = load_model(self.spec.model, DTYPES[self.spec.runtime.dtype], self.device)
         self.adapter = adapter_for(self.model.config)  # load_model has already checked the architecture
