@@ -262,28 +262,14 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
     for failed_run, error in outcome.failed:
         say(("failed", "red"), f" {failed_run.label} ({failed_run.key}): {error.strip().splitlines()[-1]}",
             stderr=True)
-    skipped_failed = [r for r in outcome.skipped if r.key in _failed_keys(db_url, outcome.skipped)]
-    if skipped_failed:
-        say(f"{len(skipped_failed)} run(s) failed in an earlier sweep run and were skipped; "
+    if outcome.skipped_failed:
+        say(f"{len(outcome.skipped_failed)} run(s) failed in an earlier sweep run and were skipped; "
             "re-run them with --rerun-failed", stderr=True)
     if outcome.dropped:
         say(f"{len(outcome.dropped)} run(s) were taken over by another driver; their results are that driver's",
             stderr=True)
     if outcome.failed:
         sys.exit(1)
-
-
-def _failed_keys(db_url: str | None, runs: list[Any]) -> set[str]:
-    if not runs:
-        return set()
-    from twossp.db import store
-
-    db = _open(db_url)
-    try:
-        with db.session() as session:
-            return {k for k, s in store.run_statuses(session, [r.key for r in runs]).items() if s == "failed"}
-    finally:
-        db.close()
 
 
 def _interrupt(signum: int, frame: object) -> None:

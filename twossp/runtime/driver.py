@@ -56,6 +56,7 @@ class _Silent:
 class SweepOutcome:
     planned: list[RunSpec]
     skipped: list[RunSpec] = field(default_factory=list)     # completed before, or failed (no --rerun-failed)
+    skipped_failed: list[RunSpec] = field(default_factory=list)  # of those, the ones that had failed
     elsewhere: list[RunSpec] = field(default_factory=list)   # completed meanwhile by another driver
     completed: list[RunSpec] = field(default_factory=list)
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
@@ -148,6 +149,7 @@ class SweepDriver:
             statuses = store.run_statuses(session, [r.key for r in runs])
         candidates = runs_to_do(runs, statuses, self.rerun_failed)
         self.outcome.skipped = [r for r in runs if r not in candidates]
+        self.outcome.skipped_failed = [r for r in self.outcome.skipped if statuses.get(r.key) == RunStatus.FAILED]
         self.display.start(runs, statuses)
         beat = _Heartbeat(self.db, self.owner, self.sweep_id, interval=max(0.2, min(30.0, self.stale_after / 4)))
         beat.start()

@@ -176,9 +176,10 @@ class _Run:
         return windows
 
     def prune(self, windows: Any) -> None:
-        runner = method_of(self.spec.method).run.load()
-        self.outcome = runner(self.model, self.adapter, windows, self.spec.sparsity, self.spec.method, self.device,
-                              self.progress)
+        from twossp.prune import prune
+
+        self.outcome = prune(self.model, self.adapter, windows, self.spec.sparsity, self.spec.method, self.device,
+                             self.progress)
         self.result.timings.update(self.outcome.timings)  # the method's own phases ("prune", "stage 1", ...)
         self.result.details = dict(self.outcome.details)
         self.clock.skip()
