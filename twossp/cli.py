@@ -234,7 +234,7 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
     from twossp.runtime.executors import LocalExecutor, RayExecutor
 
     [(_, spec, _, report)] = _load_and_check([file], remote_files=remote_files, resolve=True)
-    report.raise_problems()  # before the database is touched
+    _raise_plan_problems([report])  # before the database is touched
     db = _open(db_url, create=True)
     runner = RayExecutor(address=address, max_retries=max_retries) if executor == "ray" else LocalExecutor()
     # SIGTERM (a scheduler stopping us) is handled like Ctrl-C: unfinished runs are released.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from twossp.errors import BudgetError, PlanError, TwosspError, UnsupportedArchitecture
+from twossp.errors import BudgetError, TwosspError, UnsupportedArchitecture
 from twossp.families import config_block_counts, family_of
 from twossp.plan import RunSpec
 from twossp.runtime.loading import config_path
@@ -19,10 +19,6 @@ class Preflight:
     previews: dict[str, str] = field(default_factory=dict)   # run key -> what it will remove ("?" unknown)
     problems: list[str] = field(default_factory=list)        # why runs could not succeed
     unknown: list[str] = field(default_factory=list)         # models whose config.json is not local
-
-    def raise_problems(self) -> None:
-        if self.problems:
-            raise PlanError(self.problems)
 
 
 def preflight(runs: list[RunSpec]) -> Preflight:
