@@ -205,7 +205,7 @@ def matmul_gflops(repeats: int = 20) -> float:
 def forward_seconds(model: torch.nn.Module, window: torch.Tensor, device: torch.device, warmup: int,
                     runs: int) -> float:
     """Median wall clock of one full forward (LM head included) of one window, batch size 1."""
-    from twossp.runtime.device import synchronize
+    from twossp.device import synchronize
 
     ids = window.view(1, -1).to(device)
     times = []

@@ -80,7 +80,7 @@ COMMANDS = list(_commands(cli.main))
 def test_the_command_tree() -> None:
     assert {" ".join(p) for p, _ in COMMANDS} == {
         "", "sweep", "sweep validate", "sweep plan", "sweep run", "sweep cancel", "leaderboard", "runs", "db", "db upgrade",
-        "db current", "list", "list methods", "list families", "export"}
+        "db current", "list", "list methods", "list families", "list tasks", "sweep tasks", "export"}
 
 
 @pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) or "twossp" for p, _ in COMMANDS])

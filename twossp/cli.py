@@ -41,8 +41,8 @@ EXIT_CODES: tuple[tuple[type[TwosspError], int], ...] = (
 
 FILES_OPTION = click.option(
     "--remote-files", is_flag=True,
-    help="The sweep's local paths (models, text files) exist on the cluster's nodes, not on this machine: "
-         "do not check them here.")
+    help="The sweep's local paths (models, text files, task data) exist on the cluster's nodes, not on this "
+         "machine, and the nodes reach the hub where this machine does not: do not check them here.")
 DB_OPTION = click.option("--db", "db_url", envvar="TWOSSP_DB", default=None,
                          help="SQLAlchemy URL or SQLite path (default: sqlite:///twossp.db; env TWOSSP_DB).")
 
@@ -140,8 +140,17 @@ def validate(files: tuple[str, ...], remote_files: bool) -> None:
     _raise_plan_problems(report for *_, report in _load_and_check(files, on_ok=ok, remote_files=remote_files))
 
 
-def _raise_plan_problems(reports: Iterable[Any]) -> None:
+def _raise_plan_problems(reports: Iterable[Any], remote_ok: bool = True) -> None:
+    """Refuse runs that could not succeed. What only the machines that run them can tell (a task
+    reading the hub, unreachable from here) is a warning, or a refusal when the runs run here."""
+    reports = list(reports)
     problems = [p for report in reports for p in report.problems]
+    remote = [p for report in reports for p in report.remote]
+    if remote and not remote_ok:
+        problems += remote + ["(if the runs execute on nodes that reach the hub, pass --remote-files)"]
+    elif remote:
+        for line in remote:
+            say(("warning", "yellow"), f": {line}", stderr=True)
     if problems:
         raise PlanError(problems)
 
@@ -234,7 +243,7 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
     from twossp.runtime.executors import LocalExecutor, RayExecutor
 
     [(_, spec, _, report)] = _load_and_check([file], remote_files=remote_files, resolve=True)
-    _raise_plan_problems([report])  # before the database is touched
+    _raise_plan_problems([report], remote_ok=remote_files)  # before the database is touched
     db = _open(db_url, create=True)
     runner = RayExecutor(address=address, max_retries=max_retries) if executor == "ray" else LocalExecutor()
     # SIGTERM (a scheduler stopping us) is handled like Ctrl-C: unfinished runs are released.
@@ -270,6 +279,24 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
             stderr=True)
     if outcome.failed:
         sys.exit(1)
+
+
+@sweep.command("tasks", help="Write the lm-eval configs (and the converted task data) a sweep's runs evaluate "
+               "with, to DIR: `lm_eval --include_path DIR --tasks ...` then runs the same tasks on the same data.")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("directory", type=click.Path(file_okay=False))
+def sweep_tasks(file: str, directory: str) -> None:
+    from twossp.evaluate.harness import prepare_tasks
+    from twossp.spec import load_sweep
+
+    spec = load_sweep(file)
+    if not spec.evaluation.tasks:
+        fail(f"{file}: the sweep evaluates no task (evaluation.tasks)", 2)
+    prepared = prepare_tasks(spec.evaluation.tasks, spec.evaluation.task_data, directory)
+    for p in prepared:
+        say(f"{p.spec.name}\t{p.source}" + (f"\t{len(p.subtasks)} subtasks" if p.subtasks else ""))
+    say(f"lm_eval --model hf --model_args pretrained=MODEL_DIR --include_path {directory} "
+        f"--tasks {','.join(p.spec.name for p in prepared)}")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -327,13 +354,15 @@ def leaderboard(db_url: str | None, sweep_name: str | None, dashboard: str | Non
 @DB_OPTION
 @click.option("--status", type=click.Choice(["pending", "running", "completed", "failed"]), default=None,
               help="Only runs with this status.")
-def runs_cmd(db_url: str | None, status: str | None) -> None:
+@click.option("--scores", "show_scores", is_flag=True,
+              help="Under each run, its scores (dataset, metric, value): per-task accuracies, speed, perplexity.")
+def runs_cmd(db_url: str | None, status: str | None, show_scores: bool) -> None:
     from twossp.db import store
 
     db = _open(db_url)
     try:
         with db.session() as session:
-            rows = store.run_rows(session, status)
+            rows = store.run_rows(session, status, with_scores=show_scores)
     finally:
         db.close()
     table = Table()
@@ -344,6 +373,10 @@ def runs_cmd(db_url: str | None, status: str | None) -> None:
         table.add_row(r.key, Text(r.model), r.method, f"{r.target_sparsity:g}",
                       f"{r.achieved_sparsity:.4f}" if r.achieved_sparsity is not None else "-", str(r.status),
                       str(r.attempts), Text(error))
+        if show_scores:  # indented under the run: dataset in the model column, metric, value
+            for s in sorted(r.scores, key=lambda s: (s.dataset, s.metric)):
+                table.add_row("", Text(f"  {s.dataset}", style="dim"), Text(s.metric, style="dim"),
+                              Text(f"{s.value:.6g}", style="dim"), *[""] * 4)
     console.print(table)
 
 
@@ -384,6 +417,15 @@ def list_families() -> None:
 
     for arch, description in family_descriptions().items():
         click.echo(f"{arch}\t{description}")
+
+
+@list_group.command("tasks", help="Downstream lm-eval tasks, one per line, with the published files each reads "
+                    "from a local folder.")
+def list_tasks() -> None:
+    from twossp.tasks import TASKS
+
+    for name, task in TASKS.items():
+        click.echo(f"{name}\t{task.description}; hub: {task.hub}; files: {', '.join(task.evaluated.records)}")
 
 
 # ---------------------------------------------------------------------------------- db

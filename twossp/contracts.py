@@ -1,6 +1,7 @@
 """The data that crosses layers: what a worker hands the driver (``RunResult``), what a pruning
 method hands the worker (``PruneOutcome``), the parameter counts every layer reasons about
-(``BlockCounts``), layer masks, run states and the progress callback.
+(``BlockCounts``), layer masks, run states, the score rows the leaderboard summarises and the
+progress callback.
 
 Everything here is plain data and imports neither torch nor any other twossp layer, so both
 sides of each boundary import it (the sweep driver unpickles results without torch).
@@ -107,6 +108,13 @@ def layer_masks(num_layers: int, dense_width: int, kept_ffn: Sequence[Sequence[i
 # --------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------
+#: Score rows, as (dataset, metric), that the leaderboard shows beside perplexity: the mean lm-eval
+#: accuracy over a run's tasks (a fraction) and the speed measurements it compares against dense.
+DOWNSTREAM_ACC_MEAN = ("downstream", "acc_mean")
+SPEED_PREFILL_SECONDS = ("speed", "prefill_seconds")
+SPEED_DECODE_TOKENS_PER_SECOND = ("speed", "decode_tokens_per_second")
+
+
 @dataclass
 class PruneOutcome:
     """What a pruning method did, in terms of the dense model's indices."""
@@ -138,6 +146,7 @@ class RunResult:
     params_dense: int | None = None
     params_pruned: int | None = None
     scores: list[tuple[str, str, float]] = field(default_factory=list)   # (dataset, metric, value)
+    generations: list[tuple[str, str, int]] = field(default_factory=list)  # (prompt, output, new tokens)
     timings: dict[str, float] = field(default_factory=dict)
     masks: list[LayerMask] = field(default_factory=list)
     calibration_sha256: str | None = None                             # of the calibration windows used

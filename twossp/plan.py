@@ -14,8 +14,12 @@ from typing import Any
 from pydantic import Field
 
 from twossp.contracts import BlockCounts
+from twossp.errors import DataUnavailable
+from twossp.fingerprint import fingerprint_file
 from twossp.methods import method_of
-from twossp.spec import AnyMethod, EvaluationSpec, ModelSpec, RuntimeSpec, Strict, SweepSpec, TextSource, source_key
+from twossp.spec import AnyMethod, EvaluationSpec, ModelSpec, RuntimeSpec, Strict, SweepSpec, TaskSpec, TextSource
+from twossp.spec import source_key
+from twossp.tasks import locate
 
 
 class CalibrationRun(Strict):
@@ -23,6 +27,27 @@ class CalibrationRun(Strict):
     samples: int = Field(ge=1)
     seq_len: int
     seed: int
+
+
+def task_data_identity(task: TaskSpec, task_data: str | None) -> dict[str, Any]:
+    """Which data a task's numbers come from: the harness's hub dataset, or a content fingerprint of
+    each published file it reads (so a copy elsewhere shares its results, an edited file does not)."""
+    folder = task.folder(task_data)
+    if folder is None:
+        return {"hub": task.task.hub}
+    try:
+        located = locate(task.task, folder, tuple(task.subjects or ()), fewshot=task.num_fewshot > 0)
+        return {"files": {found.task: {split: [fingerprint_file(f) if f else None for f in files]
+                                       for split, files in found.files.items()} for found in located}}
+    except DataUnavailable:  # reported by validation; named by the folder meanwhile
+        return {"missing": folder}
+
+
+def _file_identity(path: str) -> str:
+    try:
+        return fingerprint_file(path)
+    except DataUnavailable:
+        return f"missing:{path}"
 
 
 def _digest(data: Any) -> str:
@@ -45,17 +70,34 @@ class RunSpec(Strict):
     #: here so the key never changes under a run, and the worker and ``export`` can tell whether the
     #: weights they find are still these.
     weights: dict[str, Any] | None = None
+    #: Each task's data as planned (``task_data_identity``), frozen like ``weights``.
+    task_data: dict[str, Any] | None = None
 
     def evaluation_identity(self) -> dict[str, Any]:
-        """What determines how a run is evaluated, and nothing else: the order datasets are listed
-        in changes no score. Part of the run key, and hashed alone into ``evaluation_key``, so runs
-        evaluated alike (a method and its dense baseline) share it."""
-        return {
-            "perplexity": sorted((source_key(s) for s in self.evaluation.perplexity),
+        """What determines how a run is evaluated, and nothing else: the order datasets and tasks are
+        listed in changes no score, nor does a task's batch size. Part of the run key, and hashed
+        alone into ``evaluation_key``, so runs evaluated alike (a method and its dense baseline)
+        share it. Tasks, speed and generations enter only when asked for, so the keys of runs that
+        evaluate perplexity alone are those they always had."""
+        evaluation = self.evaluation
+        ident: dict[str, Any] = {
+            "perplexity": sorted((source_key(s) for s in evaluation.perplexity),
                                  key=lambda k: json.dumps(k, sort_keys=True)),
-            "seq_len": self.evaluation.seq_len,
-            "max_windows": self.evaluation.max_windows,
+            "seq_len": evaluation.seq_len,
+            "max_windows": evaluation.max_windows,
         }
+        if evaluation.tasks:
+            data = self.task_data or plan_task_data(evaluation)
+            ident["tasks"] = [{"name": t.name, "num_fewshot": t.num_fewshot, "limit": t.limit,
+                               "subjects": sorted(t.subjects) if t.subjects else None, "data": data[t.name]}
+                              for t in sorted(evaluation.tasks, key=lambda t: t.name)]
+        if evaluation.speed:
+            ident["speed"] = evaluation.speed.model_dump()
+        if evaluation.generate:
+            generate = evaluation.generate
+            ident["generate"] = {"prompts": generate.prompts, "max_new_tokens": generate.max_new_tokens,
+                                 "file": _file_identity(generate.file) if generate.file else None}
+        return ident
 
     def identity(self) -> dict[str, Any]:
         ident: dict[str, Any] = {
@@ -101,14 +143,19 @@ class RunSpec(Strict):
         return entry.preview(self.method, self.sparsity, counts)
 
 
+def plan_task_data(evaluation: EvaluationSpec) -> dict[str, Any]:
+    return {t.name: task_data_identity(t, evaluation.task_data) for t in evaluation.tasks}
+
+
 def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
     """Expand the grid. The dense run takes no sparsity, calibration or seed: one per model."""
     evaluation = spec.evaluation.model_copy(update={"seq_len": spec.eval_seq_len})
+    task_data = plan_task_data(evaluation) if evaluation.tasks else None
     runs: list[RunSpec] = []
     for model in spec.models:
         for method in spec.methods:
             common = dict(sweep=spec.name, model=model, method=method, evaluation=evaluation, runtime=spec.runtime,
-                          save_to=spec.save_to, weights=model.identity)
+                          save_to=spec.save_to, weights=model.identity, task_data=task_data)
             if not method_of(method).prunes:
                 runs.append(RunSpec(**common))
                 continue
@@ -121,4 +168,4 @@ def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
     return runs
 
 
-__all__ = ["CalibrationRun", "RunSpec", "plan_sweep"]
+__all__ = ["CalibrationRun", "RunSpec", "plan_sweep", "plan_task_data", "task_data_identity"]

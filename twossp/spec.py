@@ -33,6 +33,7 @@ from pydantic import (
 from twossp.errors import DataUnavailable, SpecError, SpecProblem, UnknownName
 from twossp.fingerprint import fingerprint_directory, fingerprint_file
 from twossp.methods import MAX_INT, METHODS, Strict, method_of
+from twossp.tasks import TASKS, Task, locate, task_folder
 
 #: Hostile-YAML limits: a sweep file is a few dozen values, a few levels deep.
 MAX_DEPTH = 100
@@ -287,13 +288,6 @@ def _check_fraction(value: float) -> float:
     return value
 
 
-def _something_to_evaluate(value: list[Any]) -> list[Any]:
-    if not value:
-        raise ValueError("nothing to evaluate: list at least one dataset in `perplexity` "
-                         "(a named source or {path: FILE})")
-    return value
-
-
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
@@ -305,11 +299,126 @@ class CalibrationSpec(Strict):
     seq_len: int = Field(default=2048, ge=8, le=MAX_INT)
 
 
+def _task_shorthand(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class TaskSpec(Strict):
+    """One lm-eval task (``twossp.tasks``), run with the harness's own definition. ``data``: a folder
+    holding the task's files as its authors publish them; without it (and without
+    ``evaluation.task_data``) the harness reads its own datasets from the hub."""
+
+    name: str
+    num_fewshot: int = Field(default=0, ge=0, le=1000)
+    limit: int | None = Field(default=None, ge=1, le=MAX_INT)   # first N documents (of each MMLU subject)
+    batch_size: int = Field(default=8, ge=1, le=4096)          # not in the run key: it changes no choice
+    data: NonEmpty | None = None
+    subjects: list[NonEmpty] | None = Field(default=None, min_length=1)  # MMLU: which subjects (default all)
+
+    _resolve = field_validator("data")(_relative_to_sweep)
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in TASKS:
+            raise ValueError(f"unknown task {_show(v)}{_did_you_mean(v, TASKS)}; known tasks: {', '.join(TASKS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_subjects(self) -> "TaskSpec":
+        task = TASKS[self.name]
+        if self.subjects is not None:
+            if not task.subjects:
+                raise ValueError(f"`subjects` applies to a task made of subjects (mmlu), not {self.name}")
+            unknown = [s for s in self.subjects if s not in task.subjects]
+            if unknown:
+                raise ValueError(f"unknown {self.name} subject {_show(unknown[0])}"
+                                 f"{_did_you_mean(unknown[0], task.subjects)}")
+            if len(set(self.subjects)) != len(self.subjects):
+                raise ValueError("duplicate subjects")
+        return self
+
+    @property
+    def task(self) -> Task:
+        return TASKS[self.name]
+
+    def folder(self, task_data: str | None) -> str | None:
+        """The local folder this task reads, or None: the hub."""
+        if self.data:
+            return self.data
+        if task_data:
+            found, _ = task_folder(self.task, task_data)
+            return str(found) if found else str(Path(task_data) / self.task.folders[0])
+        return None
+
+
+class SpeedSpec(Strict):
+    """Inference speed of the (pruned) model: prefill of one window at the evaluation length and greedy
+    decoding with the KV cache (``twossp.evaluate.speed``). The paper times 10 warm-up then 10 runs."""
+
+    warmup: int = Field(default=2, ge=0, le=1000)
+    repeats: int = Field(default=5, ge=1, le=1000)
+    prompt_tokens: int = Field(default=32, ge=1, le=MAX_INT)
+    new_tokens: int = Field(default=32, ge=1, le=MAX_INT)
+
+
+class GenerateSpec(Strict):
+    """Fixed prompts, answered greedily and stored per run: ``prompts`` inline and/or a ``file`` (one
+    prompt per line; or JSONL with a ``prompt`` field)."""
+
+    prompts: list[NonEmpty] = Field(default_factory=list)
+    file: NonEmpty | None = None
+    max_new_tokens: int = Field(default=48, ge=1, le=MAX_INT)
+
+    _resolve = field_validator("file")(_relative_to_sweep)
+
+    @model_validator(mode="after")
+    def _some_prompt(self) -> "GenerateSpec":
+        if not self.prompts and not self.file:
+            raise ValueError("give `prompts:` or a `file:` of prompts")
+        return self
+
+    def read_prompts(self) -> list[str]:
+        """The inline prompts, then the file's; ``DataUnavailable`` if the file cannot be read."""
+        import json
+
+        prompts = list(self.prompts)
+        if not self.file:
+            return prompts
+        try:
+            lines = Path(self.file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataUnavailable(f"cannot read the prompts file {self.file}: {exc}") from None
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            if self.file.endswith(".jsonl"):
+                try:
+                    row = json.loads(line)
+                    prompts.append(str(row["prompt"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise DataUnavailable(f"{self.file}:{number}: a JSON object with a `prompt` field was expected") \
+                        from None
+            else:
+                prompts.append(line)
+        return prompts
+
+
+def _speed_shorthand(value: Any) -> Any:
+    return {} if value is True else None if value is False else value
+
+
 class EvaluationSpec(Strict):
-    perplexity: Annotated[list[TextSource], AfterValidator(_something_to_evaluate)] = Field(
-        default_factory=lambda: ["wikitext2"])
+    perplexity: list[TextSource] = Field(default_factory=lambda: ["wikitext2"])
     seq_len: int | None = Field(default=None, ge=8, le=MAX_INT)
     max_windows: int | None = Field(default=None, ge=1, le=MAX_INT)
+    tasks: list[Annotated[TaskSpec, BeforeValidator(_task_shorthand)]] = Field(default_factory=list)
+    #: a folder with one sub-folder per task (arc_easy/, piqa/, mmlu/...), files as published
+    task_data: NonEmpty | None = None
+    speed: Annotated[SpeedSpec | None, BeforeValidator(_speed_shorthand)] = None
+    generate: GenerateSpec | None = None
+
+    _resolve = field_validator("task_data")(_relative_to_sweep)
 
 
 class RuntimeSpec(Strict):
@@ -732,6 +841,8 @@ def _cross_checks(spec: SweepSpec | SimpleNamespace, tree: _Located, file: str,
     labels = [source_label(s) for _, s in _valid(datasets)]
     if len(set(labels)) != len(labels):
         add(("evaluation", "perplexity"), f"duplicate evaluation datasets in {labels}")
+    if evaluation is not None:
+        problems += _evaluation_checks(evaluation, tree, file, check_files)
 
     sizes = [s for _, s in _valid(samples)]
     for i, meth in methods:
@@ -754,6 +865,55 @@ def _cross_checks(spec: SweepSpec | SimpleNamespace, tree: _Located, file: str,
                 why = _missing_file(source.path, "text")
                 if why:
                     add((*loc, "path"), why)
+    return problems
+
+
+def _evaluation_checks(evaluation: EvaluationSpec | SimpleNamespace, tree: _Located, file: str,
+                       check_files: bool) -> list[SpecProblem]:
+    """Something to evaluate, each task once, and (with ``check_files``) every task's published files
+    and the prompts file found: a task whose data is missing is refused before any run starts."""
+    problems: list[SpecProblem] = []
+
+    def add(loc: tuple[Any, ...], message: str) -> None:
+        problems.append(SpecProblem(file, *_locate(tree, ("evaluation", *loc)), message))
+
+    tasks = _valid(getattr(evaluation, "tasks", None))
+    if evaluation.perplexity is not None and not evaluation.perplexity and getattr(evaluation, "tasks", None) == [] \
+            and getattr(evaluation, "speed", None) is None and getattr(evaluation, "generate", None) is None:
+        add(("perplexity",), "nothing to evaluate: list at least one dataset in `perplexity` (a named source or "
+                             "{path: FILE}), a task in `tasks`, `speed` or `generate`")
+    first: dict[str, int] = {}
+    for i, task in tasks:
+        if task.name in first:
+            add(("tasks", i), f"task {task.name} is listed twice (also tasks[{first[task.name]}])")
+        first.setdefault(task.name, i)
+    if not check_files:
+        return problems
+    task_data = getattr(evaluation, "task_data", None)
+    if task_data and not Path(task_data).is_dir():
+        add(("task_data",), f"task data folder not found: {task_data}")
+        task_data = None
+    for i, task in tasks:
+        folder = task.folder(task_data)
+        if folder is None:
+            continue
+        if task.data is None:  # found under task_data, or the folders tried
+            found, tried = task_folder(task.task, task_data)
+            if found is None:
+                add(("tasks", i), f"task {task.name}: no folder for it in task_data; tried {', '.join(tried)}")
+                continue
+        elif not Path(folder).is_dir():
+            add(("tasks", i, "data"), f"task {task.name}: data folder not found: {folder}")
+            continue
+        try:
+            locate(task.task, folder, tuple(task.subjects or ()), fewshot=task.num_fewshot > 0)
+        except DataUnavailable as exc:
+            add(("tasks", i, "data") if task.data else ("tasks", i), str(exc))
+    generate = getattr(evaluation, "generate", None)
+    if generate is not None and generate.file:
+        why = _missing_file(generate.file, "text")
+        if why:
+            add(("generate", "file"), why)
     return problems
 
 

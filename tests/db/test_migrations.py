@@ -19,12 +19,13 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from twossp.contracts import RunStatus
-from twossp.db.models import Base, LayerMaskRow, Run, Score, Sweep, Timing
+from twossp.db.models import Base, Generation, LayerMaskRow, Run, Score, Sweep, Timing
 from twossp.db.session import Database, alembic_config, current_revision, head_revision, make_engine
 from twossp.plan import plan_sweep
 from twossp.spec import parse_sweep
 
-TABLES = {"sweeps", "runs", "scores", "timings", "layer_masks"}
+TABLES = {"sweeps", "runs", "scores", "timings", "layer_masks", "generations"}
+BEFORE_0004 = TABLES - {"generations"}
 
 
 def tables_of(url: str) -> set[str]:
@@ -57,21 +58,23 @@ def insert_one_of_each(url: str) -> None:
             run.timings = [Timing(phase="load", seconds=0.1)]
             run.layer_masks = [LayerMaskRow(layer=0, attention_kept=False, ffn_kept=8, ffn_width=8,
                                             ffn_mask=b"\xff")]
+            run.generations = [Generation(position=0, prompt="The river", output=" crossed", new_tokens=2)]
             session.add(run)
         with db.session() as session:
             stored = session.scalar(select(Run))
             assert (stored.sweep.name, stored.details, stored.layer_masks[0].ffn_mask) == (
                 "roundtrip", {"budget": {"ffn_keep": 96}}, b"\xff")
             assert [(s.dataset, s.value) for s in stored.scores] == [("eval.txt", 12.5)]
+            assert [(g.position, g.output, g.new_tokens) for g in stored.generations] == [(0, " crossed", 2)]
     finally:
         db.close()
 
 
-def counts(url: str) -> dict[str, int]:
+def counts(url: str, tables: set[str] = TABLES) -> dict[str, int]:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            return {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in sorted(TABLES)}
+            return {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in sorted(tables)}
     finally:
         engine.dispose()
 
@@ -102,7 +105,7 @@ def insert_status(url: str, status: str, key: str = "raw") -> None:
 
 
 def test_head_revision(db_url: str) -> None:
-    assert head_revision(db_url) == "0003"
+    assert head_revision(db_url) == "0004"
 
 
 def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:
@@ -115,15 +118,22 @@ def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:
     assert with_data == {t: 1 for t in TABLES}
     assert set(check_constraints(db_url)) == {"ck_runs_status"}
 
+    # 0004 down and up: the generations go with their table, and come back as an empty one
+    command.downgrade(cfg, "0003")
+    assert "generations" not in tables_of(db_url)
+    assert counts(db_url, BEFORE_0004) == {t: 1 for t in BEFORE_0004}
+    command.upgrade(cfg, "head")
+    assert counts(db_url) == {**with_data, "generations": 0}
+
     # 0003 down and up again with the rows in place: the rebuilt runs table (SQLite) keeps them, and
     # its children are not cascaded away
     command.downgrade(cfg, "0002")
     assert revision_of(db_url) == "0002"
     assert check_constraints(db_url) == {}
-    assert counts(db_url) == with_data
+    assert counts(db_url, BEFORE_0004) == {t: 1 for t in BEFORE_0004}
     command.upgrade(cfg, "head")
     assert set(check_constraints(db_url)) == {"ck_runs_status"}
-    assert counts(db_url) == with_data
+    assert counts(db_url) == {**with_data, "generations": 0}
     with Database(db_url, create=False).session() as session:
         stored = session.scalar(select(Run))
         assert stored.status is RunStatus.COMPLETED and stored.evaluation_key is None  # spec does not validate
@@ -138,6 +148,36 @@ def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:
     assert TABLES <= tables_of(db_url)
     assert revision_of(db_url) == head_revision(db_url)
     insert_one_of_each(db_url)  # the same unique names again: the downgrade really emptied the tables
+
+
+def test_upgrade_to_0004_adds_generations_that_belong_to_their_run(db_url: str) -> None:
+    """0004 on a database with runs: they stay; a generation row is unique per (run, position) and is
+    deleted with its run; the downgrade drops only the new table."""
+    cfg = alembic_config(db_url)
+    command.upgrade(cfg, "0003")
+    insert_status(db_url, "completed", key="kept")
+    insert_status(db_url, "completed", key="deleted")
+    command.upgrade(cfg, "0004")
+    assert "generations" in tables_of(db_url)
+    engine = make_engine(db_url)
+    add = text("INSERT INTO generations (run_id, position, prompt, output, new_tokens) "
+               "SELECT id, :position, 'The river', ' crossed', 2 FROM runs")
+    try:
+        with engine.begin() as conn:
+            conn.execute(add, [{"position": 0}, {"position": 1}])
+        with pytest.raises(IntegrityError):
+            with engine.begin() as conn:
+                conn.execute(add, {"position": 1})
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM runs WHERE key = 'deleted'"))
+            left = conn.execute(text("SELECT r.key, g.position FROM generations g JOIN runs r ON r.id = g.run_id "
+                                     "ORDER BY g.position")).tuples().all()
+    finally:
+        engine.dispose()
+    assert left == [("kept", 0), ("kept", 1)]
+    command.downgrade(cfg, "0003")
+    assert tables_of(db_url) & TABLES == BEFORE_0004
+    assert counts(db_url, {"runs"}) == {"runs": 1}
 
 
 def test_models_and_migrations_do_not_drift(db_url: str) -> None:

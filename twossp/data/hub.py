@@ -6,9 +6,13 @@ from __future__ import annotations
 import os
 import socket
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from twossp.errors import DataUnavailable
+
+if TYPE_CHECKING:
+    from twossp.spec import TaskSpec
 
 
 @lru_cache(maxsize=1)
@@ -27,3 +31,13 @@ def unreachable_reason() -> str | None:
 
 def unavailable(what: str, reason: str, hint: str) -> DataUnavailable:
     return DataUnavailable(f"could not fetch {what} from the Hugging Face hub ({reason}). {hint}")
+
+
+def unreachable_tasks(tasks: "list[TaskSpec]", task_data: str | None) -> str | None:
+    """Why the tasks that read the harness's hub datasets cannot run here (None when the hub is
+    reachable or every task's data is local)."""
+    from twossp.tasks import hub_unreachable
+
+    hub = [t.task for t in tasks if t.folder(task_data) is None]
+    reason = unreachable_reason() if hub else None
+    return hub_unreachable(hub, reason) if reason else None

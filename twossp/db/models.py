@@ -1,6 +1,7 @@
 """The result database: a public interface (documented in the README), managed by Alembic.
 
-sweeps 1-n runs; each run has scores, timings and one layer_masks row per decoder layer.
+sweeps 1-n runs; each run has scores, timings, one layer_masks row per decoder layer and its
+qualitative generations (one row per prompt, in prompt order).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class Run(Base):
     timings: Mapped[list["Timing"]] = relationship(back_populates="run", cascade="all, delete-orphan")
     layer_masks: Mapped[list["LayerMaskRow"]] = relationship(back_populates="run", cascade="all, delete-orphan",
                                                              order_by="LayerMaskRow.layer")
+    generations: Mapped[list["Generation"]] = relationship(back_populates="run", cascade="all, delete-orphan",
+                                                           order_by="Generation.position")
 
 
 class Score(Base):
@@ -127,3 +130,17 @@ class LayerMaskRow(Base):
     ffn_mask: Mapped[bytes] = mapped_column(LargeBinary)  # np.packbits(kept), big-endian bit order
 
     run: Mapped[Run] = relationship(back_populates="layer_masks")
+
+
+class Generation(Base):
+    __tablename__ = "generations"
+    __table_args__ = (UniqueConstraint("run_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # the prompt's place in the run's prompt list
+    prompt: Mapped[str] = mapped_column(Text)
+    output: Mapped[str] = mapped_column(Text)       # the new tokens only, special tokens skipped
+    new_tokens: Mapped[int] = mapped_column(Integer)  # generated, EOS included (fewer than asked when it ended)
+
+    run: Mapped[Run] = relationship(back_populates="generations")

@@ -1,5 +1,5 @@
 """Writes and reads of the result database. Each result lands in one transaction: a run is either
-``running`` or ``completed``/``failed`` with all its scores, timings and masks."""
+``running`` or ``completed``/``failed`` with all its scores, timings, masks and generations."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import Callable, Iterable
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased, selectinload
 
-from twossp.contracts import RunResult, RunStatus
-from twossp.db.models import LayerMaskRow, Run, Score, Sweep, Timing, utcnow
+from twossp.contracts import (DOWNSTREAM_ACC_MEAN, SPEED_DECODE_TOKENS_PER_SECOND, SPEED_PREFILL_SECONDS, RunResult,
+                              RunStatus)
+from twossp.db.models import Generation, LayerMaskRow, Run, Score, Sweep, Timing, utcnow
 from twossp.plan import RunSpec
 from twossp.spec import SweepSpec
 
@@ -49,7 +50,8 @@ def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_fa
     """Atomically make ``run`` ``running`` under ``owner``, if nobody else may hold it: new, pending,
     failed (with ``rerun_failed``), or ``running`` with a heartbeat older than ``stale_before`` or an
     owner that ``owner_is_dead`` (its driver died). False when it is completed or held by a live
-    driver. What a previous attempt left (scores, timings, masks) is cleared in the same transaction.
+    driver. What a previous attempt left (scores, timings, masks, generations) is cleared in the same
+    transaction.
     The run's ``evaluation_key`` is the plan's (``RunSpec.evaluation_key``): the one identity the run
     key also hashes."""
     now = utcnow()
@@ -80,16 +82,19 @@ def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_fa
                             .execution_options(synchronize_session=False))
     if taken.rowcount != 1:
         return False
-    for child in (Score, Timing, LayerMaskRow):
+    for child in (Score, Timing, LayerMaskRow, Generation):
         session.execute(delete(child).where(child.run_id == row_id))
     return True
 
 
-def run_rows(session: Session, status: str | None = None) -> list[Run]:
-    """Every run (of ``status``, when given), in the order they were first claimed."""
+def run_rows(session: Session, status: str | None = None, *, with_scores: bool = False) -> list[Run]:
+    """Every run (of ``status``, when given), in the order they were first claimed; ``with_scores``
+    loads their scores too (one more query), to be read after the session ends."""
     query = select(Run).order_by(Run.id)
     if status:
         query = query.where(Run.status == RunStatus(status))
+    if with_scores:
+        query = query.options(selectinload(Run.scores))
     return list(session.scalars(query))
 
 
@@ -145,7 +150,17 @@ def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run
         row.timings = [Timing(phase=p, seconds=s) for p, s in result.timings.items()]
         row.layer_masks = [LayerMaskRow(layer=m.layer, attention_kept=m.attention_kept, ffn_kept=m.ffn_kept,
                                         ffn_width=m.ffn_width, ffn_mask=m.ffn_mask) for m in result.masks]
+        row.generations = [Generation(position=i, prompt=prompt, output=output, new_tokens=new_tokens)
+                           for i, (prompt, output, new_tokens) in enumerate(result.generations)]
     return row
+
+
+#: Score rows every leaderboard cell summarises beside its per-dataset metric: downstream accuracy
+#: and the speed figures compared against the baseline.
+SUMMARIES: tuple[tuple[str, str], ...] = (DOWNSTREAM_ACC_MEAN, SPEED_PREFILL_SECONDS, SPEED_DECODE_TOKENS_PER_SECOND)
+
+#: mean, sample standard deviation (None for one value) and number of values, over a cell's seeds
+Stat = tuple[float, float | None, int]
 
 
 @dataclass
@@ -159,13 +174,15 @@ class BoardCell:
     calibration_samples: int | None
     evaluation_key: str | None
     runs: int
-    achieved_sparsity: float | None                                        # mean over the runs
-    scores: dict[str, tuple[float, float | None, int]] = field(default_factory=dict)  # dataset -> mean, sd, n
+    achieved_sparsity: float | None                                # mean over the runs
+    scores: dict[str, Stat] = field(default_factory=dict)          # dataset -> Stat of the board's metric
+    summaries: dict[tuple[str, str], Stat] = field(default_factory=dict)  # (dataset, metric) in SUMMARIES -> Stat
 
 
 def leaderboard_cells(session: Session, sweep: str | None, metric: str) -> list[BoardCell]:
     """Completed runs aggregated in the database (two GROUP BY queries over plain columns, no JSON
-    and no ORM objects), so the leaderboard stays fast on tens of thousands of runs."""
+    and no ORM objects), so the leaderboard stays fast on tens of thousands of runs: per cell, its
+    runs with their ``SUMMARIES`` rows, then the scores of ``metric`` per dataset."""
     cell = (Run.model, Run.target_sparsity, Run.method, Run.calibration_samples, Run.evaluation_key)
 
     def scoped(query):  # noqa: ANN001, ANN202
@@ -174,12 +191,33 @@ def leaderboard_cells(session: Session, sweep: str | None, metric: str) -> list[
             query = query.join(Sweep, Sweep.id == Run.sweep_id).where(Sweep.name == sweep)
         return query.group_by(*cell)
 
-    cells = {tuple(row[:5]): BoardCell(*row[:5], runs=row[5], achieved_sparsity=row[6]) for row in session.execute(
-        scoped(select(*cell, func.count(Run.id), func.avg(Run.achieved_sparsity))))}
-    per_dataset = scoped(select(*cell, Score.dataset, func.count(Score.value), func.avg(Score.value),
-                                func.sum(Score.value * Score.value))
+    # A run has at most one row of each summary (unique run_id, dataset, metric), so joining them to
+    # the runs is one index lookup per run each and multiplies no row.
+    per_cell = select(*cell, func.count(Run.id), func.avg(Run.achieved_sparsity))
+    for dataset, score_metric in SUMMARIES:
+        score = aliased(Score)
+        per_cell = per_cell.add_columns(*_moments(score.value)).outerjoin(
+            score, and_(score.run_id == Run.id, score.dataset == dataset, score.metric == score_metric))
+    cells = {}
+    for row in session.execute(scoped(per_cell)):
+        found = BoardCell(*row[:5], runs=row[5], achieved_sparsity=row[6])
+        for i, key in enumerate(SUMMARIES):
+            n, mean, squares = row[7 + 3 * i:10 + 3 * i]
+            if n:
+                found.summaries[key] = _stat(n, mean, squares)
+        cells[tuple(row[:5])] = found
+    per_dataset = scoped(select(*cell, Score.dataset, *_moments(Score.value))
                          .join(Score, and_(Score.run_id == Run.id, Score.metric == metric))).group_by(Score.dataset)
     for *key, dataset, n, mean, squares in session.execute(per_dataset):
-        sd = math.sqrt(max(0.0, (squares - n * mean * mean) / (n - 1))) if n > 1 else None
-        cells[tuple(key)].scores[dataset] = (mean, sd, n)
+        cells[tuple(key)].scores[dataset] = _stat(n, mean, squares)
     return list(cells.values())
+
+
+def _moments(value):  # noqa: ANN001, ANN202
+    """count, mean and sum of squares: enough for the mean and sd in one GROUP BY."""
+    return func.count(value), func.avg(value), func.sum(value * value)
+
+
+def _stat(n: int, mean: float, squares: float) -> Stat:
+    sd = math.sqrt(max(0.0, (squares - n * mean * mean) / (n - 1))) if n > 1 else None
+    return mean, sd, n

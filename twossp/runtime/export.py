@@ -49,7 +49,7 @@ def export_run(db: Any, key: str, directory: str | Path, device: str = "cpu", ov
     from twossp.checkpoint import save_atomically
     from twossp.families import adapter_for
     from twossp.prune.masks import apply_masks
-    from twossp.runtime.device import DTYPES
+    from twossp.device import DTYPES
     from twossp.runtime.loading import load_model
 
     directory = Path(directory)

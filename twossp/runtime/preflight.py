@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from twossp.data.hub import unreachable_tasks
 from twossp.errors import BudgetError, TwosspError, UnsupportedArchitecture
 from twossp.families import config_block_counts, family_of
 from twossp.plan import RunSpec
@@ -19,10 +20,16 @@ class Preflight:
     previews: dict[str, str] = field(default_factory=dict)   # run key -> what it will remove ("?" unknown)
     problems: list[str] = field(default_factory=list)        # why runs could not succeed
     unknown: list[str] = field(default_factory=list)         # models whose config.json is not local
+    #: what can be checked only where the runs execute: tasks reading the hub, unreachable from here
+    remote: list[str] = field(default_factory=list)
 
 
 def preflight(runs: list[RunSpec]) -> Preflight:
     report = Preflight()
+    if runs:
+        evaluation = runs[0].evaluation  # every run of a sweep is evaluated alike
+        unreachable = unreachable_tasks(evaluation.tasks, evaluation.task_data)
+        report.remote += [unreachable] if unreachable else []
     configs: dict[str, dict | None] = {}
     for run in runs:
         label = run.model.label

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from twossp.contracts import Progress, RunResult, RunStatus
+from twossp.contracts import DOWNSTREAM_ACC_MEAN, Progress, RunResult, RunStatus
 from twossp.errors import DataUnavailable, TwosspError
 from twossp.methods import method_of
 from twossp.plan import RunSpec
@@ -67,7 +67,7 @@ class Stopwatch:
         self._tick = time.perf_counter()
 
     def lap(self, phase: str) -> None:
-        from twossp.runtime.device import synchronize
+        from twossp.device import synchronize
 
         synchronize(self.device)
         now = time.perf_counter()
@@ -108,7 +108,7 @@ def execute_run(run: RunSpec, progress: Progress | None = None) -> RunResult:
 
 
 def _out_of_memory(exc: BaseException) -> bool:
-    from twossp.runtime.device import out_of_memory
+    from twossp.device import out_of_memory
 
     return out_of_memory(exc)
 
@@ -127,12 +127,14 @@ class _Run:
     clock: Stopwatch | None = None
     outcome: Any = None
     dense: Any = None
+    first_window: Any = None  # the first perplexity window: what the speed measurement reads
 
     def execute(self) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         self.result.versions = versions()
+        self.check_tasks()
         self.load()
         if method_of(self.spec.method).prunes:
             self.prune(self.calibrate())
@@ -142,11 +144,23 @@ class _Run:
             self.save()
         self.release()
 
+    def check_tasks(self) -> None:
+        """A task that cannot get its data here fails the run before any pruning work."""
+        from twossp.data.hub import unreachable_tasks
+        from twossp.plan import plan_task_data
+
+        evaluation = self.spec.evaluation
+        unreachable = unreachable_tasks(evaluation.tasks, evaluation.task_data)
+        if unreachable:
+            raise DataUnavailable(unreachable)
+        if self.spec.task_data is not None and plan_task_data(evaluation) != self.spec.task_data:
+            raise DataUnavailable("the files of a task changed since the sweep was planned; run the sweep again")
+
     def load(self) -> None:
         import torch
 
         from twossp.families import adapter_for
-        from twossp.runtime.device import DTYPES, device_name, resolve_device
+        from twossp.device import DTYPES, device_name, resolve_device
         from twossp.runtime.loading import load_model
 
         if self.spec.runtime.threads:
@@ -194,21 +208,77 @@ class _Run:
                              else layer_masks(self.dense.num_layers, self.dense.intermediate_size, None, []))
 
     def evaluate(self) -> None:
+        """Perplexity per dataset, then what else the sweep asks for: lm-eval tasks, speed, generations."""
         from twossp.data.tokens import token_stream, tokens_sha256
         from twossp.evaluate.perplexity import make_windows, perplexity
 
-        calib = self.spec.calibration
-        seq_len = self.spec.evaluation.seq_len or (calib.seq_len if calib else 2048)
-        for source in self.spec.evaluation.perplexity:
+        evaluation = self.spec.evaluation
+        seq_len = self.seq_len
+        for source in evaluation.perplexity:
             label = source_label(source)
-            windows = make_windows(token_stream(self.tokenizer, source), seq_len, self.spec.evaluation.max_windows)
+            windows = make_windows(token_stream(self.tokenizer, source), seq_len, evaluation.max_windows)
             if windows.shape[0] == 0:
                 raise DataUnavailable(f"evaluation text {label!r} is shorter than one window of {seq_len} tokens")
+            if self.first_window is None:
+                self.first_window = windows[0]
             ppl = perplexity(self.model, self.adapter, windows, self.device, self.progress, phase=f"eval {label}")
             self.result.scores.append((label, "perplexity", ppl.perplexity))
             self.result.token_hashes[label] = tokens_sha256(windows)
             self.result.details.setdefault("evaluation_tokens", {})[label] = ppl.tokens
             self.clock.lap(f"eval {label}")
+        if evaluation.tasks:
+            self.tasks()
+        if evaluation.speed:
+            self.speed()
+        if evaluation.generate:
+            self.generate()
+
+    @property
+    def seq_len(self) -> int:
+        calib = self.spec.calibration
+        return self.spec.evaluation.seq_len or (calib.seq_len if calib else 2048)
+
+    def tasks(self) -> None:
+        import tempfile
+        from importlib.metadata import version
+
+        from twossp.evaluate.harness import evaluate_tasks
+
+        evaluation = self.spec.evaluation
+        with tempfile.TemporaryDirectory(prefix="twossp-tasks-") as workdir:
+            scores = evaluate_tasks(self.model, self.tokenizer, evaluation.tasks, evaluation.task_data, self.device,
+                                    workdir, self.progress)
+        self.result.scores += scores.scores
+        if scores.mean_accuracy is not None:
+            self.result.scores.append((*DOWNSTREAM_ACC_MEAN, scores.mean_accuracy))
+        self.result.details["tasks"] = scores.details
+        self.result.versions["lm_eval"] = version("lm_eval")
+        self.clock.lap("tasks")
+
+    def speed(self) -> None:
+        import torch
+
+        from twossp.evaluate.speed import measure_speed
+
+        settings = self.spec.evaluation.speed
+        self.progress("speed", 0, 1)
+        # The timing of a dense forward does not depend on which tokens it reads: real text when
+        # there is some, else a fixed sequence of ids.
+        window = self.first_window if self.first_window is not None else \
+            torch.arange(self.seq_len) % len(self.tokenizer)
+        speed = measure_speed(self.model, window, window[:settings.prompt_tokens], settings.new_tokens,
+                              settings.warmup, settings.repeats, self.device)
+        self.result.scores += speed.scores()
+        self.clock.lap("speed")
+
+    def generate(self) -> None:
+        from twossp.evaluate.generate import generate_texts
+
+        settings = self.spec.evaluation.generate
+        self.progress("generate", 0, 1)
+        self.result.generations = generate_texts(self.model, self.tokenizer, settings.read_prompts(),
+                                                 settings.max_new_tokens, self.device)
+        self.clock.lap("generate")
 
     def save(self) -> None:
         self.progress("save", 0, 1)
@@ -220,7 +290,7 @@ class _Run:
         self.clock.lap("save")
 
     def release(self) -> None:
-        from twossp.runtime.device import release_memory
+        from twossp.device import release_memory
 
         self.model = None
         release_memory(self.device)

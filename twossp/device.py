@@ -1,0 +1,124 @@
+"""The one place that names accelerator devices. Everything else takes a ``torch.device``."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, then Apple MPS, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so wall-clock timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device (or the host) ran out of memory."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def elapsed(device: torch.device, fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn()`` takes on ``device``.
+
+    CUDA: the time between two CUDA events recorded on the device's current stream around the call
+    (kernels run asynchronously, so host clocks would measure only the launches). Elsewhere: host
+    wall-clock (``time.perf_counter``), with queued work drained before and after the call."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(end) / 1000  # elapsed_time is in milliseconds
+    synchronize(device)
+    begin = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - begin
+
+
+#: Whether the last ``reset_peak_memory`` on the CPU managed to reset the resident-set high-water
+#: mark; if not, only the lifetime peak can be read.
+_rss_peak_reset = False
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement on ``device`` (read it with ``peak_memory``).
+
+    CUDA: resets torch's allocator statistics. CPU: on Linux, writing "5" to /proc/self/clear_refs
+    resets the process's VmHWM (peak resident set); where that is impossible (another OS, no
+    permission) ``peak_memory`` falls back to the peak since the process started."""
+    global _rss_peak_reset
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif device.type == "cpu":
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")
+            _rss_peak_reset = True
+        except OSError:
+            _rss_peak_reset = False
+
+
+def peak_memory(device: torch.device) -> tuple[str, int] | None:
+    """The peak memory since the last ``reset_peak_memory``: ``(metric name, bytes)``.
+
+    - ``peak_cuda_allocated_bytes`` (CUDA): the most bytes torch's allocator held for tensors on
+      the device (its cached but unused blocks not counted).
+    - ``peak_rss_bytes`` (CPU, Linux, reset worked): the process's peak resident memory (VmHWM)
+      since the reset: the weights, activations, the interpreter and every loaded library.
+    - ``peak_rss_lifetime_bytes`` (CPU, reset impossible): the process's peak resident memory
+      since it started (``getrusage``'s ``ru_maxrss``), so it may include anything the process did
+      before the measurement.
+    - None on other devices (MPS), which have no such counter here."""
+    if device.type == "cuda":
+        return "peak_cuda_allocated_bytes", int(torch.cuda.max_memory_allocated(device))
+    if device.type != "cpu":
+        return None
+    if _rss_peak_reset:
+        with open("/proc/self/status") as status:
+            match = re.search(r"^VmHWM:\s+(\d+)\s+kB", status.read(), re.MULTILINE)
+        if match:
+            return "peak_rss_bytes", int(match.group(1)) * 1024
+    try:
+        import resource  # absent on Windows
+    except ImportError:
+        return None
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in kilobytes on Linux and in bytes on macOS
+    return "peak_rss_lifetime_bytes", int(max_rss if sys.platform == "darwin" else max_rss * 1024)
