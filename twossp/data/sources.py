@@ -8,7 +8,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from twossp.data.hub import unavailable, unreachable_reason
 from twossp.data.registry_wheels import LEE_BACKGROUND
@@ -84,7 +84,21 @@ def _read_rows(path: Path, fmt: str, field: str, limit: int | None) -> list[str]
             if limit and len(rows) >= limit:
                 break
     else:
-        opener: Any = gzip.open if path.suffix == ".gz" else open
+        for lineno, record in json_lines(path):
+            if field not in record:
+                raise DataUnavailable(f"{path}:{lineno}: no field {field!r}")
+            rows.append(str(record[field]))
+            if limit and len(rows) >= limit:
+                break
+    return rows[:limit] if limit else rows
+
+
+def json_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line of a JSONL file (gzipped when it ends in .gz);
+    ``DataUnavailable`` naming the file and line of the first that is not a JSON object."""
+    path = Path(path)
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    try:
         with opener(path, "rt", encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
@@ -93,12 +107,11 @@ def _read_rows(path: Path, fmt: str, field: str, limit: int | None) -> list[str]
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataUnavailable(f"{path}:{lineno}: not a JSON line ({exc.msg})") from None
-                if field not in record:
-                    raise DataUnavailable(f"{path}:{lineno}: no field {field!r}")
-                rows.append(str(record[field]))
-                if limit and len(rows) >= limit:
-                    break
-    return rows[:limit] if limit else rows
+                if not isinstance(record, dict):
+                    raise DataUnavailable(f"{path}:{lineno}: a JSON object was expected")
+                yield lineno, record
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataUnavailable(f"cannot read {path}: {exc}") from None
 
 
 def _hub_download(name: str, hub: HubFile) -> Path:

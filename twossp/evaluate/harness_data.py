@@ -9,28 +9,11 @@ one ``DataUnavailable`` naming the file and line.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from twossp.data.sources import json_lines
 from twossp.errors import DataUnavailable
-
-
-def _json_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataUnavailable(f"{path}:{number}: not a JSON line ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataUnavailable(f"{path}:{number}: a JSON object was expected")
-                yield number, row
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataUnavailable(f"cannot read {path}: {exc}") from None
 
 
 def _labels(path: str | None, records: int, records_path: str) -> list[str]:
@@ -53,7 +36,7 @@ def arc(records: str, labels: str | None = None, subject: str = "") -> list[dict
     """AI2's ARC JSONL (``question.stem``, ``question.choices[{text, label}]``, ``answerKey``; the
     labels are A-E or, for some questions, 1-5) -> ``allenai/ai2_arc`` rows."""
     out = []
-    for number, row in _json_lines(records):
+    for number, row in json_lines(records):
         question = _field(row, "question", records, number)
         if not isinstance(question, dict) or not isinstance(question.get("choices"), list):
             raise DataUnavailable(f"{records}:{number}: `question` needs `stem` and `choices` (AI2's ARC format)")
@@ -70,7 +53,7 @@ def arc(records: str, labels: str | None = None, subject: str = "") -> list[dict
 
 def piqa(records: str, labels: str | None = None, subject: str = "") -> list[dict[str, Any]]:
     """PIQA's JSONL (``goal``, ``sol1``, ``sol2``) and label file (0 or 1 per line) -> ``baber/piqa`` rows."""
-    rows = list(_json_lines(records))
+    rows = list(json_lines(records))
     answers = _labels(labels, len(rows), records)
     out = []
     for (number, row), label in zip(rows, answers):
@@ -84,7 +67,7 @@ def piqa(records: str, labels: str | None = None, subject: str = "") -> list[dic
 def winogrande(records: str, labels: str | None = None, subject: str = "") -> list[dict[str, Any]]:
     """WinoGrande's JSONL (``sentence`` with one ``_``, ``option1``, ``option2``) and label file (1 or
     2 per line) -> ``allenai/winogrande`` rows (``answer`` the string "1" or "2")."""
-    rows = list(_json_lines(records))
+    rows = list(json_lines(records))
     answers = _labels(labels, len(rows), records)
     out = []
     for (number, row), label in zip(rows, answers):
@@ -102,7 +85,7 @@ def hellaswag(records: str, labels: str | None = None, subject: str = "") -> lis
     """HellaSwag's JSONL (``ctx_a``, ``ctx_b``, ``activity_label``, ``endings``, ``label`` an integer)
     -> ``Rowan/hellaswag`` rows (``label`` a string, as the hub has it)."""
     out = []
-    for number, row in _json_lines(records):
+    for number, row in json_lines(records):
         endings = _field(row, "endings", records, number)
         label = _field(row, "label", records, number)
         if not isinstance(endings, list) or str(label) not in {str(i) for i in range(len(endings))}:
