@@ -174,3 +174,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
         yield url
     finally:
         drop_database(admin_url, url)
+
+
+@pytest.fixture
+def db(db_url: str):  # noqa: ANN201 - a twossp.db.session.Database
+    """An open ``Database`` on ``db_url`` (SQLite, and PostgreSQL where the test server runs)."""
+    from twossp.db.session import Database
+
+    database = Database(db_url)
+    yield database
+    database.close()

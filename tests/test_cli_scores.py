@@ -3,31 +3,18 @@ without SQL; without the flag the listing is as it always was."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
+from stored_runs import T0, claim, record, tiny_sweep
 from twossp import cli
 from twossp.contracts import RunResult, RunStatus
-from twossp.db import store
 from twossp.db.session import Database
 from twossp.plan import plan_sweep
-from twossp.spec import parse_sweep
 
-SWEEP = """\
-name: scores
-models:
-  - path: /models/tiny
-methods: [dense, 2ssp]
-sparsities: [0.5]
-calibration: {source: {path: /data/calib.jsonl}, samples: [2], seq_len: 16}
-evaluation: {perplexity: [{path: /data/eval.txt}], seq_len: 16}
-"""
-OWNER = "test-host:1:driver"
-T0 = datetime(2026, 1, 2, tzinfo=timezone.utc)
 SCORES = [("mmlu_anatomy", "acc", 0.3125), ("arc_easy", "acc_norm", 0.4375), ("arc_easy", "acc", 0.46875),
           ("downstream", "acc_mean", 0.390625), ("speed", "decode_tokens_per_second", 153.25),
           ("eval.txt", "perplexity", 21.5)]
@@ -37,17 +24,13 @@ SCORES = [("mmlu_anatomy", "acc", 0.3125), ("arc_easy", "acc_norm", 0.4375), ("a
 def db_file(tmp_path: Path) -> Path:
     """A completed 2SSP run with downstream and speed scores, and a dense run left running."""
     path = tmp_path / "results.db"
-    spec = parse_sweep(SWEEP, "scores.yaml", check_files=False)
+    spec = tiny_sweep("scores")
     dense, pruned = plan_sweep(spec)
     db = Database(f"sqlite:///{path}")
     try:
-        with db.session() as session:
-            sweep = store.upsert_sweep(session, spec, None)
-            for run in (dense, pruned):
-                assert store.claim(session, sweep.id, run, OWNER, rerun_failed=False, stale_before=T0)
-        with db.session() as session:
-            store.record(session, pruned, RunResult(key=pruned.key, status=RunStatus.COMPLETED, started_at=T0,
-                                                    finished_at=T0, achieved_sparsity=0.5, scores=SCORES), OWNER)
+        assert claim(db, spec, dense, pruned)
+        record(db, pruned, RunResult(key=pruned.key, status=RunStatus.COMPLETED, started_at=T0, finished_at=T0,
+                                     achieved_sparsity=0.5, scores=SCORES))
     finally:
         db.close()
     return path

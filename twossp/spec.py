@@ -894,16 +894,17 @@ def _evaluation_checks(evaluation: EvaluationSpec | SimpleNamespace, tree: _Loca
         add(("task_data",), f"task data folder not found: {task_data}")
         task_data = None
     for i, task in tasks:
-        folder = task.folder(task_data)
-        if folder is None:
-            continue
-        if task.data is None:  # found under task_data, or the folders tried
-            found, tried = task_folder(task.task, task_data)
-            if found is None:
+        if task.data:
+            folder: str | Path | None = task.data
+            if not Path(folder).is_dir():
+                add(("tasks", i, "data"), f"task {task.name}: data folder not found: {folder}")
+                continue
+        elif task_data:
+            folder, tried = task_folder(task.task, task_data)
+            if folder is None:
                 add(("tasks", i), f"task {task.name}: no folder for it in task_data; tried {', '.join(tried)}")
                 continue
-        elif not Path(folder).is_dir():
-            add(("tasks", i, "data"), f"task {task.name}: data folder not found: {folder}")
+        else:  # the harness's hub dataset
             continue
         try:
             locate(task.task, folder, tuple(task.subjects or ()), fewshot=task.num_fewshot > 0)

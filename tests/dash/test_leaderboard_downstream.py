@@ -5,32 +5,16 @@ against dense in points, and prefill and decode speed-ups against dense."""
 from __future__ import annotations
 
 import statistics
-from datetime import datetime, timezone
-from typing import Iterator
 
-import pytest
 from rich.console import Console
 from rich.text import Text
 
+from stored_runs import T0, claim, record, tiny_sweep
 from twossp.contracts import RunResult, RunStatus
 from twossp.dash.leaderboard import leaderboard_table, load_dashboard
 from twossp.db import store
 from twossp.db.session import Database
 from twossp.plan import RunSpec, plan_sweep
-from twossp.spec import parse_sweep
-
-SWEEP = """\
-name: downstream
-models:
-  - path: /models/tiny
-methods: [dense, 2ssp]
-sparsities: [0.5]
-calibration: {source: {path: /data/calib.jsonl}, samples: [2, 4], seq_len: 16}
-seeds: [0, 1]
-evaluation: {perplexity: [{path: /data/eval.txt}], seq_len: 16}
-"""
-OWNER = "test-host:1:driver"
-T0 = datetime(2026, 1, 2, tzinfo=timezone.utc)
 
 # per run: perplexity, mean accuracy (a fraction), prefill seconds, decode tokens per second
 DENSE = (10.0, 0.50, 0.20, 100.0)
@@ -40,14 +24,6 @@ PRUNED = {  # (calibration samples, seed) -> figures
     (4, 0): (18.0, 0.52, 0.100, 170.0),
     (4, 1): (19.0, 0.55, 0.120, 180.0),
 }
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    """SQLite, and PostgreSQL where the test server is available: the aggregation is SQL on both."""
-    database = Database(db_url)
-    yield database
-    database.close()
 
 
 def result(run: RunSpec, figures: tuple[float, float, float, float], *, downstream: bool = True) -> RunResult:
@@ -63,16 +39,13 @@ def result(run: RunSpec, figures: tuple[float, float, float, float], *, downstre
 
 
 def record_sweep(db: Database, *, downstream: bool = True) -> list[RunSpec]:
-    spec = parse_sweep(SWEEP, "downstream.yaml", check_files=False)
+    spec = tiny_sweep("downstream", calibration={"source": {"path": "/data/calib.jsonl"}, "samples": [2, 4],
+                                                 "seq_len": 16}, seeds=[0, 1])
     runs = plan_sweep(spec)
-    with db.session() as session:
-        sweep = store.upsert_sweep(session, spec, None)
-        for run in runs:
-            assert store.claim(session, sweep.id, run, OWNER, rerun_failed=False, stale_before=T0)
+    assert claim(db, spec, *runs)
     for run in runs:
         figures = DENSE if run.method.name == "dense" else PRUNED[(run.calibration.samples, run.calibration.seed)]
-        with db.session() as session:
-            assert store.record(session, run, result(run, figures, downstream=downstream), OWNER) is not None
+        record(db, run, result(run, figures, downstream=downstream))
     return runs
 
 

@@ -4,29 +4,15 @@ them back (the ``generations`` table is part of the public schema)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Iterator
-
 import pytest
 from sqlalchemy import text
 
+from stored_runs import T0, claim, record, tiny_sweep
 from twossp.contracts import RunResult, RunStatus
-from twossp.db import store
 from twossp.db.session import Database
 from twossp.plan import RunSpec, plan_sweep
-from twossp.spec import SweepSpec, parse_sweep
+from twossp.spec import SweepSpec
 
-SWEEP = """\
-name: generations
-models:
-  - path: /models/tiny
-methods: [dense, 2ssp]
-sparsities: [0.5]
-calibration: {source: {path: /data/calib.jsonl}, samples: [2], seq_len: 16}
-evaluation: {perplexity: [{path: /data/eval.txt}], seq_len: 16}
-"""
-OWNER = "test-host:1:driver"
-T0 = datetime(2026, 1, 2, tzinfo=timezone.utc)
 GENERATIONS = [
     ("The old teacher", " opened the window slowly.", 7),
     ("Zürich —\nline two", "", 1),             # ended by EOS at once: nothing shown, one token counted
@@ -37,27 +23,9 @@ BY_SQL = text("SELECT g.position, g.prompt, g.output, g.new_tokens FROM generati
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    yield database
-    database.close()
-
-
-@pytest.fixture
 def runs() -> tuple[SweepSpec, list[RunSpec]]:
-    spec = parse_sweep(SWEEP, "generations.yaml", check_files=False)
+    spec = tiny_sweep("generations")
     return spec, plan_sweep(spec)
-
-
-def claim(db: Database, spec: SweepSpec, run: RunSpec) -> bool:
-    with db.session() as session:
-        sweep = store.upsert_sweep(session, spec, None)
-        return store.claim(session, sweep.id, run, OWNER, rerun_failed=True, stale_before=T0)
-
-
-def record(db: Database, run: RunSpec, result: RunResult) -> None:
-    with db.session() as session:
-        assert store.record(session, run, result, OWNER) is not None
 
 
 def stored(db: Database, key: str) -> list[tuple]:
@@ -72,8 +40,7 @@ def completed(run: RunSpec, generations: list[tuple[str, str, int]]) -> RunResul
 
 def test_generations_are_stored_in_prompt_order(db: Database, runs) -> None:
     spec, (dense, pruned) = runs
-    for run in (dense, pruned):
-        assert claim(db, spec, run)
+    assert claim(db, spec, dense, pruned)
     record(db, pruned, completed(pruned, GENERATIONS))
     record(db, dense, completed(dense, GENERATIONS[:1]))
     assert stored(db, pruned.key) == [(i, *generation) for i, generation in enumerate(GENERATIONS)]

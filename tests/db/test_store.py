@@ -7,7 +7,6 @@ or ``failed`` with its error and no children; never anything in between.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -34,13 +33,6 @@ evaluation: {perplexity: [{path: /data/eval.txt}], seq_len: 16}
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 OWNER = "test-host:1:driver"
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    yield database
-    database.close()
 
 
 @pytest.fixture

@@ -13,19 +13,24 @@ weighted by subject size). ``prepare_tasks`` writes the same folder for the ``lm
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import io
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from twossp.cache import cache_dir
 from twossp.contracts import Progress
 from twossp.errors import DataUnavailable
+from twossp.evaluate.harness_data import CONVERSION_VERSION
+from twossp.fingerprint import fingerprint_file
 from twossp.spec import TaskSpec
 from twossp.tasks import Files, Task, locate
 
@@ -51,20 +56,36 @@ class Prepared:
     source: str
 
 
+def _converted(task: Task, subject: str, records: str, labels: str | None, where: Path) -> Path:
+    """The harness's records of one published split, written once per content: under ``where`` when
+    it is a folder (the shared cache: the same files convert to the same path, so the datasets
+    library's own cache of it is reused by every run instead of growing with each), else at
+    ``where.jsonl``."""
+    if where.is_dir():
+        digest = hashlib.sha256(json.dumps([CONVERSION_VERSION, task.name, subject, fingerprint_file(records),
+                                            fingerprint_file(labels) if labels else None]).encode()).hexdigest()
+        target = where / f"{task.name}{'_' + subject if subject else ''}-{digest[:16]}.jsonl"
+        if target.is_file():
+            return target
+    else:
+        target = where.with_name(where.name + ".jsonl")
+    rows = task.convert.load()(records, labels, subject)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+    partial.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    partial.replace(target)  # atomic: a concurrent run sees the whole file or none
+    return target
+
+
 def _config(task: Task, name: str, subject: str, files: dict[str, tuple[str, str | None]] | None,
-            directory: Path) -> dict[str, Any]:
+            directory: Path, data_dir: Path | None) -> dict[str, Any]:
     builtin = builtin_tasks_dir() / task.builtin.format(subject=subject)
     if not builtin.is_file():
         raise DataUnavailable(f"task {name}: the installed lm-eval has no {builtin}")
     config: dict[str, Any] = {"include": str(builtin), "task": name}
     if files is None:  # the harness's own hub dataset
         return config
-    data_files = {}
-    for split, (records, labels) in files.items():
-        converted = directory / f"{name}.{split}.jsonl"
-        rows = task.convert.load()(records, labels, subject)
-        converted.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-        data_files[split] = str(converted)
+    data_files = {split: str(_converted(task, subject, records, labels, data_dir or directory / f"{name}.{split}"))
+                  for split, (records, labels) in files.items()}
     used: dict[str, Files] = {task.evaluated.config_key: task.evaluated}
     if task.fewshot.split in files:
         used[task.fewshot.config_key] = task.fewshot
@@ -73,9 +94,12 @@ def _config(task: Task, name: str, subject: str, files: dict[str, tuple[str, str
     return config
 
 
-def prepare_tasks(tasks: list[TaskSpec], task_data: str | None, directory: str | Path) -> list[Prepared]:
-    """Write, in ``directory``, the harness configs (and converted data) of ``tasks``."""
+def prepare_tasks(tasks: list[TaskSpec], task_data: str | None, directory: str | Path,
+                  data_dir: str | Path | None = None) -> list[Prepared]:
+    """Write, in ``directory``, the harness configs of ``tasks``, and their converted data there too,
+    or in the folder ``data_dir`` (content-addressed, reused across calls)."""
     directory = Path(directory)
+    data_dir = Path(data_dir) if data_dir else None
     directory.mkdir(parents=True, exist_ok=True)
     prepared = []
     for spec in tasks:
@@ -87,7 +111,7 @@ def prepare_tasks(tasks: list[TaskSpec], task_data: str | None, directory: str |
         names = []
         for subject, found in zip(subjects or ("",), located):
             name = task.subtask(subject) if subject else task.name
-            config = _config(task, name, subject, found.files if found else None, directory)
+            config = _config(task, name, subject, found.files if found else None, directory, data_dir)
             (directory / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             names.append(name)
         if subjects:  # the group, with the aggregate the built-in group declares
@@ -140,7 +164,7 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[TaskSpec], task_data:
     unreachable = unreachable_tasks(tasks, task_data)
     if unreachable:
         raise DataUnavailable(unreachable)
-    prepared = prepare_tasks(tasks, task_data, workdir)
+    prepared = prepare_tasks(tasks, task_data, workdir, cache_dir("tasks"))
     manager = TaskManager(include_path=str(workdir), include_defaults=False)
     out = TaskScores()
     for i, p in enumerate(prepared):
@@ -151,12 +175,11 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[TaskSpec], task_data:
             result = simple_evaluate(model=lm, tasks=[p.spec.name], num_fewshot=p.spec.num_fewshot,
                                      limit=p.spec.limit, task_manager=manager, log_samples=False)
         out.scores += _metric_rows(result["results"])
+        samples = {name: n["effective"] for name, n in result["n-samples"].items()}
+        samples.setdefault(p.spec.name, sum(samples[s] for s in p.subtasks))  # a group: its subjects'
         for name in [p.spec.name, *p.subtasks]:
-            samples = result.get("n-samples", {}).get(name, {})
             out.details[name] = {"task": name, "top": name == p.spec.name, "data": p.source,
-                                 "num_fewshot": p.spec.num_fewshot, "limit": p.spec.limit,
-                                 "samples": samples.get("effective") if samples else
-                                 sum(result["n-samples"][s]["effective"] for s in p.subtasks),
+                                 "num_fewshot": p.spec.num_fewshot, "limit": p.spec.limit, "samples": samples[name],
                                  "version": result.get("versions", {}).get(name)}
     if progress:
         progress("tasks", len(prepared), len(prepared))
@@ -168,7 +191,6 @@ def _quiet():
     """The harness's progress bars and INFO logging would bury the sweep's own progress, and the
     ``git describe`` it runs for its report prints "fatal: not a git repository" outside a checkout:
     its output (Python's stderr and file descriptor 2) goes to a scratch file for the duration."""
-    import os
     import sys
     import tempfile
 

@@ -15,6 +15,10 @@ from typing import Any
 from twossp.data.sources import json_lines
 from twossp.errors import DataUnavailable
 
+#: Part of the name of every converted file kept in the cache: raise it when a converter's output
+#: changes, so no run reads records converted by an older one.
+CONVERSION_VERSION = 1
+
 
 def _labels(path: str | None, records: int, records_path: str) -> list[str]:
     try:
