@@ -121,6 +121,7 @@ from pg_server import (  # noqa: E402
     unavailable_reason,
 )
 from tiny_checkpoint import tiny_checkpoint  # noqa: E402,F401  (session-scoped fixture)
+from swept_views import views_db  # noqa: E402,F401  (session-scoped fixture: a real sweep for the views)
 
 
 @pytest.fixture(scope="session")

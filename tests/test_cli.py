@@ -80,7 +80,8 @@ COMMANDS = list(_commands(cli.main))
 def test_the_command_tree() -> None:
     assert {" ".join(p) for p, _ in COMMANDS} == {
         "", "sweep", "sweep validate", "sweep plan", "sweep run", "sweep cancel", "leaderboard", "runs", "db", "db upgrade",
-        "db current", "list", "list methods", "list families", "list tasks", "sweep tasks", "export"}
+        "db current", "db sql", "list", "list methods", "list families", "list tasks", "sweep tasks", "export", "show",
+        "dash", "dash list", "dash show"}
 
 
 @pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) or "twossp" for p, _ in COMMANDS])
@@ -340,7 +341,8 @@ def test_leaderboard_shows_methods_against_dense(swept) -> None:
     assert result.exit_code == 0, result.output
     out = result.output
     assert "tiny-llama" in out and "dense" in out and "2ssp" in out
-    assert "eval.txt" in out and "Δ" in out and "perplexity per dataset; Δ: change against dense" in out
+    assert "eval.txt" in out and "Δ" in out and "perplexity per dataset, mean over seeds (±sd); Δ: change against dense" \
+        in " ".join(out.split())
     stored = list(rows_with_scores(db_file))
     dense = next(ppl for method, _, ppl in stored if method == "dense")
     assert f"{dense:.2f}" in out

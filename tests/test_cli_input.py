@@ -174,9 +174,9 @@ def test_a_malformed_dashboard_file_is_every_problem_with_its_line(tmp_path: Pat
     db_file = tmp_path / "r.db"
     assert_clean(invoke("db", "upgrade", "--db", db_file), 0)
     view = tmp_path / "view.yaml"
-    view.write_text("title: ok\nmetric: 3\nbogus: 1\n")
+    view.write_text("title: ok\nquery: 3\nbogus: 1\n")
     flat = assert_clean(invoke("leaderboard", "--db", db_file, "--dashboard", view), 2)
-    assert f"{view}:2: metric" in flat and f"{view}:3: bogus: unknown key 'bogus'" in flat
+    assert f"{view}:2: query" in flat and f"{view}:3: bogus: unknown key 'bogus'" in flat
     view.write_text("title: [unclosed\n")
     assert "invalid YAML" in assert_clean(invoke("leaderboard", "--db", db_file, "--dashboard", view), 2)
 

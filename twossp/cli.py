@@ -28,15 +28,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from twossp.errors import (CheckpointError, DatabaseError, PlanError, SchemaOutdated, SpecError, TwosspError,
-                           UnknownName)
+from twossp.errors import (CheckpointError, DatabaseError, PlanError, QueryError, SchemaOutdated, SpecError,
+                           TwosspError, UnknownName, ViewError)
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 #: exit code of each library error class (the first match in order wins); any other TwosspError: 1
 EXIT_CODES: tuple[tuple[type[TwosspError], int], ...] = (
-    (SpecError, 2), (PlanError, 2), (DatabaseError, 2), (UnknownName, 2), (CheckpointError, 2), (SchemaOutdated, 3),
+    (SpecError, 2), (PlanError, 2), (DatabaseError, 2), (UnknownName, 2), (CheckpointError, 2), (QueryError, 2),
+    (ViewError, 2), (SchemaOutdated, 3),
 )
 
 FILES_OPTION = click.option(
@@ -328,26 +329,123 @@ def cancel(sweep_ref: str, db_url: str | None) -> None:
 
 
 # ---------------------------------------------------------------------------------- results
-@main.command(help="Methods side by side per model and sparsity, against dense.")
+FORMAT_OPTION = click.option("--format", "output_format", type=click.Choice(["table", "csv", "json", "markdown", "latex"]),
+                             default="table", show_default=True,
+                             help="table: for the terminal; csv and json: every column's plain value; markdown, latex: "
+                                  "for documents (best in bold).")
+FIGURE_OPTION = click.option("--output", "figure", type=click.Path(dir_okay=False), default=None,
+                             help="Also write the view's chart to FIGURE (.png, .svg or .pdf), for papers.")
+PARAM_OPTION = click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
+                            help="A view parameter (repeatable); twossp dash list shows each view's.")
+
+
+def _read_only(db_url: str | None):  # noqa: ANN202 - a twossp.db.session.Database
+    """The database opened read-only (enforced by the database): what views and SQL read through."""
+    from twossp.db.session import Database
+
+    return Database(db_url, create=False, read_only=True)
+
+
+def _show_view(view: Any, db_url: str | None, params: Any, output_format: str, figure: str | None,
+               live: bool = False) -> None:
+    """Run a view and print it in ``output_format``; its chart under a table, and into ``figure``."""
+    from twossp.dash import render
+    from twossp.dash.charts import terminal, write_figure
+    from twossp.dash.views import figure_checked, parse_params, run_view, watch
+
+    values = parse_params(view, params)
+    db = _read_only(db_url)
+    try:
+        if live:
+            if output_format != "table":
+                fail("--live redraws a table in the terminal; it takes no --format", 2)
+            watch(view, db, values, console)
+            return
+        frames = run_view(view, db, values)
+    finally:
+        db.close()
+    chart = figure_checked(view, frames, figure) if figure else view.chart  # before anything is printed
+    if output_format != "table":
+        click.echo(render.formatted(frames, output_format, view.name, values), nl=False)
+    elif not any(f.rows for f in frames):
+        given = {k: v for k, v in values.items() if v is not None and v != view.params[k].default}
+        shown = ", ".join(f"{k} {v!r}" for k, v in given.items())
+        say(f"{view.spec.empty} in {db.display_url}" + (f" for {shown}" if shown else ""))
+    else:
+        console.print(render.tables(frames))
+        if chart is not None and frames[0].rows:
+            console.print(Text.from_ansi(terminal(frames[0], chart, width=min(console.width, 120))))
+    if figure:
+        written = write_figure(frames[0], chart, figure)
+        say(f"wrote {written}", stderr=output_format != "table")
+
+
+@main.command(help="Methods side by side per model and sparsity, against dense (the view `leaderboard`).")
 @DB_OPTION
 @click.option("--sweep", "sweep_name", default=None, help="Only runs of this sweep.")
 @click.option("--dashboard", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A dashboard view file (default: the packaged leaderboard view).")
-def leaderboard(db_url: str | None, sweep_name: str | None, dashboard: str | None) -> None:
-    from twossp.dash.leaderboard import leaderboard_table, load_dashboard
-    from twossp.db import store
+              help="A view file to show instead of the packaged leaderboard view.")
+@FORMAT_OPTION
+@FIGURE_OPTION
+def leaderboard(db_url: str | None, sweep_name: str | None, dashboard: str | None, output_format: str,
+                figure: str | None) -> None:
+    from twossp.dash.views import find_view, load_view
 
-    view = load_dashboard(dashboard)
-    db = _open(db_url)
-    try:
-        with db.session() as session:
-            cells = store.leaderboard_cells(session, sweep_name, view.metric)
-    finally:
-        db.close()
-    if not cells:
-        say(f"no completed runs in {db.display_url}" + (f" for sweep {sweep_name!r}" if sweep_name else ""))
-        return
-    console.print(leaderboard_table(cells, view))
+    view = load_view(dashboard) if dashboard else find_view("leaderboard")
+    params = [f"sweep={sweep_name}"] if sweep_name else []
+    _show_view(view, db_url, params, output_format, figure)
+
+
+@main.command("show", help="One run in detail (the view `run`): spec, provenance, timings, scores, generations "
+              "and its layer map. RUN_KEY may be a unique prefix.")
+@click.argument("run_key")
+@DB_OPTION
+@FORMAT_OPTION
+def show(run_key: str, db_url: str | None, output_format: str) -> None:
+    from twossp.dash.views import find_view
+
+    _show_view(find_view("run"), db_url, {"key": run_key}, output_format, None)
+
+
+@main.group(cls=TwosspGroup, help="Declared views of the results (dashboards/*.yaml, and your own).")
+def dash() -> None:
+    pass
+
+
+@dash.command("list", help="Every view: its name, where it comes from, its parameters and what it shows.")
+def dash_list() -> None:
+    from twossp.dash.views import load_view, view_dirs, view_files
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("view", "from", "parameters", "shows"):
+        table.add_column(col, overflow="fold")
+    problems = []
+    for name, (path, origin) in view_files().items():
+        try:
+            view = load_view(path, origin)
+        except SpecError as exc:
+            problems += exc.problems
+            continue
+        params = ", ".join(f"{p}{'' if not v.required else ' (required)'}" for p, v in view.params.items())
+        table.add_row(Text(name), origin, Text(params or "-"), Text(view.spec.description or view.spec.title))
+    console.print(table)
+    say(("views are read from: ", "dim"), ("; ".join(f"{d} ({o})" for d, o in view_dirs()), "dim"))
+    if problems:
+        raise SpecError(problems)
+
+
+@dash.command("show", help="Show a view (by name, or a view file's path).")
+@click.argument("name")
+@DB_OPTION
+@PARAM_OPTION
+@FORMAT_OPTION
+@FIGURE_OPTION
+@click.option("--live", is_flag=True, help="Redraw every few seconds (the view's refresh:, default 2) until Ctrl-C.")
+def dash_show(name: str, db_url: str | None, params: tuple[str, ...], output_format: str, figure: str | None,
+              live: bool) -> None:
+    from twossp.dash.views import find_view
+
+    _show_view(find_view(name), db_url, list(params), output_format, figure, live=live)
 
 
 @main.command("runs", help="List runs with their status (and error, for failed ones).")
@@ -441,6 +539,37 @@ def db_upgrade(db_url: str | None) -> None:
 
     upgrade(db_url)
     say(f"{safe_url(db_url)}: schema at head")
+
+
+@db.command("sql", help="Run one SQL statement read-only (the database itself refuses writes) and print "
+            "its rows; :name parameters from --param. STATEMENT - reads it from standard input (a .sql file); put "
+            "-- before a statement that starts with a -- comment.")
+@click.argument("statement")
+@DB_OPTION
+@PARAM_OPTION
+@FORMAT_OPTION
+def db_sql(statement: str, db_url: str | None, params: tuple[str, ...], output_format: str) -> None:
+    from twossp.dash import render
+    from twossp.dash.views import sql_frame
+
+    if statement == "-":
+        statement = sys.stdin.read()
+    values = {}
+    for text in params:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            fail(f"--param takes NAME=VALUE, got {text!r}", 2)
+        values[name.strip()] = value
+    db = _read_only(db_url)
+    try:
+        frame = sql_frame(db, statement, values)
+    finally:
+        db.close()
+    if output_format == "table":
+        console.print(render.table(frame))
+        say((f"{len(frame.rows)} row(s)", "dim"))
+    else:
+        click.echo(render.formatted([frame], output_format, "sql", values), nl=False)
 
 
 @db.command("current", help="Print the schema revision of the database.")

@@ -75,6 +75,13 @@ class DatabaseError(TwosspError):
     password."""
 
 
+class QueryError(TwosspError):
+    """A query given by the user (``twossp db sql``, a view) could not run: a syntax error, an
+    unknown table or column, a missing parameter, more than one statement, or a write refused
+    because the database is opened read-only. The message carries the database's own words, on one
+    line, and never a password."""
+
+
 class PlanError(TwosspError):
     """Runs of a valid sweep that could not succeed (an unsupported architecture, an infeasible
     budget, a model config that cannot be read), found from local files before any work."""
@@ -87,3 +94,8 @@ class PlanError(TwosspError):
 class SweepCancelled(KeyboardInterrupt):
     """``twossp sweep cancel`` was asked for a running sweep; its unfinished runs were released.
     A KeyboardInterrupt, not a TwosspError: it ends the driver the way Ctrl-C does."""
+
+
+class ViewError(TwosspError):
+    """A view cannot be shown as asked: an unknown or ambiguous run key, a parameter that is
+    missing or not of its type, a chart with nothing to draw, a figure file of an unknown kind."""

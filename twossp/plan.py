@@ -147,25 +147,37 @@ def plan_task_data(evaluation: EvaluationSpec) -> dict[str, Any]:
     return {t.name: task_data_identity(t, evaluation.task_data) for t in evaluation.tasks}
 
 
-def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
-    """Expand the grid. The dense run takes no sparsity, calibration or seed: one per model."""
-    evaluation = spec.evaluation.model_copy(update={"seq_len": spec.eval_seq_len})
-    task_data = plan_task_data(evaluation) if evaluation.tasks else None
-    runs: list[RunSpec] = []
+def grid(spec: SweepSpec) -> list[tuple[ModelSpec, AnyMethod, float | None, CalibrationRun | None]]:
+    """The grid's cells in plan order, without their identities (nothing is read): per model, one
+    cell for a method that does not prune (dense), else one per sparsity x calibration size x seed."""
+    cells: list[tuple[ModelSpec, AnyMethod, float | None, CalibrationRun | None]] = []
     for model in spec.models:
         for method in spec.methods:
-            common = dict(sweep=spec.name, model=model, method=method, evaluation=evaluation, runtime=spec.runtime,
-                          save_to=spec.save_to, weights=model.identity, task_data=task_data)
             if not method_of(method).prunes:
-                runs.append(RunSpec(**common))
+                cells.append((model, method, None, None))
                 continue
             for sparsity in spec.sparsities:
                 for samples in spec.calibration.samples:
                     for seed in spec.seeds:
-                        calib = CalibrationRun(source=spec.calibration.source, samples=samples,
-                                               seq_len=spec.calibration.seq_len, seed=seed)
-                        runs.append(RunSpec(**common, sparsity=sparsity, calibration=calib))
+                        cells.append((model, method, sparsity, CalibrationRun(
+                            source=spec.calibration.source, samples=samples, seq_len=spec.calibration.seq_len,
+                            seed=seed)))
+    return cells
+
+
+def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
+    """Expand the grid. The dense run takes no sparsity, calibration or seed: one per model."""
+    evaluation = spec.evaluation.model_copy(update={"seq_len": spec.eval_seq_len})
+    task_data = plan_task_data(evaluation) if evaluation.tasks else None
+    identities: dict[int, Any] = {}  # a model's weights are fingerprinted once
+    runs: list[RunSpec] = []
+    for model, method, sparsity, calibration in grid(spec):
+        if id(model) not in identities:
+            identities[id(model)] = model.identity
+        runs.append(RunSpec(sweep=spec.name, model=model, method=method, evaluation=evaluation, runtime=spec.runtime,
+                            save_to=spec.save_to, weights=identities[id(model)], task_data=task_data,
+                            sparsity=sparsity, calibration=calibration))
     return runs
 
 
-__all__ = ["CalibrationRun", "RunSpec", "plan_sweep", "plan_task_data", "task_data_identity"]
+__all__ = ["CalibrationRun", "RunSpec", "grid", "plan_sweep", "plan_task_data", "task_data_identity"]

@@ -13,7 +13,7 @@ import os
 import types
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any, Iterable, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Iterable, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -34,6 +34,8 @@ from twossp.errors import DataUnavailable, SpecError, SpecProblem, UnknownName
 from twossp.fingerprint import fingerprint_directory, fingerprint_file
 from twossp.methods import MAX_INT, METHODS, Strict, method_of
 from twossp.tasks import TASKS, Task, locate, task_folder
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 #: Hostile-YAML limits: a sweep file is a few dozen values, a few levels deep.
 MAX_DEPTH = 100
@@ -662,10 +664,10 @@ def _union_tag(member: Any) -> Any:
     return None
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
     """The model class a Pydantic error location points into (for the keys an unknown key may be
     a misspelling of)."""
-    tp: Any = SweepSpec
+    tp: Any = root
     for part in loc:
         if isinstance(part, str) and part.startswith("function-"):
             continue
@@ -692,13 +694,13 @@ def _error_loc(err: dict[str, Any]) -> tuple[Any, ...]:
     return loc[:-1] if loc and loc[-1] == "[key]" else loc
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: dict[str, Any], root: type[BaseModel]) -> str:
     loc = _error_loc(err)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "invalid_key" or tuple(err["loc"])[-1:] == ("[key]",):
         return f"the key {_show(loc[-1] if loc else err.get('input'))} is not a string (quote it if it is text)"
     if err["type"] == "extra_forbidden":
-        model = _model_at(loc[:-1])
+        model = _model_at(loc[:-1], root)
         hint = _did_you_mean(loc[-1], model.model_fields) if model is not None else ""
         return f"unknown key {_show(loc[-1])}{hint}"
     if err["type"] == "missing":
@@ -933,47 +935,75 @@ def parse_sweep(text: str, file: str = "<sweep>", base_dir: str | Path | None = 
     except RecursionError:  # a last resort: _measure refuses deep nesting before anything recurses
         problems, spec = [SpecProblem(file, None, "", f"the YAML is nested more than {MAX_DEPTH} levels deep")], None
     if problems or spec is None:
-        raise SpecError([_plain(p) for p in _by_line(_dedupe(problems))])
+        raise SpecError(finished(problems))
     return spec
 
 
-def _parse(text: str, file: str, base_dir: str | Path | None,
-           check_files: bool) -> tuple[list[SpecProblem], SweepSpec | None]:
-    """The problems of a sweep text, and its spec when there are none."""
+def read_yaml(text: str, file: str, what: str) -> tuple[list[SpecProblem], Any, yaml.Node | None]:
+    """A YAML mapping checked before anything is built from it: size and depth (alias bombs, deep
+    nesting), syntax, values PyYAML cannot construct, duplicate keys. ``what`` names the kind of
+    file in messages ("a sweep file is a YAML mapping (name:, models:, ...)"). Returns the
+    problems, the data and its node (for ``validated``)."""
     loader = None
     try:
         _measure(text)
         loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
-            return [SpecProblem(file, 1, "", "the file is empty; a sweep file is a YAML mapping "
-                                             "(name:, models:, methods:, ...)")], None
+            return [SpecProblem(file, 1, "", f"the file is empty; {what}")], None, None
         try:
             data = loader.construct_document(node)
         except (yaml.YAMLError, RecursionError):
             raise
         except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise ValueError, AttributeError, ...
-            return [_construction_problem(node, exc, file)], None
+            return [_construction_problem(node, exc, file)], None, None
     except _Refused as exc:
-        return [SpecProblem(file, exc.line, "", exc.message)], None
+        return [SpecProblem(file, exc.line, "", exc.message)], None, None
     except yaml.YAMLError as exc:
-        return [_yaml_problem(exc, text, file)], None
+        return [_yaml_problem(exc, text, file)], None, None
     finally:
         if loader is not None:
             loader.dispose()
     if not isinstance(data, dict):
-        return [SpecProblem(file, node.start_mark.line + 1, "", "a sweep file is a YAML mapping (name:, models:, "
-                                                                f"methods:, ...), not {_kind(data)}")], None
-    tree = _Located(node)
-    problems = [SpecProblem(file, line, "", msg) for line, msg in _duplicate_keys(node)]
-    context = {"base_dir": str(base_dir) if base_dir else None}
+        return [SpecProblem(file, node.start_mark.line + 1, "", f"{what}, not {_kind(data)}")], None, None
+    return [SpecProblem(file, line, "", msg) for line, msg in _duplicate_keys(node)], data, node
+
+
+def validated(cls: type[ModelT], data: Any, node: yaml.Node, file: str,
+              context: dict[str, Any] | None = None) -> tuple[list[SpecProblem], ModelT | None]:
+    """``data`` (from ``read_yaml``) validated as ``cls``: the model, or every Pydantic error at
+    its file and line (with "did you mean" for a misspelt key)."""
     try:
-        spec = SweepSpec.model_validate(data, context=context)
+        return [], cls.model_validate(data, context=context)
     except ValidationError as exc:
-        for err in exc.errors():
-            problems.append(SpecProblem(file, *_locate(tree, _error_loc(err)), _message(err)))
+        tree = _Located(node)
+        return [SpecProblem(file, *_locate(tree, _error_loc(err)), _message(err, cls)) for err in exc.errors()], None
+
+
+def partial(cls: type[BaseModel], data: Any, context: dict[str, Any] | None = None,
+            stub: dict[str, Any] | None = None) -> SimpleNamespace | None:
+    """What validates of an invalid ``data`` (see ``_partial``): checks of what a file means then
+    run in the same round as its type errors."""
+    return _partial(cls, data, context or {}, stub)
+
+
+def finished(problems: list[SpecProblem]) -> list[SpecProblem]:
+    """Problems as reported: each once, by line, printable."""
+    return [_plain(p) for p in _by_line(_dedupe(problems))]
+
+
+def _parse(text: str, file: str, base_dir: str | Path | None,
+           check_files: bool) -> tuple[list[SpecProblem], SweepSpec | None]:
+    """The problems of a sweep text, and its spec when there are none."""
+    problems, data, node = read_yaml(text, file, "a sweep file is a YAML mapping (name:, models:, methods:, ...)")
+    if data is None:
+        return problems, None
+    context = {"base_dir": str(base_dir) if base_dir else None}
+    errors, spec = validated(SweepSpec, data, node, file, context)
+    tree = _Located(node)
+    if spec is None:
         partial = _partial(SweepSpec, data, context, _SWEEP_STUB)
-        return problems + _cross_checks(partial, tree, file, check_files), None
+        return problems + errors + _cross_checks(partial, tree, file, check_files), None
     return problems + _cross_checks(spec, tree, file, check_files), spec
 
 
@@ -1023,12 +1053,16 @@ def _yaml_problem(exc: yaml.YAMLError, text: str, file: str) -> SpecProblem:
     return SpecProblem(file, line, "", f"invalid YAML: {' '.join(str(problem).split()) or 'cannot parse'}")
 
 
+def read_text(path: Path, kind: str) -> str:
+    """A ``kind`` file's text ("sweep", "view"), or ``SpecError`` saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([SpecProblem(str(path), None, "", f"cannot read {kind} file: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise SpecError([SpecProblem(str(path), None, "", f"{kind} file is not UTF-8 text")]) from None
+
+
 def load_sweep(path: str | Path, *, check_files: bool = True) -> SweepSpec:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError([SpecProblem(str(path), None, "", f"cannot read sweep file: {exc.strerror}")]) from None
-    except UnicodeDecodeError:
-        raise SpecError([SpecProblem(str(path), None, "", "sweep file is not UTF-8 text")]) from None
-    return parse_sweep(text, str(path), base_dir=path.resolve().parent, check_files=check_files)
+    return parse_sweep(read_text(path, "sweep"), str(path), base_dir=path.resolve().parent, check_files=check_files)

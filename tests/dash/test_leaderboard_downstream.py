@@ -1,4 +1,4 @@
-"""The leaderboard's downstream accuracy and speed-up columns (twossp.dash.leaderboard), from results
+"""The leaderboard's downstream accuracy and speed-up columns (the view `leaderboard`), from results
 recorded through the real store: mean ±sd over seeds per calibration size, the change in accuracy
 against dense in points, and prefill and decode speed-ups against dense."""
 
@@ -11,8 +11,8 @@ from rich.text import Text
 
 from stored_runs import T0, claim, record, tiny_sweep
 from twossp.contracts import RunResult, RunStatus
-from twossp.dash.leaderboard import leaderboard_table, load_dashboard
-from twossp.db import store
+from twossp.dash.render import tables
+from twossp.dash.views import find_view, parse_params, run_view
 from twossp.db.session import Database
 from twossp.plan import RunSpec, plan_sweep
 
@@ -50,10 +50,9 @@ def record_sweep(db: Database, *, downstream: bool = True) -> list[RunSpec]:
 
 
 def render(db: Database) -> list[str]:
-    with db.session() as session:
-        cells = store.leaderboard_cells(session, None, "perplexity")
+    view = find_view("leaderboard")
     console = Console(width=200, record=True, color_system="standard", force_terminal=True)
-    console.print(leaderboard_table(cells, load_dashboard(None)))
+    console.print(tables(run_view(view, db, parse_params(view, []))))
     return console.export_text(styles=True).splitlines()
 
 
@@ -71,14 +70,14 @@ def test_accuracy_and_speed_ups_per_calibration_size(db: Database) -> None:
     lines = render(db)
     text = " ".join(" ".join(plain(line).split()) for line in lines)  # the caption wraps
     header = next(plain(line) for line in lines if "method" in plain(line))
-    assert header.split() == ["model", "target", "method", "achieved", "n", "eval.txt", "Δ", "acc", "%", "Δ",
+    assert header.split() == ["model", "target", "method", "achieved", "n", "eval.txt", "Δ", "acc", "Δ",
                               "prefill", "decode"]
-    assert "acc %: mean downstream accuracy, its Δ in points; prefill, decode: speed-up against dense" in text
+    assert "acc: mean downstream accuracy, its Δ in points; prefill, decode: speed-up against dense" in text
     assert "arc_easy" not in text and "mmlu" not in text  # per-task figures are not columns
 
     # dense shows its accuracy, and no change or speed-up against itself
-    assert plain(line_of(lines, "dense", "-")).split() == ["tiny", "0", "dense", "0.000", "-", "10.00",
-                                                           f"{100 * DENSE[1]:.1f}"]
+    assert plain(line_of(lines, "dense", "-")).split() == ["tiny", "0", "dense", "0.000", "-", "10.00", "-",
+                                                           f"{100 * DENSE[1]:.1f}%", "-", "-", "-"]
     for samples in (2, 4):
         figures = [PRUNED[(samples, seed)] for seed in (0, 1)]
         acc = [f[1] for f in figures]
@@ -87,7 +86,7 @@ def test_accuracy_and_speed_ups_per_calibration_size(db: Database) -> None:
         decode = statistics.mean(f[3] for f in figures) / DENSE[3]
         line = line_of(lines, "2ssp", samples)
         cells = plain(line)
-        assert f"{100 * statistics.mean(acc):.1f} ±{100 * statistics.stdev(acc):.1f}" in cells
+        assert f"{100 * statistics.mean(acc):.1f}% ±{100 * statistics.stdev(acc):.1f}%" in cells
         assert f"{points:+.1f} pt" in cells
         assert cells.split()[-2:] == [f"{prefill:.2f}x", f"{decode:.2f}x"]
         colour = "\x1b[31m" if points < 0 else "\x1b[32m"  # red when below dense, green above
@@ -99,6 +98,6 @@ def test_accuracy_and_speed_ups_per_calibration_size(db: Database) -> None:
 def test_without_downstream_or_speed_scores_the_columns_are_left_out(db: Database) -> None:
     record_sweep(db, downstream=False)
     text = " ".join(" ".join(plain(line).split()) for line in render(db))
-    assert "acc %" not in text and "prefill" not in text and "decode" not in text and " pt" not in text
-    assert ("perplexity per dataset; Δ: change against dense; n: calibration samples; achieved: sparsity counted "
-            "on the pruned model; several seeds: mean ±sd") in text
+    assert " acc " not in text and "prefill" not in text and "decode" not in text and " pt" not in text
+    assert ("perplexity per dataset, mean over seeds (±sd); Δ: change against dense; n: calibration samples; "
+            "achieved: sparsity counted on the pruned model") in text

@@ -3,6 +3,10 @@
 command that writes (``Database(url)``); a reading command opens with ``create=False`` and never
 creates a file or a schema. One on an older schema is refused with the upgrade command.
 
+``Database(url, create=False, read_only=True)`` (``twossp db sql``, the views) is kept read-only by
+the database itself, not by twossp looking at the SQL: SQLite opens the file read-only, PostgreSQL
+runs every transaction READ ONLY. ``Database.query`` runs one statement given by the user on it.
+
 A URL that cannot be used (malformed, an unknown kind of database, in memory, a SQLite folder that
 does not exist, a file that is not a database, a server that cannot be reached or refuses the login)
 raises ``DatabaseError`` with one message saying what is wrong and how to fix it. No message (nor
@@ -13,11 +17,14 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sqlite3
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 from alembic import command
@@ -27,11 +34,12 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from twossp.db.models import Base
-from twossp.errors import SchemaOutdated, TwosspError
+from twossp.errors import QueryError, SchemaOutdated, TwosspError
 
 try:
     from twossp.errors import DatabaseError
@@ -271,15 +279,43 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def make_engine(url: str) -> Engine:
+#: libpq options of a read-only connection: every transaction starts READ ONLY
+_PG_READ_ONLY = "-c default_transaction_read_only=on"
+
+#: the execution option of ``Database.query``: run the statement as one prepared statement
+_ONE_STATEMENT = "twossp_one_statement"
+
+#: (dialect, driver) that ``make_engine(read_only=True)`` knows how to keep read-only
+_READ_ONLY_DRIVERS = (("sqlite", "pysqlite"), ("postgresql", "psycopg"))
+
+
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
     """An engine for ``url`` (nothing is connected or created yet). Raises ``DatabaseError`` for a
-    URL SQLAlchemy cannot use (malformed, unknown kind, driver not installed)."""
+    URL SQLAlchemy cannot use (malformed, unknown kind, driver not installed).
+
+    ``read_only``: the database itself refuses every write through this engine (see
+    ``_sqlite_read_only`` and ``_PG_READ_ONLY``), and a missing SQLite file is ``DatabaseError``,
+    never created."""
     parsed = _parse(url)
-    connect_args = {}
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+    connect_args: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    postgres = parsed.get_backend_name() == "postgresql"
+    if postgres and "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    if read_only and postgres:
+        # Two locks, each enough alone: the session default (which a statement may SET, but only
+        # inside the transaction that query() rolls back), and psycopg's BEGIN READ ONLY of every
+        # transaction through this engine (postgresql_readonly), whatever the session default is.
+        given = parsed.query.get("options")  # the user's own libpq options are kept
+        given = " ".join(given) if isinstance(given, tuple) else given or ""
+        connect_args["options"] = f"{given} {_PG_READ_ONLY}".strip()
+        options["execution_options"] = {"postgresql_readonly": True}
+    if read_only and _is_sqlite(parsed):
+        path = _sqlite_path(_check_target(url, create=False))
+        assert path is not None  # _check_target refuses a database in memory
+        options["creator"] = _sqlite_read_only(path)
     try:
-        engine = create_engine(url, connect_args=connect_args)
+        engine = create_engine(url, connect_args=connect_args, **options)
     except (sa_exc.SQLAlchemyError, ImportError) as exc:  # ImportError: the dialect's driver is not installed
         raise explain(exc, url) from None
     if engine.dialect.name == "sqlite":
@@ -289,7 +325,67 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+    if read_only and (engine.dialect.name, engine.dialect.driver) not in _READ_ONLY_DRIVERS:
+        engine.dispose()  # nothing here would keep another driver's connections read-only
+        raise DatabaseError(f"database {safe_url(url)}: twossp opens read-only only SQLite (sqlite:///PATH) "
+                            f"and PostgreSQL through psycopg (postgresql+psycopg://...), not "
+                            f"{engine.dialect.name}+{engine.dialect.driver}")
+    if read_only and engine.dialect.driver == "psycopg":
+        event.listen(engine, "do_execute", _execute_one_statement)
     return engine
+
+
+def _sqlite_read_only(path: Path) -> Callable[[], sqlite3.Connection]:
+    """A connection factory for the SQLite file at ``path``, made read-only three ways:
+
+    - ``mode=ro``: SQLite opens the file read-only, so no statement can write it (nor create it);
+    - ``PRAGMA query_only``: no statement may change any database, the temporary one included;
+    - an authorizer that denies ATTACH and DETACH (an ATTACH, or the ATTACH inside VACUUM INTO,
+      creates and writes another file, whatever the main one allows), turning ``query_only`` off,
+      and ``load_extension()``.
+
+    The path is made absolute now, so that a later change of directory does not move it."""
+    uri = Path(os.path.abspath(path)).as_uri() + "?mode=ro"  # as_uri quotes '?', '#', '%', spaces
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)  # as SQLAlchemy's pool of files wants
+        try:
+            conn.execute("PRAGMA query_only=ON")
+            conn.set_authorizer(_sqlite_authorizer)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    return connect
+
+
+def _sqlite_authorizer(action: int, arg1: str | None, arg2: str | None, _db: str | None,
+                       _trigger: str | None) -> int:
+    """SQLite's authorizer callback (``sqlite3_set_authorizer``) of a read-only connection: the few
+    statements that could write without touching the main file are denied when prepared."""
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA and arg2 is not None and (arg1 or "").lower() == "query_only":
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "load_extension":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def _execute_one_statement(cursor, statement: str, parameters, context) -> bool | None:
+    """The ``do_execute`` hook of a read-only psycopg engine: ``Database.query``'s statement goes as
+    one prepared statement (PostgreSQL's extended protocol), which the server refuses to hold more
+    than one command. Left to itself, psycopg sends a statement without parameters through the
+    simple protocol, which runs several: ``COMMIT; DELETE ...`` would leave the read-only
+    transaction before the DELETE."""
+    if not context.execution_options.get(_ONE_STATEMENT):
+        return None
+    conn = cursor.connection
+    if conn.prepare_threshold is None:  # psycopg ignores prepare=True while preparing is switched off
+        conn.prepare_threshold = 5  # psycopg's default
+    cursor.execute(statement, parameters, prepare=True)
+    return True
 
 
 def _probe(url: str) -> None:
@@ -391,6 +487,15 @@ def _revision_doc(url: str, revision: str) -> str:
     return (script.doc or "").strip().splitlines()[0] if script is not None and script.doc else revision
 
 
+@dataclass(frozen=True)
+class QueryResult:
+    """What one query returned: its column names and its rows, in order. A statement that returns
+    no rows (``begin``, ``set ...``) has neither."""
+
+    columns: list[str]
+    rows: list[tuple]
+
+
 class Database:
     """An engine and a session factory over a database whose schema is at the head revision.
 
@@ -398,15 +503,23 @@ class Database:
     does not exist yet, gets the head schema. Without it (commands that only read) nothing is ever
     created: a missing SQLite file or an empty database raises ``DatabaseError``. ``auto_upgrade``
     is the old name of ``create``. ``url`` is the real URL (for connecting); ``display_url`` the one
-    to show."""
+    to show.
 
-    def __init__(self, url: str | None = None, *, create: bool = True, auto_upgrade: bool | None = None):
+    ``read_only`` (with ``create=False``; for ``twossp db sql`` and the views): the database itself
+    refuses every write, through ``query`` and ``session`` alike (see ``make_engine``). The schema
+    is still checked: that only reads."""
+
+    def __init__(self, url: str | None = None, *, create: bool = True, auto_upgrade: bool | None = None,
+                 read_only: bool = False):
         if auto_upgrade is not None:
             create = auto_upgrade
+        if read_only and create:
+            raise ValueError("Database(read_only=True) cannot create a database or its schema: give create=False")
+        self.read_only = read_only
         self.url = database_url(url)
         self.display_url = safe_url(self.url)
         _check_target(self.url, create=create)
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, read_only=read_only)
         try:
             with explained(self.url):
                 self._check_schema(create)
@@ -464,6 +577,64 @@ class Database:
                 return True
             time.sleep(0.25)
         return False
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
+        """Run ``sql``, one statement given by the user, with ``params`` for its named parameters
+        (``:name``; a colon before a name is one even inside a string: ``\\:`` keeps a colon), in a
+        transaction that is always rolled back, and return what it returned. Only on a read-only
+        Database (``ValueError`` otherwise): that the database refuses writes is the guarantee,
+        the rollback a second line.
+
+        ``QueryError`` (the database's own words, one line) for a statement that cannot run, more
+        than one statement (SQLite's driver and PostgreSQL's extended protocol both refuse them
+        before running any), a parameter without a value, or a write (the database refused it);
+        ``DatabaseError`` when the database cannot be reached or stays locked."""
+        if not self.read_only:
+            raise ValueError("Database.query runs a user's SQL, only on a Database(read_only=True)")
+        statement = sql_text(sql)
+        given = dict(params or {})
+        missing = [name for name in statement.compile(dialect=self.engine.dialect).params if name not in given]
+        if missing:
+            listed = ", ".join(f":{name}" for name in missing)
+            raise QueryError(f"query on {self.display_url}: no value given for the parameter"
+                             f"{'s' if len(missing) > 1 else ''} {listed}")
+        with explained(self.url), self.engine.connect() as conn:  # cannot connect: DatabaseError
+            try:
+                result = conn.execution_options(**{_ONE_STATEMENT: True}).execute(statement, given)
+                if not result.returns_rows:
+                    return QueryResult([], [])
+                return QueryResult(list(result.keys()), [tuple(row) for row in result])
+            except sa_exc.DBAPIError as exc:
+                raise self._query_error(exc) from None
+            finally:
+                try:
+                    conn.rollback()
+                except sa_exc.DBAPIError:
+                    # The statement left the connection unusable (psycopg refuses COPY ... TO STDOUT
+                    # with the server still copying): close it rather than pool it. Closing a
+                    # connection rolls back its transaction all the same.
+                    conn.invalidate()
+
+    def _query_error(self, exc: sa_exc.DBAPIError) -> TwosspError:
+        """What a statement of ``query`` raised, as ``QueryError``; as ``DatabaseError`` where the
+        fault is the database's, not the statement's (a lost connection, a lock held too long)."""
+        reason = _reason(exc, self.url)
+        low = reason.lower()
+        if exc.connection_invalidated or (self.engine.dialect.name == "sqlite" and "database is locked" in low):
+            return explain(exc, self.url)
+        where = f"query on {self.display_url}"
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if (sqlstate == "25006"  # read_only_sql_transaction
+                or (sqlstate == "25001" and "read-write" in low)  # SET TRANSACTION READ WRITE too late
+                or "attempt to write a readonly database" in low or "not authorized" in low
+                or "authorization denied" in low):
+            return QueryError(f"{where}: the database is opened read-only and refused the write ({reason})")
+        if "one statement at a time" in low or "multiple commands" in low:
+            return QueryError(f"{where}: more than one statement; give one at a time ({reason})")
+        if "copy cannot be used with this method" in low:  # psycopg: COPY to or from the client
+            return QueryError(f"{where}: COPY ... TO STDOUT or FROM STDIN cannot run here; SELECT the rows "
+                              f"instead ({reason})")
+        return QueryError(f"{where}: {reason}")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

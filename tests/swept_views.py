@@ -1,0 +1,91 @@
+"""A database filled by a real small sweep, for the view tests (the session fixture ``views_db``,
+registered in tests/conftest.py): the tiny checkpoint pruned by 2SSP,
+ShortGPT and BlockPruner at 0.5 with two calibration sizes and two seeds, evaluated on perplexity,
+one lm-eval task (from task files the tests write), speed and a greedy generation, run by
+``twossp sweep run --executor local``.
+
+Snapshots need what a sweep measures of the machine to be fixed: after the sweep, and only in this
+copy of its database, times, hosts, versions and the speed figures are set to constants. Scores,
+masks, removal orders, generations and keys are the sweep's own."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "evaluate"))  # tests/evaluate/task_files.py
+
+from stored_runs import OWNER, T0  # noqa: E402
+from task_files import write_task_files  # noqa: E402
+from twossp import cli  # noqa: E402
+from twossp.db.models import Run, Score, Sweep, Timing  # noqa: E402
+from twossp.db.session import Database  # noqa: E402
+
+#: speed figures per method, so speed-ups are known: (prefill seconds, decode tokens per second)
+SPEED = {"dense": (0.20, 100.0), "2ssp": (0.125, 150.0), "shortgpt": (0.10, 180.0), "blockpruner": (0.16, 120.0)}
+
+
+@dataclass(frozen=True)
+class Swept:
+    db_file: Path       # the normalised database the views read
+    root: Path          # the sweep's folder
+    sweep_file: Path
+    tmp: Path           # the session's temporary root: paths under it appear in specs (snapshots replace it)
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.db_file}"
+
+
+def normalise(db_file: Path) -> None:
+    """Fix what depends on the machine and the clock (see the module's docstring)."""
+    db = Database(str(db_file), create=False)
+    try:
+        with db.session() as session:
+            for sweep in session.scalars(select(Sweep)):
+                sweep.created_at = sweep.updated_at = T0
+            for i, run in enumerate(session.scalars(select(Run).order_by(Run.id))):
+                run.created_at = run.started_at = T0 + timedelta(minutes=i)
+                run.finished_at = run.heartbeat_at = run.started_at + timedelta(seconds=10 + i)
+                run.host, run.device, run.owner = "test-host", "cpu", OWNER
+                run.versions = {"twossp": "0.1.0", "torch": "2", "transformers": "5", "python": "3"}
+            for timing in session.scalars(select(Timing)):
+                timing.seconds = 1.0 + 0.25 * (timing.id % 4)
+            for score in session.scalars(select(Score).where(Score.dataset == "speed")):
+                method = session.get(Run, score.run_id).method
+                prefill, decode = SPEED[method]
+                score.value = {"prefill_seconds": prefill, "decode_tokens_per_second": decode}.get(score.metric, 1.0)
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="session")
+def views_db(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Swept:
+    """The sweep, run once per test session (about a minute), its database normalised."""
+    root = tmp_path_factory.mktemp("views")
+    task_data = write_task_files(root / "task-data")
+    sweep_file = tiny_checkpoint.write_sweep(
+        root / "views.yaml", "views",
+        methods=["dense", "2ssp", "shortgpt", {"name": "blockpruner", "num_calibration": 1}],
+        sparsities=[0.5],
+        calibration={"source": {"path": str(tiny_checkpoint.calibration)}, "samples": [2, 4], "seq_len": 16},
+        seeds=[0, 1],
+        evaluation={"perplexity": [{"path": str(tiny_checkpoint.evaluation)}], "seq_len": 16, "max_windows": 4,
+                    "tasks": [{"name": "arc_easy", "limit": 6}], "task_data": str(task_data),
+                    "speed": {"warmup": 0, "repeats": 1, "prompt_tokens": 4, "new_tokens": 2},
+                    "generate": {"prompts": ["The river"], "max_new_tokens": 4}})
+    raw = root / "raw.db"
+    result = CliRunner().invoke(cli.main, ["sweep", "run", str(sweep_file), "--executor", "local", "--db", str(raw)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    db_file = root / "views.db"
+    shutil.copy(raw, db_file)
+    normalise(db_file)
+    return Swept(db_file, root, sweep_file, tmp_path_factory.getbasetemp())

@@ -1,0 +1,141 @@
+"""``twossp db sql`` on SQLite and PostgreSQL: rows in every format, writes refused by the database
+with the data unchanged; and every SQL example and the example view file of the README run as they
+are."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+from sqlalchemy import text
+
+from stored_runs import claim, record, tiny_sweep
+from twossp import cli
+from twossp.contracts import LayerMask, RunResult, RunStatus
+from twossp.db.session import Database
+from twossp.plan import plan_sweep
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TABLES = ("sweeps", "runs", "scores", "timings", "layer_masks", "generations")
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "200"})
+
+
+def readme_queries() -> list[str]:
+    return re.findall(r"```sql\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
+def fill(db: Database) -> None:
+    """A dense and a 2SSP run with a score of each kind the README's queries read."""
+    spec = tiny_sweep("sql")
+    runs = plan_sweep(spec)
+    assert claim(db, spec, *runs)
+    for run in runs:
+        pruned = run.method.name != "dense"
+        masks = [LayerMask(layer, attention_kept=not (pruned and layer == 1), ffn_width=8,
+                           ffn_mask=bytes([0xF0 if pruned else 0xFF])) for layer in range(2)]
+        record(db, run, RunResult(
+            key=run.key, status=RunStatus.COMPLETED, achieved_sparsity=0.5 if pruned else 0.0, masks=masks,
+            scores=[("eval.txt", "perplexity", 20.0 if pruned else 10.0), ("arc_easy", "acc", 0.4),
+                    ("speed", "prefill_seconds", 0.1), ("speed", "decode_tokens_per_second", 50.0)],
+            timings={"prune": 3.0} if pruned else {}, generations=[("Hello", " world", 2)]))
+
+
+def contents(db: Database) -> dict[str, list]:
+    with db.engine.connect() as conn:
+        return {t: [tuple(r) for r in conn.execute(text(f"select * from {t} order by 1"))] for t in TABLES}
+
+
+def test_the_readme_has_at_least_five_queries() -> None:
+    assert len(readme_queries()) >= 5
+
+
+def test_every_readme_query_runs_on_both_databases(db: Database) -> None:
+    fill(db)
+    for query in readme_queries():
+        result = invoke("db", "sql", "--db", db.url, "--format", "json", "--", query)
+        assert result.exit_code == 0, (query, result.output)
+        rows = json.loads(result.output)["frames"]["sql"]
+        if "status = 'failed'" not in query:  # the others find what fill() stored
+            assert rows, query
+
+
+def test_rows_in_every_format(db: Database) -> None:
+    fill(db)
+    query = "select method, count(*) as runs from runs group by method order by method"
+    table = " ".join(invoke("db", "sql", query, "--db", db.url).output.split())
+    assert "method runs" in table and "2ssp 1" in table and "dense 1" in table and "2 row(s)" in table
+    assert invoke("db", "sql", query, "--db", db.url, "--format", "csv").output == "method,runs\n2ssp,1\ndense,1\n"
+    body = json.loads(invoke("db", "sql", query, "--db", db.url, "--format", "json").output)
+    assert body["frames"]["sql"] == [{"method": "2ssp", "runs": 1}, {"method": "dense", "runs": 1}]
+    assert "| 2ssp | 1 |" in invoke("db", "sql", query, "--db", db.url, "--format", "markdown").output
+    assert r"2ssp & 1 \\" in invoke("db", "sql", query, "--db", db.url, "--format", "latex").output
+
+
+def test_a_statement_from_standard_input(db: Database) -> None:
+    fill(db)
+    result = CliRunner().invoke(cli.main, ["db", "sql", "-", "--db", db.url, "--format", "csv"],
+                                input="-- a file of SQL\nselect count(*) as n from runs;\n", catch_exceptions=False)
+    assert result.exit_code == 0 and result.output == "n\n2\n", result.output
+
+
+def test_named_parameters(db: Database) -> None:
+    fill(db)
+    result = invoke("db", "sql", "select method from runs where achieved_sparsity > :s", "--param", "s=0.25",
+                    "--db", db.url, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.output == "method\n2ssp\n"
+    missing = invoke("db", "sql", "select method from runs where method = :m", "--db", db.url)
+    assert missing.exit_code == 2 and ":m" in missing.output and "Traceback" not in missing.output
+
+
+@pytest.mark.parametrize("statement", [
+    "delete from runs",
+    "update runs set status = 'failed'",
+    "insert into sweeps (name, spec) values ('x', '{}')",
+    "drop table scores",
+    "create table x (a integer)",
+    "select 1; delete from runs",
+    "commit; delete from runs",
+])
+def test_writes_are_refused_and_the_data_is_unchanged(db: Database, statement: str) -> None:
+    fill(db)
+    before = contents(db)
+    result = invoke("db", "sql", statement, "--db", db.url)
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert "Traceback" not in flat and ("read-only" in flat or "more than one statement" in flat), flat
+    assert contents(db) == before
+
+
+def test_a_bad_query_is_one_message(db: Database) -> None:
+    for statement, says in [("select nope from runs", "nope"), ("selec 1", "selec"), ("select * from nowhere", "nowhere")]:
+        result = invoke("db", "sql", statement, "--db", db.url)
+        assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output
+
+
+def test_db_sql_never_creates_a_database(tmp_path: Path) -> None:
+    missing = tmp_path / "none.db"
+    result = invoke("db", "sql", "select 1", "--db", missing)
+    assert result.exit_code == 2 and not missing.exists()
+
+
+def test_the_readme_example_view_runs(tmp_path: Path, db: Database) -> None:
+    fill(db)
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+                if b.startswith("# twossp dash show counts")]
+    yaml.safe_load(block)
+    view = tmp_path / "counts.yaml"
+    view.write_text(block, encoding="utf-8")
+    result = invoke("dash", "show", view, "--db", db.url, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "method,runs,achieved"
+    assert sorted(result.output.splitlines()[1:]) == ["2ssp,1,0.5", "dense,1,0.0"]
+    failed = invoke("dash", "show", view, "--db", db.url, "--param", "status=failed")
+    assert failed.exit_code == 0 and "no runs" in failed.output

@@ -1,0 +1,423 @@
+"""The built-in queries a view file may name (``query: NAME``): each reads the database through an
+ORM session and returns frames. They exist where plain SQL would be unwieldy or non-portable: a
+pivot with a column per dataset, a standard deviation (SQLite has none everywhere), a run's layer
+map built from its masks and its method's removal order, runs side by side."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from twossp.contracts import DOWNSTREAM_ACC_MEAN, SPEED_DECODE_TOKENS_PER_SECOND, SPEED_PREFILL_SECONDS, RunStatus
+from twossp.dash.frame import Column, Frame, Param
+from twossp.db import store
+from twossp.db.models import Run, Score, Sweep
+from twossp.errors import ViewError
+from twossp.registry import Registry
+
+SWEEP = Param(help="only runs of this sweep (its name)")
+MODEL = Param(help="only runs of this model (its label)")
+
+
+@dataclass(frozen=True)
+class BuiltinQuery:
+    """``run(session, params)`` -> frames; ``params``: what it accepts, with defaults; ``columns``:
+    the columns its frames may have, per frame (a view file's references are checked against
+    them), unless ``dynamic``: columns named by the data (a dataset, a run key) come on top."""
+
+    run: Callable[[Session, dict[str, Any]], list[Frame]]
+    params: dict[str, Param]
+    columns: dict[str, tuple[str, ...]]
+    description: str
+    dynamic: bool = False
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive times (stored in UTC); PostgreSQL aware ones."""
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    start, end = _utc(start), _utc(end)
+    return round((end - start).total_seconds(), 1) if start and end else None
+
+
+def _last_line(text: str | None, limit: int = 160) -> str | None:
+    lines = (text or "").strip().splitlines()
+    return (lines[-1][:limit] if lines else None)
+
+
+# ------------------------------------------------------------------------------- leaderboard
+def leaderboard(session: Session, params: dict[str, Any]) -> list[Frame]:
+    """Per model and target sparsity, methods side by side (seeds averaged per calibration size):
+    ``metric`` per dataset and its relative change against ``baseline``; where stored, the mean
+    downstream accuracy (its change in points) and the prefill and decode speed-ups."""
+    metric, baseline_name, lower = params["metric"], params["baseline"], params["lower_is_better"]
+    cells = [c for c in store.leaderboard_cells(session, params["sweep"], metric)
+             if params["model"] in (None, c.model)]
+    datasets = sorted({d for c in cells for d in c.scores})
+    baseline = {(c.model, c.evaluation_key): c for c in cells if c.method == baseline_name}
+    summarised = {key for c in cells for key in c.summaries}
+    better = "lower" if lower else "higher"
+    columns = [Column("model"), Column("target", format=".3g"), Column("method"),
+               Column("achieved", format=".3f"), Column("n", header="n"), Column("runs", hidden=True)]
+    for ds in datasets:
+        columns += [Column(ds, format=".2f", best=better, spread=f"{ds} sd"), Column(f"{ds} sd", hidden=True),
+                    Column(f"{ds} change", header="Δ", format="change", good="negative" if lower else "positive")]
+    if DOWNSTREAM_ACC_MEAN in summarised:
+        columns += [Column("acc", header="acc", format=".1%", best="higher", spread="acc sd"),
+                    Column("acc sd", format=".1%", hidden=True),
+                    Column("acc change", header="Δ", format="+.1f", suffix=" pt", good="positive")]
+    speeds = [(name, key) for name, key in (("prefill", SPEED_PREFILL_SECONDS),
+                                            ("decode", SPEED_DECODE_TOKENS_PER_SECOND)) if key in summarised]
+    columns += [Column(f"{name} speed-up", header=name, format=".2f", suffix="x", best="higher")
+                for name, _ in speeds]
+
+    rows = []
+    for cell in cells:
+        base = None if cell.method == baseline_name else baseline.get((cell.model, cell.evaluation_key))
+        row: dict[str, Any] = {"model": cell.model, "target": cell.target_sparsity, "method": cell.method,
+                               "achieved": cell.achieved_sparsity, "n": cell.calibration_samples,
+                               "runs": cell.runs}
+        for ds in datasets:
+            value, sd, _ = cell.scores.get(ds, (None, None, 0))
+            row[ds], row[f"{ds} sd"] = value, sd
+            if value is not None and base is not None and ds in base.scores and base.scores[ds][0]:
+                row[f"{ds} change"] = value / base.scores[ds][0] - 1
+        if DOWNSTREAM_ACC_MEAN in summarised and DOWNSTREAM_ACC_MEAN in cell.summaries:
+            mean, sd, _ = cell.summaries[DOWNSTREAM_ACC_MEAN]
+            row["acc"], row["acc sd"] = mean, sd
+            if base is not None and DOWNSTREAM_ACC_MEAN in base.summaries:
+                row["acc change"] = 100 * (mean - base.summaries[DOWNSTREAM_ACC_MEAN][0])
+        for name, key in speeds:
+            row[f"{name} speed-up"] = _speedup(cell.summaries.get(key), base.summaries.get(key) if base else None,
+                                               inverse=key == SPEED_PREFILL_SECONDS)
+        rows.append(row)
+    rows.sort(key=lambda r: (r["model"], r["target"], r["method"] != baseline_name, r["method"], r["n"] or 0))
+    caption = (f"{metric} per dataset, mean over seeds (±sd); Δ: change against {baseline_name}; "
+               "n: calibration samples; achieved: sparsity counted on the pruned model")
+    if DOWNSTREAM_ACC_MEAN in summarised:
+        caption += "; acc: mean downstream accuracy, its Δ in points"
+    if speeds:
+        caption += f"; {', '.join(n for n, _ in speeds)}: speed-up against {baseline_name}"
+    return [Frame("leaderboard", "", columns, rows, group_by=("model", "target"), caption=caption)]
+
+
+def _speedup(mine: tuple | None, theirs: tuple | None, *, inverse: bool) -> float | None:
+    """How many times faster: a ratio of seconds inverted, one of tokens per second as it is."""
+    if not mine or not theirs or mine[0] <= 0 or theirs[0] <= 0:
+        return None
+    return theirs[0] / mine[0] if inverse else mine[0] / theirs[0]
+
+
+# ------------------------------------------------------------------------------- sweep status
+def _chosen_sweep(session: Session, name: str | None) -> Sweep | None:
+    if name is None:  # the sweep most recently run
+        return session.scalars(select(Sweep).order_by(Sweep.updated_at.desc(), Sweep.id.desc()).limit(1)).first()
+    sweep = session.scalars(select(Sweep).where(Sweep.name == name)).first()
+    if sweep is None:
+        known = list(session.scalars(select(Sweep.name).order_by(Sweep.name)))
+        raise ViewError(f"no sweep named {name!r} in the database; sweeps: {', '.join(known) or 'none'}")
+    return sweep
+
+
+def sweep_status(session: Session, params: dict[str, Any]) -> list[Frame]:
+    """A sweep's runs by state (with the runs it plans that no driver has claimed yet), and every
+    run with its state, attempts, elapsed time and, for a failed run, its error."""
+    from twossp.plan import grid
+    from twossp.spec import SweepSpec
+
+    sweep = _chosen_sweep(session, params["sweep"])
+    if sweep is None:
+        return [Frame("states", "no sweep in the database", [Column("state"), Column("runs")], [])]
+    runs = list(session.scalars(select(Run).where(Run.sweep_id == sweep.id).order_by(Run.id)))
+    try:
+        planned = len(grid(SweepSpec.model_validate(sweep.spec)))
+    except Exception:  # noqa: BLE001 - a sweep stored by another twossp version: its plan is not ours to count
+        planned = None
+    now = datetime.now(timezone.utc)
+    counts: dict[str, int] = defaultdict(int)
+    rows = []
+    for run in runs:
+        state = str(run.status)
+        counts[state] += 1
+        running = run.status == RunStatus.RUNNING
+        rows.append({"key": run.key, "model": run.model, "method": run.method, "target": run.target_sparsity,
+                     "n": run.calibration_samples, "seed": run.seed, "state": state, "attempts": run.attempts,
+                     "started": _utc(run.started_at),
+                     "elapsed s": _seconds(run.started_at, now if running else run.finished_at),
+                     "heartbeat s ago": _seconds(run.heartbeat_at, now) if running else None,
+                     "error": _last_line(run.error) if run.status == RunStatus.FAILED else None})
+    order = ["completed", "failed", "running", "pending"]
+    states = [{"state": s, "runs": counts[s]} for s in order if counts[s]]
+    if planned is not None and planned > len(runs):
+        states.append({"state": "not started", "runs": planned - len(runs)})
+    states.append({"state": "total", "runs": max(planned or 0, len(runs))})
+    colors = {"completed": "green", "failed": "red", "running": "yellow", "pending": "dim", "not started": "dim"}
+    title = f"sweep {sweep.name}"
+    if sweep.cancel_requested_at is not None:
+        title += " (cancel requested)"
+    return [
+        Frame("states", title, [Column("state", colors=colors), Column("runs")], states),
+        Frame("runs", f"runs of sweep {sweep.name}",
+              [Column("key"), Column("model"), Column("method"), Column("target", format=".3g"), Column("n"),
+               Column("seed"), Column("state", colors=colors), Column("attempts"), Column("started"),
+               Column("elapsed s", format=".1f"), Column("heartbeat s ago", format=".0f"), Column("error")], rows),
+    ]
+
+
+# ------------------------------------------------------------------------------- one run
+def find_run(session: Session, prefix: str) -> Run:
+    """The run whose key is ``prefix`` or starts with it (one, or ``ViewError``)."""
+    prefix = str(prefix).strip()
+    if not prefix:
+        raise ViewError("a run key (or a prefix of one) is needed")
+    # autoescape: a prefix is literal text, its % and _ are no LIKE wildcards
+    found = list(session.scalars(select(Run).where(Run.key.startswith(prefix, autoescape=True))
+                                 .options(selectinload(Run.scores), selectinload(Run.timings),
+                                          selectinload(Run.layer_masks), selectinload(Run.generations),
+                                          selectinload(Run.sweep)).limit(6)))
+    if not found:
+        raise ViewError(f"no run with a key starting {prefix!r} (twossp runs lists them)")
+    if len(found) > 1:
+        shown = ", ".join(r.key for r in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise ViewError(f"more than one run has a key starting {prefix!r} ({shown}): give more of the key")
+    return found[0]
+
+
+def _fields(name: str, title: str, pairs: list[tuple[str, Any]]) -> Frame:
+    return Frame(name, title, [Column("field"), Column("value", align="left")],
+                 [{"field": f, "value": v} for f, v in pairs if v is not None])
+
+
+def _method_options(run: Run) -> str | None:
+    method = dict((run.spec or {}).get("method") or {})
+    method.pop("name", None)
+    return ", ".join(f"{k}={v}" for k, v in sorted(method.items())) or None
+
+
+def removal_steps(run: Run) -> list[tuple[str, int]]:
+    """The order the run's method removed submodules in, as (attention | ffn | block, layer):
+    2SSP's stage 2 and BlockPruner record it; whole-block methods record the blocks (unordered)."""
+    details = run.details or {}
+    if "removed_attention_order" in details:
+        return [("attention", int(layer)) for layer in details["removed_attention_order"]]
+    if "removal_order" in details:
+        return [(str(kind), int(layer)) for kind, layer in details["removal_order"]]
+    return [("block", int(layer)) for layer in details.get("removed_blocks", [])]
+
+
+def layer_map(run: Run) -> tuple[Frame, Frame]:
+    """One row per decoder layer: attention kept or removed (and at which step), the FFN neurons
+    kept as a bar of the dense width; and the removal steps with the calibration perplexity after
+    each (2SSP's stage 2, BlockPruner)."""
+    details = run.details or {}
+    steps = removal_steps(run)
+    ordered = "removed_blocks" not in details or bool(details.get("removal_order") or
+                                                      details.get("removed_attention_order"))
+    after = details.get("calibration_perplexity_after_each_removal") or []
+    step_of: dict[tuple[str, int], int] = {}
+    for number, (kind, layer) in enumerate(steps, start=1):
+        step_of.setdefault((kind, layer), number)
+    rows = []
+    for mask in run.layer_masks:
+        block = ("block", mask.layer) in step_of
+        attention_step = step_of.get(("attention", mask.layer)) if ordered else None
+        ffn_step = step_of.get(("ffn", mask.layer)) if ordered else None
+        ffn_state = "removed" if mask.ffn_kept == 0 else ("narrowed" if mask.ffn_kept < mask.ffn_width else "kept")
+        rows.append({"layer": mask.layer, "attention": "kept" if mask.attention_kept else "removed",
+                     "attention step": attention_step,
+                     "ppl after": after[attention_step - 1] if attention_step and attention_step <= len(after) else None,
+                     "ffn": "block removed" if block else ffn_state, "ffn kept": mask.ffn_kept,
+                     "ffn width": mask.ffn_width, "ffn step": ffn_step})
+    states = {"kept": "green", "removed": "red", "narrowed": "yellow", "block removed": "red"}
+    columns = [Column("layer"), Column("attention", colors=states), Column("attention step", header="step", missing=""),
+               Column("ppl after", header="calib ppl after", format=".2f", missing=""), Column("ffn", colors=states),
+               Column("ffn kept", header="ffn neurons kept", bar="ffn width"), Column("ffn width", hidden=True)]
+    if any(r["ffn step"] for r in rows):
+        columns.append(Column("ffn step", header="ffn step", missing=""))
+    kept = sum(m.attention_kept for m in run.layer_masks)
+    caption = (f"{kept} of {len(rows)} attentions kept; FFN neurons kept {sum(m.ffn_kept for m in run.layer_masks):,} "
+               f"of {sum(m.ffn_width for m in run.layer_masks):,}")
+    layers = Frame("layers", f"layer map of {run.key} ({run.method} {run.target_sparsity:g})", columns, rows,
+                   caption=caption)
+    order = [{"step": n, "removed": kind, "layer": layer, "calib ppl after": after[n - 1] if n <= len(after) else None}
+             for n, (kind, layer) in enumerate(steps, start=1)] if ordered else []
+    removal = Frame("removal", "removal order (calibration perplexity after each step)",
+                    [Column("step"), Column("removed"), Column("layer"), Column("calib ppl after", format=".2f")],
+                    order)
+    return layers, removal
+
+
+def run_detail(session: Session, params: dict[str, Any]) -> list[Frame]:
+    """A run's spec, provenance, timings, scores, layer map, removal order and generations."""
+    run = find_run(session, params["key"])
+    spec = run.spec or {}
+    calibration = spec.get("calibration") or {}
+    evaluation = spec.get("evaluation") or {}
+    overview = _fields("run", f"run {run.key}", [
+        ("key", run.key), ("sweep", run.sweep.name if run.sweep else None), ("model", run.model),
+        ("method", run.method), ("options", _method_options(run)), ("target sparsity", run.target_sparsity),
+        ("achieved sparsity", run.achieved_sparsity),
+        ("decoder parameters", f"{run.params_pruned:,} of {run.params_dense:,}"
+         if run.params_pruned is not None and run.params_dense else None),
+        ("calibration", f"{calibration.get('samples')} x {calibration.get('seq_len')} tokens of "
+                        f"{_source(calibration.get('source'))}, seed {calibration.get('seed')}" if calibration else None),
+        ("evaluation", ", ".join(_source(s) for s in evaluation.get("perplexity") or []) +
+         f" ({evaluation.get('seq_len')}-token windows)" if evaluation else None),
+        ("tasks", ", ".join(t.get("name", "?") for t in evaluation.get("tasks") or []) or None),
+        ("dtype", (spec.get("runtime") or {}).get("dtype")), ("status", str(run.status)),
+        ("error", _last_line(run.error, 400)), ("evaluation key", run.evaluation_key),
+    ])
+    versions = run.versions or {}
+    provenance = _fields("provenance", "provenance", [
+        ("host", run.host), ("device", run.device), ("driver", run.owner), ("attempts", run.attempts),
+        ("created", _utc(run.created_at)), ("started", _utc(run.started_at)), ("finished", _utc(run.finished_at)),
+        ("elapsed s", _seconds(run.started_at, run.finished_at)), ("calibration sha256", run.calibration_sha256),
+        *[(f"version {name}", value) for name, value in sorted(versions.items())],
+    ])
+    timings = Frame("timings", "timings", [Column("phase"), Column("seconds", format=".2f")],
+                    [{"phase": t.phase, "seconds": t.seconds} for t in sorted(run.timings, key=lambda t: t.id)])
+    scores = Frame("scores", "scores", [Column("dataset"), Column("metric"), Column("value", format=".6g")],
+                   [{"dataset": s.dataset, "metric": s.metric, "value": s.value}
+                    for s in sorted(run.scores, key=lambda s: (s.dataset, s.metric))])
+    frames = [overview, provenance, timings, scores]
+    if run.layer_masks:
+        layers, removal = layer_map(run)
+        frames += [layers] + ([removal] if removal.rows else [])
+    if run.generations:
+        frames.append(Frame("generations", "generations (greedy)",
+                            [Column("position", header="#"), Column("prompt"), Column("output"),
+                             Column("new_tokens", header="tokens")],
+                            [{"position": g.position, "prompt": g.prompt, "output": g.output,
+                              "new_tokens": g.new_tokens} for g in run.generations]))
+    return frames
+
+
+def _source(source: Any) -> str:
+    if isinstance(source, dict):
+        return str(source.get("path") or source)
+    return str(source)
+
+
+# ------------------------------------------------------------------------------- ablation
+def ablation(session: Session, params: dict[str, Any]) -> list[Frame]:
+    """Mean ± sd over seeds of ``metric`` per (model, method, target, calibration size, dataset),
+    with the mean downstream accuracy where stored: how much calibration is enough."""
+    query = (select(Run.model, Run.method, Run.target_sparsity, Run.calibration_samples, Run.seed, Score.dataset,
+                    Score.metric, Score.value)
+             .join(Score, Score.run_id == Run.id)
+             .where(Run.status == RunStatus.COMPLETED, Run.calibration_samples.is_not(None))
+             .where((Score.metric == params["metric"]) | ((Score.dataset == DOWNSTREAM_ACC_MEAN[0]) &
+                                                           (Score.metric == DOWNSTREAM_ACC_MEAN[1]))))
+    if params["sweep"]:
+        query = query.join(Sweep, Sweep.id == Run.sweep_id).where(Sweep.name == params["sweep"])
+    if params["model"]:
+        query = query.where(Run.model == params["model"])
+    values: dict[tuple, list[float]] = defaultdict(list)
+    accuracy: dict[tuple, dict[int | None, float]] = defaultdict(dict)
+    for model, method, target, n, seed, dataset, metric, value in session.execute(query):
+        if (dataset, metric) == DOWNSTREAM_ACC_MEAN:
+            accuracy[(model, method, target, n)][seed] = value
+        else:
+            values[(model, method, target, n, dataset)].append(value)
+    rows = []
+    for (model, method, target, n, dataset), found in sorted(values.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        acc = list(accuracy.get((model, method, target, n), {}).values())
+        rows.append({"model": model, "method": method, "target": target, "dataset": dataset, "n": n,
+                     "seeds": len(found), "mean": statistics.fmean(found),
+                     "sd": statistics.stdev(found) if len(found) > 1 else None, "min": min(found), "max": max(found),
+                     "acc": statistics.fmean(acc) if acc else None,
+                     "acc sd": statistics.stdev(acc) if len(acc) > 1 else None,
+                     "series": f"{method} {target:g} {dataset}"})
+    rows.sort(key=lambda r: (r["model"], r["method"], r["target"], r["dataset"], r["n"]))
+    columns = [Column("model"), Column("method"), Column("target", format=".3g"), Column("dataset"),
+               Column("n", header="calibration n"), Column("seeds"),
+               Column("mean", header=params["metric"], format=".2f", best="lower", spread="sd"),
+               Column("sd", format=".2f", hidden=True), Column("min", format=".2f"), Column("max", format=".2f")]
+    if any(r["acc"] is not None for r in rows):
+        columns += [Column("acc", format=".1%", best="higher", spread="acc sd"),
+                    Column("acc sd", format=".1%", hidden=True)]
+    columns.append(Column("series", hidden=True))
+    return [Frame("ablation", "", columns, rows, group_by=("model", "method", "target", "dataset"),
+                  caption="mean ±sd over seeds; bold: the best calibration size of each group")]
+
+
+# ------------------------------------------------------------------------------- compare
+def compare(session: Session, params: dict[str, Any]) -> list[Frame]:
+    """Two or more runs side by side: what each removed, its scores, its timings."""
+    keys = params["runs"] or []
+    if len(keys) < 2:
+        raise ViewError("compare needs two or more runs: --param runs=KEY1,KEY2[,...] (key prefixes work)")
+    runs = [find_run(session, key) for key in keys]
+    names = [r.key for r in runs]
+    if len(set(names)) < len(names):
+        raise ViewError(f"the same run was named twice ({', '.join(keys)})")
+
+    def side_by_side(name: str, title: str, first: list[Column], rows: list[dict[str, Any]], fmt: str | None) -> Frame:
+        return Frame(name, title, first + [Column(k, format=fmt) for k in names], rows)
+
+    what = {
+        "model": [r.model for r in runs], "method": [r.method for r in runs],
+        "options": [_method_options(r) for r in runs], "target": [r.target_sparsity for r in runs],
+        "achieved": [r.achieved_sparsity for r in runs], "status": [str(r.status) for r in runs],
+        "calibration n": [r.calibration_samples for r in runs], "seed": [r.seed for r in runs],
+        "attention removed": [[m.layer for m in r.layer_masks if not m.attention_kept] or None for r in runs],
+        "ffn removed": [[m.layer for m in r.layer_masks if m.ffn_kept == 0] or None for r in runs],
+        "ffn neurons kept": [f"{sum(m.ffn_kept for m in r.layer_masks):,} of {sum(m.ffn_width for m in r.layer_masks):,}"
+                             if r.layer_masks else None for r in runs],
+        "removal order": [" ".join(f"{k[0]}{layer}" for k, layer in removal_steps(r)) or None
+                          if (r.details or {}).get("removal_order") or (r.details or {}).get("removed_attention_order")
+                          else None for r in runs],
+        "elapsed s": [_seconds(r.started_at, r.finished_at) for r in runs],
+    }
+    overview = side_by_side("runs", "runs side by side", [Column("field")],
+                            [{"field": f, **dict(zip(names, v))} for f, v in what.items()], None)
+    score_keys = sorted({(s.dataset, s.metric) for r in runs for s in r.scores})
+    by_run = [{(s.dataset, s.metric): s.value for s in r.scores} for r in runs]
+    scores = side_by_side("scores", "scores", [Column("dataset"), Column("metric")],
+                          [{"dataset": d, "metric": m, **{k: v.get((d, m)) for k, v in zip(names, by_run)}}
+                           for d, m in score_keys], ".6g")
+    phases = list(dict.fromkeys(t.phase for r in runs for t in sorted(r.timings, key=lambda t: t.id)))
+    timing = [{t.phase: t.seconds for t in r.timings} for r in runs]
+    timings = side_by_side("timings", "timings (seconds)", [Column("phase")],
+                           [{"phase": p, **{k: v.get(p) for k, v in zip(names, timing)}} for p in phases], ".2f")
+    return [overview, scores, timings]
+
+
+QUERIES: Registry[BuiltinQuery] = Registry("built-in query", {
+    "leaderboard": BuiltinQuery(leaderboard, {
+        "sweep": SWEEP, "model": MODEL, "metric": Param(default="perplexity", help="the score compared per dataset"),
+        "baseline": Param(default="dense", help="the method every change is measured against"),
+        "lower_is_better": Param(type="boolean", default=True, help="whether lower values of the metric win")},
+        {"leaderboard": ("model", "target", "method", "achieved", "n", "runs", "acc", "acc sd", "acc change",
+                         "prefill speed-up", "decode speed-up")}, leaderboard.__doc__ or "", dynamic=True),
+    "sweep_status": BuiltinQuery(sweep_status, {"sweep": Param(help="the sweep's name (default: the one run last)")},
+                                 {"states": ("state", "runs"),
+                                  "runs": ("key", "model", "method", "target", "n", "seed", "state", "attempts",
+                                           "started", "elapsed s", "heartbeat s ago", "error")},
+                                 sweep_status.__doc__ or ""),
+    "run_detail": BuiltinQuery(run_detail, {"key": Param(required=True, help="a run key or a unique prefix of one")},
+                               {"run": ("field", "value"), "provenance": ("field", "value"),
+                                "timings": ("phase", "seconds"), "scores": ("dataset", "metric", "value"),
+                                "layers": ("layer", "attention", "attention step", "ppl after", "ffn", "ffn kept",
+                                           "ffn width", "ffn step"),
+                                "removal": ("step", "removed", "layer", "calib ppl after"),
+                                "generations": ("position", "prompt", "output", "new_tokens")},
+                               run_detail.__doc__ or ""),
+    "ablation": BuiltinQuery(ablation, {
+        "sweep": SWEEP, "model": MODEL, "metric": Param(default="perplexity", help="the score summarised")},
+        {"ablation": ("model", "method", "target", "dataset", "n", "seeds", "mean", "sd", "min", "max", "acc", "acc sd",
+                      "series")},
+        ablation.__doc__ or ""),
+    "compare": BuiltinQuery(compare, {"runs": Param(type="keys", required=True,
+                                                    help="two or more run keys or prefixes, comma-separated")},
+                            {"runs": ("field",), "scores": ("dataset", "metric"), "timings": ("phase",)},
+                            compare.__doc__ or "", dynamic=True),
+})

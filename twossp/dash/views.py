@@ -1,0 +1,411 @@
+"""Declared views: a YAML file per view (the packaged ones in ``dashboards/``, a user's in
+``~/.config/twossp/dashboards`` or the folders ``TWOSSP_DASHBOARDS`` names) says what to query (SQL
+with named parameters, or a built-in query), its parameters, how columns are shown, how rows are
+sorted and grouped, and which chart fits. A view file is checked like a sweep file: every problem
+at once, with its file and line."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from rich.errors import StyleSyntaxError
+from rich.style import Style
+
+from twossp.dash.charts import FIGURE_SUFFIXES, Chart, panels
+from twossp.dash.frame import Column, Frame, Param, check_format, sort_rows
+from twossp.dash.queries import QUERIES
+from twossp.dash.render import tables
+from twossp.errors import SpecError, SpecProblem, UnknownName, ViewError
+from twossp.methods import Strict
+from twossp.spec import finished, partial, read_text, read_yaml, validated
+
+USER_DIR = Path("~/.config/twossp/dashboards")
+ENV = "TWOSSP_DASHBOARDS"
+_NAME = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+class ParamSpec(Strict):
+    type: Literal["text", "integer", "number", "boolean", "keys"] = "text"
+    default: str | int | float | bool | list[str] | None = None
+    required: bool = False
+    help: str = ""
+
+
+class ColumnSpec(Strict):
+    name: str = Field(min_length=1)
+    header: str | None = None
+    format: str | None = None
+    align: Literal["left", "right", "center"] | None = None
+    best: Literal["lower", "higher"] | None = None
+    good: Literal["negative", "positive"] | None = None
+    spread: str | None = None
+    bar: str | None = None
+    colors: dict[str, str] = {}
+    suffix: str = ""
+    hidden: bool = False
+    missing: str = "-"
+
+
+class ChartSpec(Strict):
+    x: str = Field(min_length=1)
+    y: list[str] = Field(min_length=1)
+    series: str | None = None
+    log: list[str] = []
+    title: str = ""
+    baseline: str | None = None  # a series value whose points start every series (dense)
+
+
+class ViewSpec(Strict):
+    name: str | None = Field(default=None, pattern=_NAME)  # default: the file's name
+    title: str = ""
+    description: str = ""
+    sql: str | None = None     # one statement, named parameters as :name
+    query: str | None = None   # or a built-in query (twossp dash list --queries)
+    params: dict[str, ParamSpec] = {}
+    columns: list[ColumnSpec] = []
+    sort: list[str] = []       # column names, -name for descending
+    group_by: list[str] = []
+    chart: ChartSpec | None = None
+    refresh: float | None = Field(default=None, gt=0, le=3600)  # seconds between redraws with --live
+    empty: str = "no rows"     # what is printed when the view has nothing to show
+
+    @field_validator("params")
+    @classmethod
+    def _param_names(cls, value: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_]\w*", name):
+                raise ValueError(f"parameter {name!r} is not a name (letters, digits and _; SQL spells it :{name})")
+        return value
+
+
+@dataclass(frozen=True)
+class View:
+    """A validated view file: ``spec`` and where it came from."""
+
+    name: str
+    path: Path
+    origin: str   # packaged | user
+    spec: ViewSpec
+
+    @property
+    def params(self) -> dict[str, Param]:
+        """Every parameter with its type and default: a built-in query's, as the file sets them."""
+        base = dict(QUERIES[self.spec.query].params) if self.spec.query else {}
+        for name, declared in self.spec.params.items():
+            base[name] = Param(declared.type, declared.default, declared.required, declared.help)
+        return base
+
+    @property
+    def chart(self) -> Chart | None:
+        c = self.spec.chart
+        return Chart(c.x, tuple(c.y), c.series, tuple(c.log), c.title or self.spec.title, c.baseline) if c else None
+
+
+# ------------------------------------------------------------------------------- checks
+def _sql_params(sql: str) -> list[str]:
+    """The ``:name`` parameters of SQL, outside quoted text and comments (``::type`` casts skipped)."""
+    bare = re.sub(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", " ", sql, flags=re.S)
+    return list(dict.fromkeys(re.findall(r"(?<![:\w]):([A-Za-z_]\w*)", bare)))
+
+
+def _problems(spec: Any, given: set[str], tree_lines: dict[str, Any], file: str) -> list[SpecProblem]:
+    """What a well-typed view file can still get wrong: the query, its parameters, the columns that
+    sort, group, chart, spread and bar refer to, formats and colours. ``spec`` may be a partial
+    one (``spec.partial``: an invalid field None), so these run in the same round as type errors."""
+    problems: list[SpecProblem] = []
+    params = spec.params or {}
+    columns = [c for c in spec.columns or [] if c is not None]
+    complete = len(columns) == len(spec.columns or [])
+
+    def add(where: str, message: str) -> None:
+        problems.append(SpecProblem(file, tree_lines.get(where) or tree_lines.get(where.split(".")[0]) or 1,
+                                    where, message))
+
+    if ("sql" in given) == ("query" in given):
+        add("sql" if "sql" in given else "query", "a view has exactly one of sql: (a SELECT with :parameters) and query: "
+                                            f"(a built-in query: {', '.join(QUERIES)})")
+    known: set[str] | None = None
+    if spec.query is not None:
+        try:
+            builtin = QUERIES[spec.query]
+            for name in params:
+                if name not in builtin.params:
+                    add(f"params.{name}", f"the built-in query {spec.query!r} takes no parameter {name!r}; it takes: "
+                                          f"{', '.join(builtin.params)}")
+            known = None if builtin.dynamic else {c for cols in builtin.columns.values() for c in cols}
+        except UnknownName as exc:
+            add("query", str(exc))
+    if spec.sql is not None:
+        used = _sql_params(spec.sql)
+        for name in used:
+            if name not in params and spec.params is not None:
+                add("sql", f"the SQL uses :{name}, which params: does not declare")
+        for name in params:
+            if name not in used:
+                add(f"params.{name}", f"parameter {name!r} is declared but the SQL never uses :{name}")
+        if columns:
+            known = {c.name for c in columns}
+    if not complete:
+        known = None  # an invalid column is reported already; what refers to it is not guessed at
+    for i, col in enumerate(spec.columns or []):
+        if col is None:
+            continue
+        if col.format is not None and (why := check_format(col.format)):
+            add(f"columns[{i}].format", why)
+        for value, style in col.colors.items():
+            try:
+                Style.parse(style)
+            except StyleSyntaxError:
+                add(f"columns[{i}].colors", f"{style!r} (for {value!r}) is not a colour or style (red, bold green, ...)")
+        for ref in ("spread", "bar"):
+            target = getattr(col, ref)
+            if target is not None and known is not None and target not in known:
+                add(f"columns[{i}].{ref}", f"{ref} names the column {target!r}, which the view does not have; "
+                                           f"columns: {', '.join(sorted(known))}")
+
+    def check_column(where: str, name: str) -> None:
+        if known is not None and name not in known:
+            add(where, f"no column {name!r}; columns: {', '.join(sorted(known))}")
+
+    for i, key in enumerate(spec.sort or []):
+        check_column(f"sort[{i}]", key.removeprefix("-"))
+    for i, key in enumerate(spec.group_by or []):
+        check_column(f"group_by[{i}]", key)
+    if spec.chart is not None:
+        check_column("chart.x", spec.chart.x)
+        for i, y in enumerate(spec.chart.y):
+            check_column(f"chart.y[{i}]", y)
+        if spec.chart.series is not None:
+            check_column("chart.series", spec.chart.series)
+        for i, y in enumerate(spec.chart.log):
+            if y not in spec.chart.y:
+                add(f"chart.log[{i}]", f"{y!r} is not one of the chart's y columns ({', '.join(spec.chart.y)})")
+    for name, param in params.items():
+        if param.default is not None and (why := _type_problem(param.type, param.default)):
+            add(f"params.{name}", f"default {why}")
+    return problems
+
+
+def _type_problem(kind: str, value: Any) -> str | None:
+    expected = {"text": str, "integer": int, "number": (int, float), "boolean": bool, "keys": list}[kind]
+    if isinstance(value, bool) and kind != "boolean":
+        return f"{value!r} is not of type {kind}"
+    return None if isinstance(value, expected) else f"{value!r} is not of type {kind}"
+
+
+def _key_lines(node: Any) -> dict[str, int]:
+    """Line of each key path (``chart.x``, ``columns[2].format``) of a YAML node."""
+    import yaml
+
+    lines: dict[str, int] = {}
+
+    def walk(n: Any, path: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                where = f"{path}.{k.value}" if path else str(k.value)
+                lines.setdefault(where, k.start_mark.line + 1)
+                walk(v, where)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                lines.setdefault(f"{path}[{i}]", v.start_mark.line + 1)
+                walk(v, f"{path}[{i}]")
+
+    walk(node, "")
+    return lines
+
+
+def parse_view(text: str, file: str, name: str) -> ViewSpec:
+    """A view file's text validated: ``SpecError`` with every problem and its line."""
+    problems, data, node = read_yaml(text, file, "a view file is a YAML mapping (title:, sql: or query:, ...)")
+    if data is None:
+        raise SpecError(finished(problems))
+    errors, spec = validated(ViewSpec, data, node, file)
+    problems += errors + _problems(spec if spec is not None else partial(ViewSpec, data), set(data), _key_lines(node),
+                                  file)
+    if problems or spec is None:
+        raise SpecError(finished(problems))
+    return spec if spec.name else spec.model_copy(update={"name": name})
+
+
+def load_view(path: str | Path, origin: str = "file") -> View:
+    path = Path(path)
+    spec = parse_view(read_text(path, "view"), str(path), path.stem)
+    return View(spec.name or path.stem, path, origin, spec)
+
+
+# ------------------------------------------------------------------------------- the registry
+def view_dirs() -> list[tuple[Path, str]]:
+    """Where views are found, in order; a later folder's view replaces an earlier one's of the
+    same name: the packaged views, then the user's."""
+    dirs = [(Path(str(resources.files("twossp.dashboards"))), "packaged")]
+    extra = os.environ.get(ENV)
+    users = [Path(p) for p in extra.split(os.pathsep) if p] if extra else [USER_DIR.expanduser()]
+    return dirs + [(d, "user") for d in users]
+
+
+def view_files() -> dict[str, tuple[Path, str]]:
+    """Name -> (file, origin) of every view file found (not yet validated)."""
+    found: dict[str, tuple[Path, str]] = {}
+    for directory, origin in view_dirs():
+        if directory.is_dir():
+            for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+                found[path.stem] = (path, origin)
+    return found
+
+
+def find_view(name_or_path: str) -> View:
+    """A view by name (user views first), or a view file by path."""
+    files = view_files()
+    if name_or_path in files:
+        path, origin = files[name_or_path]
+        return load_view(path, origin)
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+        return load_view(name_or_path)
+    raise UnknownName("view", name_or_path, list(files))
+
+
+# ------------------------------------------------------------------------------- running
+def parse_params(view: View, given: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """``--param name=value`` strings (or values already typed) checked against the view's
+    parameters: typed, defaults filled in, a missing required one or an unknown one refused."""
+    declared = view.params
+    pairs: dict[str, Any] = {}
+    items = given.items() if isinstance(given, dict) else [_split(p) for p in given]
+    for name, value in items:
+        if name not in declared:
+            raise UnknownName(f"parameter of view {view.name!r}", name, list(declared))
+        pairs[name] = _typed(name, declared[name], value)
+    out = {}
+    for name, param in declared.items():
+        if name in pairs:
+            out[name] = pairs[name]
+        elif param.required:
+            raise ViewError(f"view {view.name!r} needs --param {name}=... ({param.help or param.type})")
+        else:
+            out[name] = param.default
+    return out
+
+
+def _split(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ViewError(f"--param takes NAME=VALUE, got {text!r}")
+    return name.strip(), value
+
+
+def _typed(name: str, param: Param, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        if param.type == "integer":
+            return int(value)
+        if param.type == "number":
+            return float(value)
+        if param.type == "boolean":
+            lowered = value.strip().lower()
+            if lowered not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError(value)
+            return lowered in ("true", "yes", "1")
+        if param.type == "keys":
+            return [k.strip() for k in value.split(",") if k.strip()]
+    except ValueError:
+        raise ViewError(f"--param {name}={value!r} is not of type {param.type}") from None
+    return value
+
+
+def run_view(view: View, db: Any, params: dict[str, Any]) -> list[Frame]:
+    """The view's frames from ``db`` (a ``Database``, read-only for shows), ``params`` already
+    checked by ``parse_params``."""
+    spec = view.spec
+    if spec.sql is not None:
+        used = set(_sql_params(spec.sql))
+        frame = sql_frame(db, spec.sql, {k: v for k, v in params.items() if k in used}, view.name, spec.title)
+        missing = [c.name for c in spec.columns if frame.column(c.name) is None]
+        if missing:
+            raise ViewError(f"view {view.name!r}: the query returned no column {', '.join(map(repr, missing))} "
+                            f"(it returned {', '.join(c.name for c in frame.columns)})")
+        frames = [frame]
+    else:
+        with db.session() as session:
+            frames = QUERIES[spec.query].run(session, params)
+    return [_shaped(frame, spec) for frame in frames]
+
+
+def sql_frame(db: Any, sql: str, params: dict[str, Any], name: str = "sql", title: str = "") -> Frame:
+    """One SQL statement's rows as a frame, run read-only by ``db`` (``Database.query``)."""
+    result = db.query(sql, params)
+    names = _unique(result.columns)
+    return Frame(name, title, [Column(c) for c in names], [dict(zip(names, r)) for r in result.rows])
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Column names as rows can key them: a repeated name (``select a.id, b.id``) numbered."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
+
+
+def figure_checked(view: View, frames: list[Frame], path: str) -> Chart:
+    """The view's chart, when ``path`` is a figure file it can be written to."""
+    chart = view.chart
+    if chart is None:
+        raise ViewError(f"view {view.name!r} declares no chart: --output needs a view with chart:")
+    if Path(path).suffix.lower() not in FIGURE_SUFFIXES:
+        raise ViewError(f"{path}: a figure is written as {', '.join(FIGURE_SUFFIXES)} (by its suffix)")
+    if not panels(frames[0], chart):
+        raise ViewError(f"view {view.name!r}: no row has numbers for {chart.x} and {', '.join(chart.y)}: nothing to draw")
+    return chart
+
+
+def watch(view: View, db: Any, params: dict[str, Any], console: Any, count: int | None = None) -> None:
+    """Redraw the view every ``refresh:`` seconds (2 by default) until Ctrl-C (or ``count`` times):
+    each redraw reads the database afresh, so it follows a sweep another terminal is running."""
+    import time
+
+    from rich.live import Live
+
+    every = view.spec.refresh or 2.0
+    shown = 0
+    with Live(tables(run_view(view, db, params)), console=console, auto_refresh=False) as live:
+        try:
+            while count is None or shown < count:
+                shown += 1
+                if shown > 1:
+                    live.update(tables(run_view(view, db, params)), refresh=True)
+                if count is None or shown < count:
+                    time.sleep(every)
+        except KeyboardInterrupt:
+            pass
+
+
+def _shaped(frame: Frame, spec: ViewSpec) -> Frame:
+    """The file's column settings laid over a frame's (for SQL, the declared columns in their
+    order), then its sorting and grouping where the frame has those columns."""
+    declared = {c.name: c for c in spec.columns}
+    columns = []
+    for col in frame.columns:
+        if col.name in declared:
+            d = declared[col.name]
+            col = replace(col, **{k: v for k, v in d.model_dump(exclude_unset=True).items() if k != "name"})
+        columns.append(col)
+    if spec.sql is not None and spec.columns:  # the declared columns in their order; the rest in CSV and JSON only
+        order = {c.name: i for i, c in enumerate(spec.columns)}
+        columns = sorted((c if c.name in order else replace(c, hidden=True) for c in columns),
+                         key=lambda c: order.get(c.name, len(order)))
+    names = {c.name for c in columns}
+    rows = frame.rows
+    sort = [k for k in spec.sort if k.removeprefix("-") in names]
+    if sort and len(sort) == len(spec.sort):
+        rows = sort_rows(rows, sort)
+    group_by = tuple(spec.group_by) if spec.group_by and set(spec.group_by) <= names else frame.group_by
+    title = frame.title or spec.title
+    return replace(frame, columns=columns, rows=rows, group_by=group_by, title=title)
