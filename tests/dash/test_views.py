@@ -366,3 +366,15 @@ def test_the_status_view_redraws_live(views_db) -> None:
         db.close()
     shown = console.export_text()
     assert shown.count("runs of sweep views") >= 1 and "completed" in shown
+
+
+def test_the_status_view_lists_unfinished_runs_and_the_latest_completed(views_db) -> None:
+    body = json.loads(ok(invoke("dash", "show", "status", "--db", views_db.db_file, "--format", "json",
+                                "--param", "limit=5")))
+    listed = [r["key"] for r in body["frames"]["runs"]]
+    assert listed == [k for (k,) in sql(views_db, "select key from runs order by id")][-5:]
+    table = " ".join(ok(invoke("dash", "show", "status", "--db", views_db.db_file, "--param", "limit=5")).split())
+    assert "8 earlier completed run(s) not listed (--param limit=0 lists every run)" in table
+    every = json.loads(ok(invoke("dash", "show", "status", "--db", views_db.db_file, "--format", "json",
+                                 "--param", "limit=0")))
+    assert len(every["frames"]["runs"]) == 13

@@ -128,8 +128,9 @@ def _chosen_sweep(session: Session, name: str | None) -> Sweep | None:
 
 
 def sweep_status(session: Session, params: dict[str, Any]) -> list[Frame]:
-    """A sweep's runs by state (with the runs it plans that no driver has claimed yet), and every
-    run with its state, attempts, elapsed time and, for a failed run, its error."""
+    """A sweep's runs by state (with the runs it plans that no driver has claimed yet), and its runs
+    with their state, attempts, elapsed time and, for a failed run, its error: every unfinished or
+    failed one, and the latest completed ones up to ``limit`` rows in all."""
     from twossp.plan import grid
     from twossp.spec import SweepSpec
 
@@ -154,6 +155,13 @@ def sweep_status(session: Session, params: dict[str, Any]) -> list[Frame]:
                      "elapsed s": _seconds(run.started_at, now if running else run.finished_at),
                      "heartbeat s ago": _seconds(run.heartbeat_at, now) if running else None,
                      "error": _last_line(run.error) if run.status == RunStatus.FAILED else None})
+    hidden = 0
+    if params["limit"] and len(rows) > params["limit"]:  # every unfinished or failed run, then the latest completed
+        completed = [r for r in rows if r["state"] == "completed"]
+        keep = max(params["limit"] - (len(rows) - len(completed)), 0)
+        shown = {id(r) for r in completed[len(completed) - keep:]} if keep else set()
+        hidden = len(completed) - keep
+        rows = [r for r in rows if r["state"] != "completed" or id(r) in shown]
     order = ["completed", "failed", "running", "pending"]
     states = [{"state": s, "runs": counts[s]} for s in order if counts[s]]
     if planned is not None and planned > len(runs):
@@ -168,7 +176,8 @@ def sweep_status(session: Session, params: dict[str, Any]) -> list[Frame]:
         Frame("runs", f"runs of sweep {sweep.name}",
               [Column("key"), Column("model"), Column("method"), Column("target", format=".3g"), Column("n"),
                Column("seed"), Column("state", colors=colors), Column("attempts"), Column("started"),
-               Column("elapsed s", format=".1f"), Column("heartbeat s ago", format=".0f"), Column("error")], rows),
+               Column("elapsed s", format=".1f"), Column("heartbeat s ago", format=".0f"), Column("error")], rows,
+              caption=f"{hidden} earlier completed run(s) not listed (--param limit=0 lists every run)" if hidden else ""),
     ]
 
 
@@ -255,6 +264,35 @@ def layer_map(run: Run) -> tuple[Frame, Frame]:
     return layers, removal
 
 
+#: details shown elsewhere in the run view (tasks and tokens with the scores, orders in the layer map)
+_SHOWN_ELSEWHERE = ("tasks", "evaluation_tokens", "removed_attention_order", "removal_order",
+                    "calibration_perplexity_after_each_removal")
+
+
+def _details(run: Run) -> Frame:
+    """What the run's method recorded (``runs.details``): its budget, its search's figures, one
+    level of nesting flattened, long lists counted rather than listed."""
+    pairs: list[tuple[str, Any]] = []
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, list) and len(value) > 32:
+            pairs.append((name, f"{len(value)} values"))
+        elif isinstance(value, list):
+            pairs.append((name, ", ".join(str(v) for v in value)))
+        else:
+            pairs.append((name, value))
+
+    for name, value in (run.details or {}).items():
+        if name in _SHOWN_ELSEWHERE:
+            continue
+        if isinstance(value, dict):
+            for inner, item in value.items():
+                add(f"{name}.{inner}", item)
+        else:
+            add(name, value)
+    return _fields("details", f"what {run.method} recorded", pairs)
+
+
 def run_detail(session: Session, params: dict[str, Any]) -> list[Frame]:
     """A run's spec, provenance, timings, scores, layer map, removal order and generations."""
     run = find_run(session, params["key"])
@@ -287,7 +325,7 @@ def run_detail(session: Session, params: dict[str, Any]) -> list[Frame]:
     scores = Frame("scores", "scores", [Column("dataset"), Column("metric"), Column("value", format=".6g")],
                    [{"dataset": s.dataset, "metric": s.metric, "value": s.value}
                     for s in sorted(run.scores, key=lambda s: (s.dataset, s.metric))])
-    frames = [overview, provenance, timings, scores]
+    frames = [overview, provenance, _details(run), timings, scores]
     if run.layer_masks:
         layers, removal = layer_map(run)
         frames += [layers] + ([removal] if removal.rows else [])
@@ -398,13 +436,17 @@ QUERIES: Registry[BuiltinQuery] = Registry("built-in query", {
         "lower_is_better": Param(type="boolean", default=True, help="whether lower values of the metric win")},
         {"leaderboard": ("model", "target", "method", "achieved", "n", "runs", "acc", "acc sd", "acc change",
                          "prefill speed-up", "decode speed-up")}, leaderboard.__doc__ or "", dynamic=True),
-    "sweep_status": BuiltinQuery(sweep_status, {"sweep": Param(help="the sweep's name (default: the one run last)")},
+    "sweep_status": BuiltinQuery(sweep_status, {"sweep": Param(help="the sweep's name (default: the one run last)"),
+                                                "limit": Param(type="integer", default=50,
+                                                               help="runs listed at most: every unfinished or failed "
+                                                                    "one, then the latest completed (0: all)")},
                                  {"states": ("state", "runs"),
                                   "runs": ("key", "model", "method", "target", "n", "seed", "state", "attempts",
                                            "started", "elapsed s", "heartbeat s ago", "error")},
                                  sweep_status.__doc__ or ""),
     "run_detail": BuiltinQuery(run_detail, {"key": Param(required=True, help="a run key or a unique prefix of one")},
                                {"run": ("field", "value"), "provenance": ("field", "value"),
+                                "details": ("field", "value"),
                                 "timings": ("phase", "seconds"), "scores": ("dataset", "metric", "value"),
                                 "layers": ("layer", "attention", "attention step", "ppl after", "ffn", "ffn kept",
                                            "ffn width", "ffn step"),

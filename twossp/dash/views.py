@@ -27,7 +27,6 @@ from twossp.spec import finished, partial, read_text, read_yaml, validated
 
 USER_DIR = Path("~/.config/twossp/dashboards")
 ENV = "TWOSSP_DASHBOARDS"
-_NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
 
 class ParamSpec(Strict):
@@ -62,11 +61,12 @@ class ChartSpec(Strict):
 
 
 class ViewSpec(Strict):
-    name: str | None = Field(default=None, pattern=_NAME)  # default: the file's name
+    """A view file (its name is the file's name: ``leaderboard.yaml`` is the view ``leaderboard``)."""
+
     title: str = ""
     description: str = ""
     sql: str | None = None     # one statement, named parameters as :name
-    query: str | None = None   # or a built-in query (twossp dash list --queries)
+    query: str | None = None   # or a built-in query (queries.QUERIES)
     params: dict[str, ParamSpec] = {}
     columns: list[ColumnSpec] = []
     sort: list[str] = []       # column names, -name for descending
@@ -220,7 +220,7 @@ def _key_lines(node: Any) -> dict[str, int]:
     return lines
 
 
-def parse_view(text: str, file: str, name: str) -> ViewSpec:
+def parse_view(text: str, file: str) -> ViewSpec:
     """A view file's text validated: ``SpecError`` with every problem and its line."""
     problems, data, node = read_yaml(text, file, "a view file is a YAML mapping (title:, sql: or query:, ...)")
     if data is None:
@@ -230,13 +230,12 @@ def parse_view(text: str, file: str, name: str) -> ViewSpec:
                                   file)
     if problems or spec is None:
         raise SpecError(finished(problems))
-    return spec if spec.name else spec.model_copy(update={"name": name})
+    return spec
 
 
 def load_view(path: str | Path, origin: str = "file") -> View:
     path = Path(path)
-    spec = parse_view(read_text(path, "view"), str(path), path.stem)
-    return View(spec.name or path.stem, path, origin, spec)
+    return View(path.stem, path, origin, parse_view(read_text(path, "view"), str(path)))
 
 
 # ------------------------------------------------------------------------------- the registry

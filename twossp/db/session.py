@@ -556,8 +556,10 @@ class Database:
             return
         hint = _upgrade_hint(self.url)
         ours = set(Base.metadata.tables) | {"alembic_version"}
-        if current is None and create and tables <= ours and self._wait_for_revision(head, timeout=30.0):
-            return  # another driver was creating the schema at this very moment, and has finished
+        if current is None and tables <= ours and self._wait_for_revision(head, timeout=30.0):
+            # A driver was creating the schema at this very moment (some of our tables, no version
+            # yet), and has finished: a reader (a status view started with the sweep) waits for it too.
+            return
         if current is None:
             raise SchemaOutdated(
                 f"database {shown} has tables but no twossp schema version; "
