@@ -1,5 +1,6 @@
 # The two commands of the README:
 #   make quickstart   set up .venv, run sweeps/quickstart.yaml (offline SmolLM2, local Ray, SQLite), show the leaderboard
+#                     and the trade-off chart
 #   make test         set up .venv, run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 quickstart: install
 	$(BIN)/twossp sweep run sweeps/quickstart.yaml
 	$(BIN)/twossp leaderboard
+	$(BIN)/twossp dash show tradeoff
 
 test: install
 	$(BIN)/pytest
