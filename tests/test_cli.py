@@ -341,8 +341,9 @@ def test_leaderboard_shows_methods_against_dense(swept) -> None:
     assert result.exit_code == 0, result.output
     out = result.output
     assert "tiny-llama" in out and "dense" in out and "2ssp" in out
-    assert "eval.txt" in out and "Δ" in out and "perplexity per dataset, mean over seeds (±sd); Δ: change against dense" \
-        in " ".join(out.split())
+    assert "eval.txt" in out and "Δ" in out
+    assert "perplexity per dataset (lower is better), mean over seeds (±sd); Δ: change against dense" in " ".join(
+        out.split())
     stored = list(rows_with_scores(db_file))
     dense = next(ppl for method, _, ppl in stored if method == "dense")
     assert f"{dense:.2f}" in out

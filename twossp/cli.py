@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from twossp.dash.render import FORMATS
 from twossp.errors import (CheckpointError, DatabaseError, PlanError, QueryError, SchemaOutdated, SpecError,
                            TwosspError, UnknownName, ViewError)
 
@@ -329,7 +330,7 @@ def cancel(sweep_ref: str, db_url: str | None) -> None:
 
 
 # ---------------------------------------------------------------------------------- results
-FORMAT_OPTION = click.option("--format", "output_format", type=click.Choice(["table", "csv", "json", "markdown", "latex"]),
+FORMAT_OPTION = click.option("--format", "output_format", type=click.Choice(FORMATS),
                              default="table", show_default=True,
                              help="table: for the terminal; csv and json: every column's plain value; markdown, latex: "
                                   "for documents (best in bold).")
@@ -354,11 +355,11 @@ def _show_view(view: Any, db_url: str | None, params: Any, output_format: str, f
     from twossp.dash.views import figure_checked, parse_params, run_view, watch
 
     values = parse_params(view, params)
+    if live and (output_format != "table" or figure):
+        fail("--live redraws the view's table in the terminal: it takes no --format and no --output", 2)
     db = _read_only(db_url)
     try:
         if live:
-            if output_format != "table":
-                fail("--live redraws a table in the terminal; it takes no --format", 2)
             watch(view, db, values, console)
             return
         frames = run_view(view, db, values)
@@ -550,16 +551,11 @@ def db_upgrade(db_url: str | None) -> None:
 @FORMAT_OPTION
 def db_sql(statement: str, db_url: str | None, params: tuple[str, ...], output_format: str) -> None:
     from twossp.dash import render
-    from twossp.dash.views import sql_frame
+    from twossp.dash.views import named_values, sql_frame
 
     if statement == "-":
         statement = sys.stdin.read()
-    values = {}
-    for text in params:
-        name, sep, value = text.partition("=")
-        if not sep or not name.strip():
-            fail(f"--param takes NAME=VALUE, got {text!r}", 2)
-        values[name.strip()] = value
+    values = named_values(params)
     db = _read_only(db_url)
     try:
         frame = sql_frame(db, statement, values)

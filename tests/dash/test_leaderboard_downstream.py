@@ -99,5 +99,6 @@ def test_without_downstream_or_speed_scores_the_columns_are_left_out(db: Databas
     record_sweep(db, downstream=False)
     text = " ".join(" ".join(plain(line).split()) for line in render(db))
     assert " acc " not in text and "prefill" not in text and "decode" not in text and " pt" not in text
-    assert ("perplexity per dataset, mean over seeds (±sd); Δ: change against dense; n: calibration samples; "
+    assert ("perplexity per dataset (lower is better), mean over seeds (±sd); Δ: change against dense; "
+            "n: calibration samples; "
             "achieved: sparsity counted on the pruned model") in text

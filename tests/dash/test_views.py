@@ -356,7 +356,7 @@ def test_the_status_view_redraws_live(views_db) -> None:
     from twossp.db.session import Database
 
     view = find_view("status")
-    console = Console(width=160, record=True, force_terminal=False)
+    console = Console(width=160, record=True, force_terminal=True)
     db = Database(views_db.url, create=False, read_only=True)
     try:
         watch(view.__class__(view.name, view.path, view.origin,
@@ -365,7 +365,8 @@ def test_the_status_view_redraws_live(views_db) -> None:
     finally:
         db.close()
     shown = console.export_text()
-    assert shown.count("runs of sweep views") >= 1 and "completed" in shown
+    # drawn, redrawn twice, and left on the screen when it stops
+    assert shown.count("runs of sweep views") == 4 and "completed" in shown
 
 
 def test_the_status_view_lists_unfinished_runs_and_the_latest_completed(views_db) -> None:
@@ -378,3 +379,37 @@ def test_the_status_view_lists_unfinished_runs_and_the_latest_completed(views_db
     every = json.loads(ok(invoke("dash", "show", "status", "--db", views_db.db_file, "--format", "json",
                                  "--param", "limit=0")))
     assert len(every["frames"]["runs"]) == 13
+
+
+def test_the_frames_of_built_in_queries_have_the_columns_they_declare(views_db) -> None:
+    from twossp.dash.queries import QUERIES
+    from twossp.dash.views import find_view, parse_params, run_view
+    from twossp.db.session import Database
+
+    db = Database(views_db.url, create=False, read_only=True)
+    try:
+        for name in PACKAGED:
+            view = find_view(name)
+            if view.spec.query is None:
+                continue
+            builtin = QUERIES[view.spec.query]
+            for frame in run_view(view, db, parse_params(view, view_args(views_db, name)[1::2])):
+                names = {c.name for c in frame.columns}
+                if not builtin.dynamic:  # what a view file's references are checked against
+                    assert names <= set(builtin.columns[frame.name]), (name, frame.name)
+    finally:
+        db.close()
+
+
+def test_the_ablation_of_a_metric_where_higher_is_better(views_db) -> None:
+    markdown = ok(invoke("dash", "show", "ablation", "--db", views_db.db_file, "--format", "markdown",
+                         "--param", "metric=acc_norm", "--param", "lower_is_better=false"))
+    assert "the highest acc_norm" in markdown
+    lines = [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()
+             if line.startswith("| tiny")]
+    assert lines and all(cells[3] == "arc_easy" for cells in lines)
+    for method in {cells[1] for cells in lines}:
+        values = [(float(cells[6].strip("*").split(" ±")[0]), cells[6].startswith("**")) for cells in lines
+                  if cells[1] == method]
+        best = max(v for v, _ in values)
+        assert [bold for _, bold in values] == [v == best for v, _ in values], method

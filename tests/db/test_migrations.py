@@ -105,7 +105,7 @@ def insert_status(url: str, status: str, key: str = "raw") -> None:
 
 
 def test_head_revision(db_url: str) -> None:
-    assert head_revision(db_url) == "0004"
+    assert head_revision(db_url) == "0005"
 
 
 def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:
@@ -355,3 +355,26 @@ def test_evaluation_keys_are_recomputed_in_batches(db_url: str, monkeypatch) -> 
             assert set(session.scalars(select(Run.evaluation_key))) == {runs[0].evaluation_key}
     finally:
         engine.dispose()
+
+
+def test_upgrade_to_0005_adds_the_planned_keys_of_sweeps(db_url: str) -> None:
+    """0005 on a database with a sweep and its run: they stay, the sweep's planned keys are NULL
+    (its status falls back to the runs it claimed) until a `sweep run` writes them; the downgrade
+    drops only the column."""
+    cfg = alembic_config(db_url)
+    command.upgrade(cfg, "0004")
+    insert_status(db_url, "completed", key="kept")
+    command.upgrade(cfg, "0005")
+    db = Database(db_url, create=False)
+    try:
+        with db.session() as session:
+            sweep = session.scalar(select(Sweep))
+            assert (sweep.name, sweep.planned_keys) == ("raw", None)
+            sweep.planned_keys = ["kept", "other"]
+        with db.session() as session:
+            assert session.scalar(select(Sweep)).planned_keys == ["kept", "other"]
+    finally:
+        db.close()
+    command.downgrade(cfg, "0004")
+    assert "planned_keys" not in {c["name"] for c in inspect(make_engine(db_url)).get_columns("sweeps")}
+    assert counts(db_url, {"sweeps", "runs"}) == {"sweeps": 1, "runs": 1}

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from twossp.dash.frame import Frame
+from twossp.dash.frame import Frame, is_number
+from twossp.errors import ViewError
 
 #: figure files matplotlib writes, by suffix
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
@@ -20,12 +20,14 @@ _FIGURE_MARKERS = ("o", "s", "^", "D", "P", "X", "*", "v")
 @dataclass(frozen=True)
 class Chart:
     """``x`` against each of ``y`` (one panel each; ``log``: the panels on a log scale), one line
-    per value of ``series`` (all rows one line when None). ``baseline``: the series whose points
-    start every other series (the dense model at sparsity 0) instead of being a line of its own."""
+    per combination of the ``series`` columns' values (all rows one line when there are none;
+    columns whose value is the same in every row are left out of the names). ``baseline``: the
+    value of the last series column whose points start each line with the same other values (the
+    dense model of each model at sparsity 0) instead of being a line of their own."""
 
     x: str
     y: tuple[str, ...]
-    series: str | None = None
+    series: tuple[str, ...] = ()
     log: tuple[str, ...] = ()
     title: str = ""
     baseline: str | None = None
@@ -45,36 +47,43 @@ def panels(frame: Frame, chart: Chart) -> list[Panel]:
     out = []
     for y in chart.y:
         log = y in chart.log
-        series: dict[str, tuple[list[float], list[float]]] = {}
-        shared: list[tuple[float, float]] = []
+        lines: dict[tuple[str, ...], list[tuple[float, float]]] = {}
+        starts: dict[tuple[str, ...], list[tuple[float, float]]] = {}
         for row in frame.rows:
             xv, yv = row.get(chart.x), row.get(y)
-            if not (_number(xv) and _number(yv)) or (log and yv <= 0):
+            if not (is_number(xv) and is_number(yv)) or (log and yv <= 0):
                 continue
-            name = str(row.get(chart.series)) if chart.series else frame.title
-            if chart.baseline is not None and name == chart.baseline:
-                shared.append((float(xv), float(yv)))
-                continue
-            series.setdefault(name, ([], []))
-            series[name][0].append(float(xv))
-            series[name][1].append(float(yv))
-        if shared and not series:
-            series[str(chart.baseline)] = ([p[0] for p in shared], [p[1] for p in shared])
+            key = tuple(str(row.get(c)) for c in chart.series)
+            if chart.baseline is not None and key and key[-1] == chart.baseline:
+                starts.setdefault(key[:-1], []).append((float(xv), float(yv)))
+            else:
+                lines.setdefault(key, []).append((float(xv), float(yv)))
+        if not lines:  # only the baseline: it is the one line
+            lines = {(*lead, str(chart.baseline)): points for lead, points in starts.items()}
         else:
-            for xs, ys in series.values():
-                xs += [p[0] for p in shared]
-                ys += [p[1] for p in shared]
-        for name, (xs, ys) in series.items():
-            order = sorted(range(len(xs)), key=xs.__getitem__)
-            series[name] = ([xs[i] for i in order], [ys[i] for i in order])
+            for key, points in lines.items():
+                points += starts.get(key[:-1], [])
+        names = _names(list(lines), chart.series)
+        series = {}
+        for key, points in lines.items():
+            points.sort()
+            name = names[key] or (key[-1] if key and key[-1] != "None" else "") or frame.title or y
+            series[name] = ([p[0] for p in points], [p[1] for p in points])
         column = frame.column(y)
         if series:
             out.append(Panel(y, column.title if column else y, log, series))
     return out
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _names(keys: list[tuple[str, ...]], columns: tuple[str, ...]) -> dict[tuple[str, ...], str]:
+    """Short names for lines keyed by the values of ``columns``: a column is left out of the names
+    when the lines stay apart without it (the last ones are tried first), and so are empty values."""
+    shown = list(range(len(columns)))
+    for i in reversed(range(len(columns))):
+        rest = [j for j in shown if j != i]
+        if len({tuple(k[j] for j in rest) for k in keys}) == len(set(keys)):
+            shown = rest
+    return {k: " ".join(k[j] for j in shown if k[j] not in ("None", "")) for k in keys}
 
 
 def _x_label(frame: Frame, chart: Chart) -> str:
@@ -126,5 +135,8 @@ def write_figure(frame: Frame, chart: Chart, path: str | Path) -> Path:
         if chart.title or frame.title:
             figure.suptitle(chart.title or frame.title)
         metadata = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}.get(path.suffix.lower(), {})
-        figure.savefig(path, metadata=metadata)
+        try:
+            figure.savefig(path, metadata=metadata)
+        except OSError as exc:
+            raise ViewError(f"{path}: cannot write the figure: {exc.strerror or exc}") from None
     return path

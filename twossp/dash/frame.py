@@ -5,9 +5,11 @@ text outputs format them."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any, Iterable, Literal
 
 #: How a column is shown, besides a Python format spec (".2f", "+.1%", ",", ".3g"):
@@ -86,7 +88,7 @@ class Frame:
                 continue
             marked: set[int] = set()
             for start, end in self.groups():
-                values = [(i, v) for i in range(start, end) if _number(v := self.rows[i].get(col.name))]
+                values = [(i, v) for i in range(start, end) if is_number(v := self.rows[i].get(col.name))]
                 if len(values) < 2:
                     continue
                 pick = min if col.best == "lower" else max
@@ -96,8 +98,28 @@ class Frame:
         return out
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a boolean): what formats, ``best`` and charts work on."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def plain_value(value: Any) -> Any:
+    """A value a database driver returned, as the frames hold values: numbers as int or float
+    (PostgreSQL's ``numeric`` arrives as ``Decimal``), intervals in seconds, dates and times as
+    ``datetime`` or ISO text, JSON as its text, anything else without a plain form as text."""
+    if value is None or isinstance(value, (bool, int, float, str, datetime)):
+        return value
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and abs(value) < 2 ** 53 else float(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (date, time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return str(value)
 
 
 def check_format(spec: str) -> str | None:
@@ -122,9 +144,9 @@ def text(value: Any, column: Column) -> str:
         return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    if column.format == "change" and _number(value):
+    if column.format == "change" and is_number(value):
         shown = f"{100 * value:+.0f}%" if abs(value) >= 1 else f"{100 * value:+.1f}%"
-    elif column.format and _number(value):
+    elif column.format and is_number(value):
         shown = format(value, column.format)
     elif isinstance(value, float):
         shown = f"{value:.6g}"
@@ -140,7 +162,7 @@ def cell_text(row: dict[str, Any], column: Column, bar_width: int = 0) -> str:
     shown = text(row.get(column.name), column)
     if column.spread and row.get(column.spread) is not None:
         shown += f" ±{text(row[column.spread], replace(column, suffix=''))}"
-    if column.bar and bar_width and _number(row.get(column.name)) and _number(row.get(column.bar)) and row[column.bar]:
+    if column.bar and bar_width and is_number(row.get(column.name)) and is_number(row.get(column.bar)) and row[column.bar]:
         shown = f"{bar(row[column.name] / row[column.bar], bar_width)} {shown}"
     return shown
 
@@ -158,7 +180,7 @@ def style_of(row: dict[str, Any], column: Column) -> str:
     value = row.get(column.name)
     if column.colors and str(value) in column.colors:
         return column.colors[str(value)]
-    if column.good and _number(value) and value != 0:
+    if column.good and is_number(value) and value != 0:
         good = value < 0 if column.good == "negative" else value > 0
         return "green" if good else "red"
     return ""
@@ -177,7 +199,7 @@ def sort_rows(rows: list[dict[str, Any]], keys: Iterable[str]) -> list[dict[str,
 
 
 def _sortable(value: Any) -> tuple:
-    return (0, value, "") if _number(value) else (1, 0, str(value))
+    return (0, value, "") if is_number(value) else (1, 0, str(value))
 
 
 ParamType = Literal["text", "integer", "number", "boolean", "keys"]

@@ -100,7 +100,7 @@ def leaderboard(session: Session, params: dict[str, Any]) -> list[Frame]:
                                                inverse=key == SPEED_PREFILL_SECONDS)
         rows.append(row)
     rows.sort(key=lambda r: (r["model"], r["target"], r["method"] != baseline_name, r["method"], r["n"] or 0))
-    caption = (f"{metric} per dataset, mean over seeds (±sd); Δ: change against {baseline_name}; "
+    caption = (f"{metric} per dataset ({better} is better), mean over seeds (±sd); Δ: change against {baseline_name}; "
                "n: calibration samples; achieved: sparsity counted on the pruned model")
     if DOWNSTREAM_ACC_MEAN in summarised:
         caption += "; acc: mean downstream accuracy, its Δ in points"
@@ -127,26 +127,41 @@ def _chosen_sweep(session: Session, name: str | None) -> Sweep | None:
     return sweep
 
 
+def _sweep_runs(session: Session, sweep: Sweep) -> tuple[list[Run], int | None]:
+    """A sweep's runs in plan order, and how many it plans. Its planned keys (stored by every
+    ``sweep run``) find the cells it shares with other sweeps too; a sweep stored before them has
+    its own claimed runs and a plan counted from its spec (None when that no longer validates)."""
+    from twossp.plan import grid
+    from twossp.spec import SweepSpec
+
+    if sweep.planned_keys is not None:
+        keys = list(dict.fromkeys(sweep.planned_keys))
+        found: dict[str, Run] = {}
+        for start in range(0, len(keys), 500):
+            found.update((r.key, r) for r in session.scalars(select(Run).where(Run.key.in_(keys[start:start + 500]))))
+        return [found[k] for k in keys if k in found], len(keys)
+    runs = list(session.scalars(select(Run).where(Run.sweep_id == sweep.id).order_by(Run.id)))
+    try:
+        return runs, len(grid(SweepSpec.model_validate(sweep.spec)))
+    except Exception:  # noqa: BLE001 - a sweep stored by another twossp version: its plan is not ours to count
+        return runs, None
+
+
 def sweep_status(session: Session, params: dict[str, Any]) -> list[Frame]:
     """A sweep's runs by state (with the runs it plans that no driver has claimed yet), and its runs
     with their state, attempts, elapsed time and, for a failed run, its error: every unfinished or
     failed one, and the latest completed ones up to ``limit`` rows in all."""
-    from twossp.plan import grid
-    from twossp.spec import SweepSpec
-
+    if params["limit"] < 0:
+        raise ViewError(f"--param limit={params['limit']}: a number of runs, 0 for all")
     sweep = _chosen_sweep(session, params["sweep"])
     if sweep is None:
         return [Frame("states", "no sweep in the database", [Column("state"), Column("runs")], [])]
-    runs = list(session.scalars(select(Run).where(Run.sweep_id == sweep.id).order_by(Run.id)))
-    try:
-        planned = len(grid(SweepSpec.model_validate(sweep.spec)))
-    except Exception:  # noqa: BLE001 - a sweep stored by another twossp version: its plan is not ours to count
-        planned = None
+    runs, planned = _sweep_runs(session, sweep)
     now = datetime.now(timezone.utc)
     counts: dict[str, int] = defaultdict(int)
     rows = []
     for run in runs:
-        state = str(run.status)
+        state = RunStatus(run.status).value
         counts[state] += 1
         running = run.status == RunStatus.RUNNING
         rows.append({"key": run.key, "model": run.model, "method": run.method, "target": run.target_sparsity,
@@ -157,12 +172,13 @@ def sweep_status(session: Session, params: dict[str, Any]) -> list[Frame]:
                      "error": _last_line(run.error) if run.status == RunStatus.FAILED else None})
     hidden = 0
     if params["limit"] and len(rows) > params["limit"]:  # every unfinished or failed run, then the latest completed
-        completed = [r for r in rows if r["state"] == "completed"]
+        completed = sorted((r for r in rows if r["state"] == RunStatus.COMPLETED),
+                           key=lambda r: r["started"] or datetime.min.replace(tzinfo=timezone.utc))
         keep = max(params["limit"] - (len(rows) - len(completed)), 0)
         shown = {id(r) for r in completed[len(completed) - keep:]} if keep else set()
         hidden = len(completed) - keep
-        rows = [r for r in rows if r["state"] != "completed" or id(r) in shown]
-    order = ["completed", "failed", "running", "pending"]
+        rows = [r for r in rows if r["state"] != RunStatus.COMPLETED or id(r) in shown]
+    order = [s.value for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.RUNNING, RunStatus.PENDING)]
     states = [{"state": s, "runs": counts[s]} for s in order if counts[s]]
     if planned is not None and planned > len(runs):
         states.append({"state": "not started", "runs": planned - len(runs)})
@@ -211,15 +227,16 @@ def _method_options(run: Run) -> str | None:
     return ", ".join(f"{k}={v}" for k, v in sorted(method.items())) or None
 
 
-def removal_steps(run: Run) -> list[tuple[str, int]]:
-    """The order the run's method removed submodules in, as (attention | ffn | block, layer):
-    2SSP's stage 2 and BlockPruner record it; whole-block methods record the blocks (unordered)."""
+def removal_steps(run: Run) -> tuple[list[tuple[str, int]], bool]:
+    """What the run's method removed, as (attention | ffn | block, layer), and whether that is the
+    order it removed them in: 2SSP's stage 2 and BlockPruner record one; the whole-block methods
+    record their blocks (no order)."""
     details = run.details or {}
     if "removed_attention_order" in details:
-        return [("attention", int(layer)) for layer in details["removed_attention_order"]]
+        return [("attention", int(layer)) for layer in details["removed_attention_order"]], True
     if "removal_order" in details:
-        return [(str(kind), int(layer)) for kind, layer in details["removal_order"]]
-    return [("block", int(layer)) for layer in details.get("removed_blocks", [])]
+        return [(str(kind), int(layer)) for kind, layer in details["removal_order"]], True
+    return [("block", int(layer)) for layer in details.get("removed_blocks", [])], False
 
 
 def layer_map(run: Run) -> tuple[Frame, Frame]:
@@ -227,9 +244,7 @@ def layer_map(run: Run) -> tuple[Frame, Frame]:
     kept as a bar of the dense width; and the removal steps with the calibration perplexity after
     each (2SSP's stage 2, BlockPruner)."""
     details = run.details or {}
-    steps = removal_steps(run)
-    ordered = "removed_blocks" not in details or bool(details.get("removal_order") or
-                                                      details.get("removed_attention_order"))
+    steps, ordered = removal_steps(run)
     after = details.get("calibration_perplexity_after_each_removal") or []
     step_of: dict[tuple[str, int], int] = {}
     for number, (kind, layer) in enumerate(steps, start=1):
@@ -346,10 +361,11 @@ def _source(source: Any) -> str:
 
 # ------------------------------------------------------------------------------- ablation
 def ablation(session: Session, params: dict[str, Any]) -> list[Frame]:
-    """Mean ± sd over seeds of ``metric`` per (model, method, target, calibration size, dataset),
-    with the mean downstream accuracy where stored: how much calibration is enough."""
-    query = (select(Run.model, Run.method, Run.target_sparsity, Run.calibration_samples, Run.seed, Score.dataset,
-                    Score.metric, Score.value)
+    """Mean ± sd over seeds of ``metric`` per (model, method and its options, target, calibration
+    size, dataset, evaluation settings), with the mean downstream accuracy where stored: how much
+    calibration is enough."""
+    query = (select(Run.id, Run.model, Run.method, Run.spec, Run.target_sparsity, Run.calibration_samples, Run.seed,
+                    Run.evaluation_key, Score.dataset, Score.metric, Score.value)
              .join(Score, Score.run_id == Run.id)
              .where(Run.status == RunStatus.COMPLETED, Run.calibration_samples.is_not(None))
              .where((Score.metric == params["metric"]) | ((Score.dataset == DOWNSTREAM_ACC_MEAN[0]) &
@@ -358,33 +374,40 @@ def ablation(session: Session, params: dict[str, Any]) -> list[Frame]:
         query = query.join(Sweep, Sweep.id == Run.sweep_id).where(Sweep.name == params["sweep"])
     if params["model"]:
         query = query.where(Run.model == params["model"])
-    values: dict[tuple, list[float]] = defaultdict(list)
-    accuracy: dict[tuple, dict[int | None, float]] = defaultdict(dict)
-    for model, method, target, n, seed, dataset, metric, value in session.execute(query):
+    values: dict[tuple, dict[int, tuple[int | None, float]]] = defaultdict(dict)  # cell -> run -> (seed, value)
+    accuracy: dict[tuple, dict[int, float]] = defaultdict(dict)                     # cell without dataset -> run
+    for run_id, model, method, spec, target, n, seed, evaluation, dataset, metric, value in session.execute(query):
+        options = ", ".join(f"{k}={v}" for k, v in sorted(((spec or {}).get("method") or {}).items()) if k != "name")
+        cell = (model, method, options, target, n, evaluation)
         if (dataset, metric) == DOWNSTREAM_ACC_MEAN:
-            accuracy[(model, method, target, n)][seed] = value
+            accuracy[cell][run_id] = value
         else:
-            values[(model, method, target, n, dataset)].append(value)
+            values[(*cell, dataset)][run_id] = (seed, value)
     rows = []
-    for (model, method, target, n, dataset), found in sorted(values.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        acc = list(accuracy.get((model, method, target, n), {}).values())
-        rows.append({"model": model, "method": method, "target": target, "dataset": dataset, "n": n,
-                     "seeds": len(found), "mean": statistics.fmean(found),
-                     "sd": statistics.stdev(found) if len(found) > 1 else None, "min": min(found), "max": max(found),
-                     "acc": statistics.fmean(acc) if acc else None,
-                     "acc sd": statistics.stdev(acc) if len(acc) > 1 else None,
-                     "series": f"{method} {target:g} {dataset}"})
-    rows.sort(key=lambda r: (r["model"], r["method"], r["target"], r["dataset"], r["n"]))
-    columns = [Column("model"), Column("method"), Column("target", format=".3g"), Column("dataset"),
-               Column("n", header="calibration n"), Column("seeds"),
-               Column("mean", header=params["metric"], format=".2f", best="lower", spread="sd"),
+    for (model, method, options, target, n, evaluation, dataset), by_run in values.items():
+        found = [v for _, v in by_run.values()]
+        acc = list(accuracy.get((model, method, options, target, n, evaluation), {}).values())
+        rows.append({"model": model, "method": method, "options": options or None, "target": target,
+                     "dataset": dataset, "evaluation key": evaluation, "n": n,
+                     "seeds": len({seed for seed, _ in by_run.values()}), "runs": len(found),
+                     "mean": statistics.fmean(found), "sd": statistics.stdev(found) if len(found) > 1 else None,
+                     "min": min(found), "max": max(found), "acc": statistics.fmean(acc) if acc else None,
+                     "acc sd": statistics.stdev(acc) if len(acc) > 1 else None})
+    rows.sort(key=lambda r: (r["model"], r["method"], r["options"] or "", r["target"], r["dataset"],
+                             r["evaluation key"] or "", r["n"]))
+    better = "lower" if params["lower_is_better"] else "higher"
+    columns = [Column("model"), Column("method"), Column("options", hidden=True), Column("target", format=".3g"),
+               Column("dataset"), Column("evaluation key", hidden=True), Column("n", header="calibration n"),
+               Column("seeds"), Column("runs", hidden=True),
+               Column("mean", header=params["metric"], format=".2f", best=better, spread="sd"),
                Column("sd", format=".2f", hidden=True), Column("min", format=".2f"), Column("max", format=".2f")]
     if any(r["acc"] is not None for r in rows):
         columns += [Column("acc", format=".1%", best="higher", spread="acc sd"),
                     Column("acc sd", format=".1%", hidden=True)]
-    columns.append(Column("series", hidden=True))
-    return [Frame("ablation", "", columns, rows, group_by=("model", "method", "target", "dataset"),
-                  caption="mean ±sd over seeds; bold: the best calibration size of each group")]
+    return [Frame("ablation", "", columns, rows,
+                  group_by=("model", "method", "options", "target", "dataset", "evaluation key"),
+                  caption=f"mean ±sd over seeds; bold: the best calibration size of each group "
+                          f"(the {'lowest' if params['lower_is_better'] else 'highest'} {params['metric']})")]
 
 
 # ------------------------------------------------------------------------------- compare
@@ -410,9 +433,8 @@ def compare(session: Session, params: dict[str, Any]) -> list[Frame]:
         "ffn removed": [[m.layer for m in r.layer_masks if m.ffn_kept == 0] or None for r in runs],
         "ffn neurons kept": [f"{sum(m.ffn_kept for m in r.layer_masks):,} of {sum(m.ffn_width for m in r.layer_masks):,}"
                              if r.layer_masks else None for r in runs],
-        "removal order": [" ".join(f"{k[0]}{layer}" for k, layer in removal_steps(r)) or None
-                          if (r.details or {}).get("removal_order") or (r.details or {}).get("removed_attention_order")
-                          else None for r in runs],
+        "removal order": [" ".join(f"{kind[0]}{layer}" for kind, layer in steps) if ordered and steps else None
+                          for steps, ordered in map(removal_steps, runs)],
         "elapsed s": [_seconds(r.started_at, r.finished_at) for r in runs],
     }
     overview = side_by_side("runs", "runs side by side", [Column("field")],
@@ -454,9 +476,10 @@ QUERIES: Registry[BuiltinQuery] = Registry("built-in query", {
                                 "generations": ("position", "prompt", "output", "new_tokens")},
                                run_detail.__doc__ or ""),
     "ablation": BuiltinQuery(ablation, {
-        "sweep": SWEEP, "model": MODEL, "metric": Param(default="perplexity", help="the score summarised")},
-        {"ablation": ("model", "method", "target", "dataset", "n", "seeds", "mean", "sd", "min", "max", "acc", "acc sd",
-                      "series")},
+        "sweep": SWEEP, "model": MODEL, "metric": Param(default="perplexity", help="the score summarised"),
+        "lower_is_better": Param(type="boolean", default=True, help="whether lower values of the metric win")},
+        {"ablation": ("model", "method", "options", "target", "dataset", "evaluation key", "n", "seeds", "runs",
+                      "mean", "sd", "min", "max", "acc", "acc sd")},
         ablation.__doc__ or ""),
     "compare": BuiltinQuery(compare, {"runs": Param(type="keys", required=True,
                                                     help="two or more run keys or prefixes, comma-separated")},

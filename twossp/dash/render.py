@@ -16,7 +16,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from twossp.dash.frame import Column, Frame, cell_text, style_of
+from twossp.dash.frame import Column, Frame, cell_text, is_number, plain_value, style_of
 
 FORMATS = ("table", "csv", "json", "markdown", "latex")
 BAR_WIDTH = 12
@@ -28,9 +28,7 @@ def table(frame: Frame) -> Table:
                 box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     columns = frame.shown()
     for col in columns:
-        numeric = any(isinstance(r.get(col.name), (int, float)) and not isinstance(r.get(col.name), bool)
-                      for r in frame.rows)
-        out.add_column(Text(col.title), justify=col.align or ("right" if numeric else "left"),
+        out.add_column(Text(col.title), justify=_align(frame, col),
                        no_wrap=col.name not in ("error", "output", "prompt", "value"))
     best = frame.best_rows()
     spans = frame.groups() if frame.group_by else [(0, len(frame.rows))]
@@ -54,16 +52,15 @@ def tables(frames: list[Frame]) -> RenderableType:
 
 
 def plain(value: Any) -> Any:
-    """A value as JSON holds it: times in ISO 8601, bytes in hex, non-finite numbers as null."""
+    """A value as JSON holds it: times in ISO 8601, non-finite numbers as null, lists as lists,
+    anything else as ``frame.plain_value`` makes it."""
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, (bytes, memoryview)):
-        return bytes(value).hex()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
-    return value
+    return plain_value(value)
 
 
 def as_json(frames: list[Frame], view: str, params: dict[str, Any]) -> str:
@@ -111,7 +108,7 @@ def as_markdown(frames: list[Frame]) -> str:
         columns = frame.shown()
         lines = [f"**{_md(frame.title)}**", ""] if frame.title else []
         lines.append("| " + " | ".join(_md(c.title) for c in columns) + " |")
-        lines.append("|" + "|".join(_md_align(frame, c) for c in columns) + "|")
+        lines.append("|" + "|".join("---:" if _align(frame, c) == "right" else "---" for c in columns) + "|")
         lines += ["| " + " | ".join(cells) + " |" for cells in _text_rows(frame, lambda s: f"**{s}**", _md, BAR_WIDTH)]
         if frame.caption:
             lines += ["", _md(frame.caption)]
@@ -119,10 +116,9 @@ def as_markdown(frames: list[Frame]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _md_align(frame: Frame, column: Column) -> str:
-    numeric = any(isinstance(r.get(column.name), (int, float)) and not isinstance(r.get(column.name), bool)
-                  for r in frame.rows)
-    return "---:" if (column.align or ("right" if numeric else "left")) == "right" else "---"
+def _align(frame: Frame, column: Column) -> str:
+    """The column's own alignment, else right for numbers and left for the rest."""
+    return column.align or ("right" if any(is_number(r.get(column.name)) for r in frame.rows) else "left")
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
@@ -140,7 +136,7 @@ def as_latex(frames: list[Frame]) -> str:
     for frame in frames:
         columns = frame.shown()
         rows = _text_rows(frame, lambda s: rf"\textbf{{{s}}}", _tex, 0)
-        align = "".join("r" if _md_align(frame, c) == "---:" else "l" for c in columns)
+        align = "".join({"right": "r", "center": "c"}.get(_align(frame, c), "l") for c in columns)
         lines = [r"\begin{table}", r"\centering", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
                  " & ".join(_tex(c.title) for c in columns) + r" \\", r"\midrule"]
         starts = {start for start, _ in frame.groups()} if frame.group_by else set()

@@ -11,14 +11,15 @@ import re
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 from pydantic import Field, field_validator
+from sqlalchemy import text
 from rich.errors import StyleSyntaxError
 from rich.style import Style
 
 from twossp.dash.charts import FIGURE_SUFFIXES, Chart, panels
-from twossp.dash.frame import Column, Frame, Param, check_format, sort_rows
+from twossp.dash.frame import Column, Frame, Param, check_format, plain_value, sort_rows
 from twossp.dash.queries import QUERIES
 from twossp.dash.render import tables
 from twossp.errors import SpecError, SpecProblem, UnknownName, ViewError
@@ -54,7 +55,7 @@ class ColumnSpec(Strict):
 class ChartSpec(Strict):
     x: str = Field(min_length=1)
     y: list[str] = Field(min_length=1)
-    series: str | None = None
+    series: str | list[str] = []   # the columns that name a line
     log: list[str] = []
     title: str = ""
     baseline: str | None = None  # a series value whose points start every series (dense)
@@ -97,21 +98,23 @@ class View:
     def params(self) -> dict[str, Param]:
         """Every parameter with its type and default: a built-in query's, as the file sets them."""
         base = dict(QUERIES[self.spec.query].params) if self.spec.query else {}
-        for name, declared in self.spec.params.items():
-            base[name] = Param(declared.type, declared.default, declared.required, declared.help)
+        for name, declared in self.spec.params.items():  # only what the file sets: a built-in's type stays
+            base[name] = replace(base.get(name, Param()), **declared.model_dump(exclude_unset=True))
         return base
 
     @property
     def chart(self) -> Chart | None:
         c = self.spec.chart
-        return Chart(c.x, tuple(c.y), c.series, tuple(c.log), c.title or self.spec.title, c.baseline) if c else None
+        if c is None:
+            return None
+        series = (c.series,) if isinstance(c.series, str) else tuple(c.series)
+        return Chart(c.x, tuple(c.y), series, tuple(c.log), c.title or self.spec.title, c.baseline)
 
 
 # ------------------------------------------------------------------------------- checks
 def _sql_params(sql: str) -> list[str]:
-    """The ``:name`` parameters of SQL, outside quoted text and comments (``::type`` casts skipped)."""
-    bare = re.sub(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", " ", sql, flags=re.S)
-    return list(dict.fromkeys(re.findall(r"(?<![:\w]):([A-Za-z_]\w*)", bare)))
+    """The ``:name`` parameters of SQL, as the database layer binds them (``sqlalchemy.text``)."""
+    return list(text(sql).compile().params)
 
 
 def _problems(spec: Any, given: set[str], tree_lines: dict[str, Any], file: str) -> list[SpecProblem]:
@@ -134,10 +137,13 @@ def _problems(spec: Any, given: set[str], tree_lines: dict[str, Any], file: str)
     if spec.query is not None:
         try:
             builtin = QUERIES[spec.query]
-            for name in params:
+            for name, declared in params.items():
                 if name not in builtin.params:
                     add(f"params.{name}", f"the built-in query {spec.query!r} takes no parameter {name!r}; it takes: "
                                           f"{', '.join(builtin.params)}")
+                elif "type" in declared.model_fields_set and declared.type != builtin.params[name].type:
+                    add(f"params.{name}", f"the built-in query {spec.query!r} takes {name!r} as "
+                                          f"{builtin.params[name].type}, not {declared.type}")
             known = None if builtin.dynamic else {c for cols in builtin.columns.values() for c in cols}
         except UnknownName as exc:
             add("query", str(exc))
@@ -181,22 +187,45 @@ def _problems(spec: Any, given: set[str], tree_lines: dict[str, Any], file: str)
         check_column("chart.x", spec.chart.x)
         for i, y in enumerate(spec.chart.y):
             check_column(f"chart.y[{i}]", y)
-        if spec.chart.series is not None:
-            check_column("chart.series", spec.chart.series)
+        for i, name in enumerate([spec.chart.series] if isinstance(spec.chart.series, str) else spec.chart.series):
+            check_column(f"chart.series[{i}]" if not isinstance(spec.chart.series, str) else "chart.series", name)
         for i, y in enumerate(spec.chart.log):
             if y not in spec.chart.y:
                 add(f"chart.log[{i}]", f"{y!r} is not one of the chart's y columns ({', '.join(spec.chart.y)})")
     for name, param in params.items():
-        if param.default is not None and (why := _type_problem(param.type, param.default)):
+        builtin_param = QUERIES[spec.query].params.get(name) if spec.query in QUERIES else None
+        kind = param.type if "type" in param.model_fields_set or builtin_param is None else builtin_param.type
+        if param.default is not None and (why := _type_problem(kind, param.default)):
             add(f"params.{name}", f"default {why}")
+    if spec.query is not None and known is not None:  # columns restyled by name: the names must exist
+        for i, col in enumerate(columns):
+            if col.name not in known:
+                add(f"columns[{i}].name", f"the built-in query {spec.query!r} has no column {col.name!r}; columns: "
+                                          f"{', '.join(sorted(known))}")
     return problems
 
 
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in ("true", "false", "yes", "no", "1", "0"):
+        raise ValueError(text)
+    return lowered in ("true", "yes", "1")
+
+
+#: parameter type -> (the Python types of its values, how a --param string becomes one)
+PARAM_TYPES: dict[str, tuple[tuple[type, ...], Any]] = {
+    "text": ((str,), str),
+    "integer": ((int,), int),
+    "number": ((int, float), float),
+    "boolean": ((bool,), _boolean),
+    "keys": ((list,), lambda text: [k.strip() for k in text.split(",") if k.strip()]),
+}
+
+
 def _type_problem(kind: str, value: Any) -> str | None:
-    expected = {"text": str, "integer": int, "number": (int, float), "boolean": bool, "keys": list}[kind]
-    if isinstance(value, bool) and kind != "boolean":
-        return f"{value!r} is not of type {kind}"
-    return None if isinstance(value, expected) else f"{value!r} is not of type {kind}"
+    expected, _ = PARAM_TYPES[kind]
+    fits = isinstance(value, expected) and (kind == "boolean" or not isinstance(value, bool))
+    return None if fits else f"{value!r} is not of type {kind}"
 
 
 def _key_lines(node: Any) -> dict[str, int]:
@@ -291,6 +320,11 @@ def parse_params(view: View, given: list[str] | dict[str, Any]) -> dict[str, Any
     return out
 
 
+def named_values(given: Iterable[str]) -> dict[str, str]:
+    """``NAME=VALUE`` strings (``--param``) as a mapping, untyped (``twossp db sql``)."""
+    return dict(_split(text) for text in given)
+
+
 def _split(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
@@ -302,20 +336,9 @@ def _typed(name: str, param: Param, value: Any) -> Any:
     if not isinstance(value, str):
         return value
     try:
-        if param.type == "integer":
-            return int(value)
-        if param.type == "number":
-            return float(value)
-        if param.type == "boolean":
-            lowered = value.strip().lower()
-            if lowered not in ("true", "false", "yes", "no", "1", "0"):
-                raise ValueError(value)
-            return lowered in ("true", "yes", "1")
-        if param.type == "keys":
-            return [k.strip() for k in value.split(",") if k.strip()]
+        return PARAM_TYPES[param.type][1](value)
     except ValueError:
         raise ViewError(f"--param {name}={value!r} is not of type {param.type}") from None
-    return value
 
 
 def run_view(view: View, db: Any, params: dict[str, Any]) -> list[Frame]:
@@ -340,7 +363,8 @@ def sql_frame(db: Any, sql: str, params: dict[str, Any], name: str = "sql", titl
     """One SQL statement's rows as a frame, run read-only by ``db`` (``Database.query``)."""
     result = db.query(sql, params)
     names = _unique(result.columns)
-    return Frame(name, title, [Column(c) for c in names], [dict(zip(names, r)) for r in result.rows])
+    return Frame(name, title, [Column(c) for c in names],
+                 [dict(zip(names, map(plain_value, r))) for r in result.rows])
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -360,6 +384,9 @@ def figure_checked(view: View, frames: list[Frame], path: str) -> Chart:
         raise ViewError(f"view {view.name!r} declares no chart: --output needs a view with chart:")
     if Path(path).suffix.lower() not in FIGURE_SUFFIXES:
         raise ViewError(f"{path}: a figure is written as {', '.join(FIGURE_SUFFIXES)} (by its suffix)")
+    folder = Path(path).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ViewError(f"{path}: cannot write a figure there ({folder} is not a folder this user can write)")
     if not panels(frames[0], chart):
         raise ViewError(f"view {view.name!r}: no row has numbers for {chart.x} and {', '.join(chart.y)}: nothing to draw")
     return chart

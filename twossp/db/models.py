@@ -48,6 +48,7 @@ class Sweep(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     cancel_requested_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))  # sweep cancel
+    planned_keys: Mapped[Optional[list[str]]] = mapped_column(JSON)  # its runs' keys, shared cells included (0005)
 
     runs: Mapped[list["Run"]] = relationship(back_populates="sweep")
 

@@ -32,7 +32,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, bindparam, create_engine, event, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text as sql_text
 from sqlalchemy.engine import URL, make_url
@@ -582,7 +582,8 @@ class Database:
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
         """Run ``sql``, one statement given by the user, with ``params`` for its named parameters
-        (``:name``; a colon before a name is one even inside a string: ``\\:`` keeps a colon), in a
+        (``:name``; a colon before a name is one even inside a string: ``\\:`` keeps a colon; a list
+        value binds as its items, for ``in :name``), in a
         transaction that is always rolled back, and return what it returned. Only on a read-only
         Database (``ValueError`` otherwise): that the database refuses writes is the guarantee,
         the rollback a second line.
@@ -595,6 +596,10 @@ class Database:
             raise ValueError("Database.query runs a user's SQL, only on a Database(read_only=True)")
         statement = sql_text(sql)
         given = dict(params or {})
+        lists = [name for name, value in given.items() if isinstance(value, (list, tuple))]
+        if lists:  # a list binds as its values: `where key in :keys`
+            statement = statement.bindparams(*[bindparam(name, expanding=True) for name in lists
+                                               if name in statement.compile().params])
         missing = [name for name in statement.compile(dialect=self.engine.dialect).params if name not in given]
         if missing:
             listed = ", ".join(f":{name}" for name in missing)

@@ -19,9 +19,10 @@ from twossp.plan import RunSpec
 from twossp.spec import SweepSpec
 
 
-def upsert_sweep(session: Session, spec: SweepSpec, path: str | None) -> Sweep:
+def upsert_sweep(session: Session, spec: SweepSpec, path: str | None, planned: Iterable[str] | None = None) -> Sweep:
     """The sweep's row, created or refreshed; a cancellation asked earlier is cleared (running the
-    sweep again is a new intent). Two drivers starting the same new sweep at once both get the row."""
+    sweep again is a new intent). ``planned``: the keys of the runs its plan expands to (kept when
+    None). Two drivers starting the same new sweep at once both get the row."""
     data = spec.model_dump(mode="json")
     row = session.scalar(select(Sweep).where(Sweep.name == spec.name))
     if row is None:
@@ -32,6 +33,8 @@ def upsert_sweep(session: Session, spec: SweepSpec, path: str | None) -> Sweep:
         except IntegrityError:  # another driver created it first
             row = session.scalars(select(Sweep).where(Sweep.name == spec.name)).one()
     row.path, row.spec, row.updated_at, row.cancel_requested_at = path, data, utcnow(), None
+    if planned is not None:
+        row.planned_keys = list(planned)
     session.flush()
     return row
 

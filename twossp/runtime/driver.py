@@ -145,7 +145,7 @@ class SweepDriver:
     def run(self) -> SweepOutcome:
         runs = self.outcome.planned
         with self.db.session() as session:
-            self.sweep_id = store.upsert_sweep(session, self.spec, self.path).id
+            self.sweep_id = store.upsert_sweep(session, self.spec, self.path, [r.key for r in runs]).id
             statuses = store.run_statuses(session, [r.key for r in runs])
         candidates = runs_to_do(runs, statuses, self.rerun_failed)
         self.outcome.skipped = [r for r in runs if r not in candidates]

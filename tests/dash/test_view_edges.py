@@ -1,0 +1,145 @@
+"""Views at their edges: sweeps that share cells, values PostgreSQL returns as Decimal, dates and
+intervals, charts of several models, user views that restyle a built-in query, list parameters,
+figures that cannot be written. On SQLite and PostgreSQL where a database is involved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+from stored_runs import OWNER, T0, record, tiny_sweep
+from twossp import cli
+from twossp.contracts import RunResult, RunStatus
+from twossp.dash.charts import Chart, panels
+from twossp.dash.frame import Column, Frame
+from twossp.db import store
+from twossp.db.session import Database
+from twossp.plan import plan_sweep
+
+
+def invoke(*args: object, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False,
+                              env={"COLUMNS": "160", **(env or {})})
+
+
+def run_sweep_rows(db: Database, name: str, complete: int | None = None) -> list:
+    """Sweep ``name`` (dense + 2SSP 0.25 and 0.5 on the tiny paths) stored as a driver stores it:
+    its planned keys, then its first ``complete`` runs claimed and completed (all by default)."""
+    spec = tiny_sweep(name, sparsities=[0.25, 0.5])
+    runs = plan_sweep(spec)
+    with db.session() as session:
+        sweep = store.upsert_sweep(session, spec, None, [r.key for r in runs])
+        for run in runs[:complete]:
+            store.claim(session, sweep.id, run, OWNER, rerun_failed=False, stale_before=T0)
+    for run in runs[:complete]:
+        record(db, run, RunResult(key=run.key, status=RunStatus.COMPLETED, started_at=T0, finished_at=T0,
+                                  achieved_sparsity=run.sparsity or 0.0,
+                                  scores=[("eval.txt", "perplexity", 10.0 + 10 * (run.sparsity or 0))]))
+    return runs
+
+
+def states(db: Database, sweep: str) -> dict[str, int]:
+    out = invoke("dash", "show", "status", "--db", db.url, "--param", f"sweep={sweep}", "--format", "json")
+    assert out.exit_code == 0, out.output
+    return {r["state"]: r["runs"] for r in json.loads(out.output)["frames"]["states"]}
+
+
+def test_a_sweep_whose_cells_another_sweep_computed_is_complete(db: Database) -> None:
+    first = run_sweep_rows(db, "first")
+    second = run_sweep_rows(db, "second", complete=0)  # same cells: its driver finds them done
+    assert [r.key for r in first] == [r.key for r in second]
+    assert states(db, "first") == {"completed": 3, "total": 3}
+    assert states(db, "second") == {"completed": 3, "total": 3}
+
+
+def test_a_sweep_part_way_counts_what_has_not_started(db: Database) -> None:
+    run_sweep_rows(db, "partial", complete=1)
+    assert states(db, "partial") == {"completed": 1, "not started": 2, "total": 3}
+    listed = json.loads(invoke("dash", "show", "status", "--db", db.url, "--format", "json").output)
+    assert len(listed["frames"]["runs"]) == 1  # the sweep run last is the default
+
+
+def test_a_negative_limit_is_refused(db: Database) -> None:
+    run_sweep_rows(db, "limits")
+    result = invoke("dash", "show", "status", "--db", db.url, "--param", "limit=-1")
+    assert result.exit_code == 2 and "limit=-1" in result.output and "Traceback" not in result.output
+
+
+def test_sql_values_of_every_kind_print_in_every_format(db: Database) -> None:
+    run_sweep_rows(db, "kinds")
+    query = ("select avg(attempts) as mean_attempts, sum(target_sparsity) as total, min(finished_at) as first, "
+             "count(seed) > 0 as seeded, count(*) as n from runs")
+    for output_format in ("json", "csv", "markdown", "latex", "table"):
+        result = invoke("db", "sql", query, "--db", db.url, "--format", output_format)
+        assert result.exit_code == 0 and "Traceback" not in result.output, (output_format, result.output)
+    row = json.loads(invoke("db", "sql", query, "--db", db.url, "--format", "json").output)["frames"]["sql"][0]
+    assert row["mean_attempts"] == 1 and row["total"] == 0.75 and row["n"] == 3  # Decimal on PostgreSQL
+    assert row["first"].startswith("2026-01-02")
+    if db.engine.dialect.name == "postgresql":  # an interval, a date and JSON
+        extra = json.loads(invoke("db", "sql", "select finished_at - started_at as took, "
+                                  "current_date as today, spec -> 'method' as method from runs limit 1",
+                                  "--db", db.url, "--format", "json").output)["frames"]["sql"][0]
+        assert extra["took"] == 0.0 and len(extra["today"]) == 10 and json.loads(extra["method"])["name"]
+
+
+def test_a_list_parameter_binds_as_its_items(db: Database, tmp_path: Path) -> None:
+    runs = run_sweep_rows(db, "lists")
+    (tmp_path / "some.yaml").write_text(
+        "title: some runs\nparams:\n  runs: {type: keys, required: true}\n"
+        "sql: select method, target_sparsity from runs where key in :runs order by target_sparsity\n")
+    result = invoke("dash", "show", "some", "--db", db.url, "--format", "csv",
+                    "--param", f"runs={runs[0].key},{runs[2].key}", env={"TWOSSP_DASHBOARDS": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["method,target_sparsity", "dense,0.0", "2ssp,0.5"]
+
+
+def test_a_user_view_restyles_a_built_in_query(db: Database, tmp_path: Path) -> None:
+    run_sweep_rows(db, "restyled")
+    (tmp_path / "status.yaml").write_text(
+        "title: my status\nquery: sweep_status\nparams:\n  limit: {default: 1, help: fewer}\n"
+        "columns:\n  - {name: state, header: STATE}\n")
+    env = {"TWOSSP_DASHBOARDS": str(tmp_path)}
+    shown = invoke("dash", "show", "status", "--db", db.url, "--param", "limit=2", env=env)
+    assert shown.exit_code == 0, shown.output  # the built-in's type (integer) stays
+    assert "STATE" in shown.output and "1 earlier completed run(s) not listed" in " ".join(shown.output.split())
+    (tmp_path / "status.yaml").write_text(
+        "title: my status\nquery: sweep_status\nparams:\n  limit: {type: text}\n  key: {}\n"
+        "columns:\n  - {name: stat}\n")
+    flat = " ".join(invoke("dash", "show", "status", "--db", db.url, env=env).output.split())
+    assert "takes 'limit' as integer, not text" in flat
+    assert "takes no parameter 'key'" in flat
+    assert "the built-in query 'sweep_status' has no column 'stat'" in flat
+
+
+def test_sql_parameters_are_found_as_the_database_binds_them(tmp_path: Path) -> None:
+    view = tmp_path / "colons.yaml"
+    view.write_text("title: colons\nsql: select ':x' as a from runs\n")
+    flat = " ".join(invoke("dash", "show", view).output.split())
+    assert "the SQL uses :x, which params: does not declare" in flat  # text() binds it even inside quotes
+
+
+def test_a_figure_that_cannot_be_written_is_one_message(db: Database, tmp_path: Path) -> None:
+    run_sweep_rows(db, "figures")
+    result = invoke("dash", "show", "tradeoff", "--db", db.url, "--output", tmp_path / "no" / "such" / "f.png")
+    assert result.exit_code == 2 and "cannot write a figure there" in result.output
+    assert "Traceback" not in result.output
+    live = invoke("dash", "show", "status", "--db", db.url, "--live", "--output", tmp_path / "f.png")
+    assert live.exit_code == 2 and "--live" in live.output
+
+
+def test_each_model_has_its_own_lines_from_its_own_dense_run() -> None:
+    rows = [{"model": m, "method": meth, "x": x, "y": y} for m, meth, x, y in [
+        ("a", "dense", 0.0, 10.0), ("a", "2ssp", 0.5, 20.0), ("a", "window", 0.5, 40.0),
+        ("b", "dense", 0.0, 5.0), ("b", "2ssp", 0.5, 8.0)]]
+    frame = Frame("f", "t", [Column("model"), Column("method"), Column("x"), Column("y")], rows)
+    (panel,) = panels(frame, Chart("x", ("y",), ("model", "method"), baseline="dense"))
+    assert panel.series == {"a 2ssp": ([0.0, 0.5], [10.0, 20.0]), "a window": ([0.0, 0.5], [10.0, 40.0]),
+                            "b 2ssp": ([0.0, 0.5], [5.0, 8.0])}
+    one_model = Frame("f", "t", frame.columns, [r for r in rows if r["model"] == "a"])
+    (panel,) = panels(one_model, Chart("x", ("y",), ("model", "method"), baseline="dense"))
+    assert set(panel.series) == {"2ssp", "window"}  # the model named only when there are several
+    only_dense = Frame("f", "t", frame.columns, [rows[0]])
+    (panel,) = panels(only_dense, Chart("x", ("y",), ("model", "method"), baseline="dense"))
+    assert panel.series == {"dense": ([0.0], [10.0])}
