@@ -143,3 +143,21 @@ def test_each_model_has_its_own_lines_from_its_own_dense_run() -> None:
     only_dense = Frame("f", "t", frame.columns, [rows[0]])
     (panel,) = panels(only_dense, Chart("x", ("y",), ("model", "method"), baseline="dense"))
     assert panel.series == {"dense": ([0.0], [10.0])}
+
+
+def test_the_status_view_shows_the_error_of_a_failed_run(db: Database) -> None:
+    spec = tiny_sweep("failing")
+    runs = plan_sweep(spec)
+    with db.session() as session:
+        sweep = store.upsert_sweep(session, spec, None, [r.key for r in runs])
+        for run in runs:
+            store.claim(session, sweep.id, run, OWNER, rerun_failed=False, stale_before=T0)
+    record(db, runs[1], RunResult(key=runs[1].key, status=RunStatus.FAILED, started_at=T0, finished_at=T0,
+                                  error="Traceback (most recent call last):\n  ...\nBudgetError: 0.99 is too much"))
+    out = invoke("dash", "show", "status", "--db", db.url)
+    assert out.exit_code == 0, out.output
+    failed = next(line for line in out.output.splitlines() if runs[1].key in line)
+    assert "failed" in failed and "BudgetError: 0.99 is too much" in failed and "Traceback" not in out.output
+    running = next(line for line in out.output.splitlines() if runs[0].key in line)
+    assert "running" in running  # claimed, with a heartbeat, not finished
+    assert states(db, "failing") == {"failed": 1, "running": 1, "total": 2}

@@ -62,7 +62,10 @@ class Frame:
     caption: str = ""
 
     def shown(self) -> list[Column]:
-        return [c for c in self.columns if not c.hidden]
+        """The columns the text tables show: not hidden, and not empty in every row (a score no run
+        has, a step no method records); CSV and JSON keep every column."""
+        return [c for c in self.columns if not c.hidden
+                and (not self.rows or any(r.get(c.name) is not None for r in self.rows))]
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
