@@ -16,6 +16,10 @@ from typing import Any, Iterable, Literal
 #: ``change``: a relative change (a fraction) in percent, "+4.2%" below 100%, "+132%" above.
 NAMED_FORMATS = ("change",)
 
+#: how a run's state is coloured wherever it is shown (stored states, and the display's own)
+STATE_STYLES = {"completed": "green", "failed": "red", "running": "yellow", "pending": "dim", "not started": "dim",
+                "queued": "dim", "skipped": "dim cyan"}
+
 Best = Literal["lower", "higher"]
 Good = Literal["negative", "positive"]
 

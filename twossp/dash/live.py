@@ -11,9 +11,9 @@ from rich.table import Table
 from rich.text import Text
 
 from twossp.contracts import RunResult
+from twossp.dash.frame import STATE_STYLES
 from twossp.plan import RunSpec
 
-_STYLE = {"completed": "green", "failed": "red", "running": "yellow", "queued": "dim", "skipped": "dim cyan"}
 
 
 class LiveSweep:
@@ -56,7 +56,7 @@ class LiveSweep:
         else:
             row["note"] = (result.error or "").strip().splitlines()[-1][:120]
         elapsed = (result.finished_at - result.started_at).total_seconds() if result.started_at and result.finished_at else 0
-        message = Text.assemble((str(result.status), _STYLE.get(result.status, "")), f" {run.label} ",
+        message = Text.assemble((str(result.status), STATE_STYLES.get(result.status, "")), f" {run.label} ",
                                 (f"({run.key}, {elapsed:.0f}s)", "dim"), f" {row['note']}")
         self.console.print(message, highlight=False, soft_wrap=True)
         self._refresh()
@@ -78,6 +78,6 @@ class LiveSweep:
         for key, row in self.rows.items():
             bar = ProgressBar(total=row["total"], completed=row["done"], width=20)
             step = f"{row['phase']} {row['done']}/{row['total']}" if row["state"] == "running" else ""
-            state = Text(row["state"], style=_STYLE.get(row["state"].split()[0], ""))
+            state = Text(row["state"], style=STATE_STYLES.get(row["state"].split()[0], ""))
             table.add_row(Text(row["run"].label), key, state, Text(step), bar, Text(row["note"]))
         return Group(table)

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from twossp.contracts import DOWNSTREAM_ACC_MEAN, SPEED_DECODE_TOKENS_PER_SECOND, SPEED_PREFILL_SECONDS, RunStatus
-from twossp.dash.frame import Column, Frame, Param
+from twossp.dash.frame import STATE_STYLES, Column, Frame, Param
 from twossp.db import store
 from twossp.db.models import Run, Score, Sweep
 from twossp.errors import ViewError
@@ -183,7 +183,7 @@ def sweep_status(session: Session, params: dict[str, Any]) -> list[Frame]:
     if planned is not None and planned > len(runs):
         states.append({"state": "not started", "runs": planned - len(runs)})
     states.append({"state": "total", "runs": max(planned or 0, len(runs))})
-    colors = {"completed": "green", "failed": "red", "running": "yellow", "pending": "dim", "not started": "dim"}
+    colors = STATE_STYLES
     title = f"sweep {sweep.name}"
     if sweep.cancel_requested_at is not None:
         title += " (cancel requested)"
@@ -203,11 +203,9 @@ def find_run(session: Session, prefix: str) -> Run:
     prefix = str(prefix).strip()
     if not prefix:
         raise ViewError("a run key (or a prefix of one) is needed")
-    # autoescape: a prefix is literal text, its % and _ are no LIKE wildcards
-    found = list(session.scalars(select(Run).where(Run.key.startswith(prefix, autoescape=True))
-                                 .options(selectinload(Run.scores), selectinload(Run.timings),
-                                          selectinload(Run.layer_masks), selectinload(Run.generations),
-                                          selectinload(Run.sweep)).limit(6)))
+    found = store.runs_with_prefix(session, prefix, 6, selectinload(Run.scores), selectinload(Run.timings),
+                                   selectinload(Run.layer_masks), selectinload(Run.generations),
+                                   selectinload(Run.sweep))
     if not found:
         raise ViewError(f"no run with a key starting {prefix!r} (twossp runs lists them)")
     if len(found) > 1:

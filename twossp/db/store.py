@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -99,6 +99,13 @@ def run_rows(session: Session, status: str | None = None, *, with_scores: bool =
     if with_scores:
         query = query.options(selectinload(Run.scores))
     return list(session.scalars(query))
+
+
+def runs_with_prefix(session: Session, prefix: str, limit: int, *options: Any) -> list[Run]:
+    """At most ``limit`` runs whose key starts with ``prefix`` (a whole key included), with the
+    loader ``options`` given. The prefix is literal text: its % and _ are no LIKE wildcards."""
+    query = select(Run).where(Run.key.startswith(prefix, autoescape=True)).order_by(Run.id).limit(limit)
+    return list(session.scalars(query.options(*options)))
 
 
 def heartbeat(session: Session, owner: str, sweep_id: int) -> bool:

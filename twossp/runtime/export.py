@@ -6,10 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from twossp.contracts import LayerMask, RunStatus
-from twossp.db.models import Run
+from twossp.db import store
 from twossp.errors import CheckpointError
 from twossp.methods import method_of
 from twossp.plan import RunSpec
@@ -18,8 +16,7 @@ from twossp.plan import RunSpec
 def find_run(db: Any, key: str) -> tuple[RunSpec, list[LayerMask]]:
     """The completed run whose key is ``key`` or starts with it, and its masks."""
     with db.session() as session:
-        # autoescape: a prefix is literal text, its % and _ are no LIKE wildcards
-        rows = list(session.scalars(select(Run).where(Run.key.startswith(key, autoescape=True)).limit(2)))
+        rows = store.runs_with_prefix(session, key, 2)
         if len(rows) != 1:
             raise CheckpointError(f"{'no run' if not rows else 'more than one run'} with a key starting {key!r}")
         run = rows[0]
