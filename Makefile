@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) '$(TORCH)' 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	@echo "installing llama-cpp-python (the first time pip builds llama.cpp from source: about 8 minutes)"
+	$(PIP) -e '.[gguf]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || echo "llama-cpp-python could not be built here:" \
+		"the tests that run GGUF exports in llama.cpp are skipped"
 	$(BIN)/python -c "import torch, transformers, ray, sqlalchemy, twossp"
 	touch $@
 

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("twossp.families",),
     ("twossp.prune",),
     ("twossp.evaluate",),
-    ("twossp.checkpoint",),
+    ("twossp.checkpoint", "twossp.serve"),
     ("twossp.db", "twossp.migrations"),
     ("twossp.runtime",),
     ("twossp.dash", "twossp.dashboards"),

@@ -16,7 +16,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -72,15 +72,26 @@ def save_pruned(model: nn.Module, tokenizer: Any, directory: str | Path) -> Save
                            removed_ffn=removed_ffn)
 
 
-def save_atomically(model: Any, tokenizer: Any, directory: Path) -> Any:
-    """Save into a sibling temporary folder, then rename: a run killed while saving never leaves a
-    half-written checkpoint under its final name; a re-run replaces the previous one."""
+def written_atomically(directory: Path, write: Callable[[Path], Any]) -> Any:
+    """``write(folder)`` into a sibling temporary folder, then rename it to ``directory``: a run
+    killed while saving never leaves a half-written model under its final name; a re-run replaces
+    the previous one. Returns what ``write`` returned."""
     partial = directory.with_name(f".{directory.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    saved = save_pruned(model, tokenizer, partial)
+    partial.mkdir(parents=True)
+    try:
+        result = write(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     shutil.rmtree(directory, ignore_errors=True)
     partial.rename(directory)
+    return result
+
+
+def save_atomically(model: Any, tokenizer: Any, directory: Path) -> Any:
+    """``save_pruned`` through ``written_atomically``."""
+    saved = written_atomically(directory, lambda folder: save_pruned(model, tokenizer, folder))
     return dataclasses.replace(saved, directory=directory)
 
 

@@ -28,9 +28,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from twossp.contracts import GGUF_TYPES
 from twossp.dash.render import FORMATS
-from twossp.errors import (CheckpointError, DatabaseError, PlanError, QueryError, SchemaOutdated, SpecError,
-                           TwosspError, UnknownName, ViewError)
+from twossp.errors import (CheckpointError, DatabaseError, EngineUnavailable, PlanError, QueryError, SchemaOutdated,
+                           SpecError, TwosspError, UnknownName, ViewError)
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -38,7 +39,7 @@ err = Console(stderr=True, highlight=False)
 #: exit code of each library error class (the first match in order wins); any other TwosspError: 1
 EXIT_CODES: tuple[tuple[type[TwosspError], int], ...] = (
     (SpecError, 2), (PlanError, 2), (DatabaseError, 2), (UnknownName, 2), (CheckpointError, 2), (QueryError, 2),
-    (ViewError, 2), (SchemaOutdated, 3),
+    (ViewError, 2), (EngineUnavailable, 2), (SchemaOutdated, 3),
 )
 
 FILES_OPTION = click.option(
@@ -480,17 +481,28 @@ def runs_cmd(db_url: str | None, status: str | None, show_scores: bool) -> None:
 
 
 @main.command("export", help="Save a completed run's pruned model to DIR, rebuilt from the dense weights "
-              "and the masks stored in the database; twossp.load_pruned(DIR) reloads it.")
+              "and the masks stored in the database: a Hugging Face checkpoint (twossp.load_pruned(DIR) reloads "
+              "it) or, with --format gguf, one GGUF file that llama.cpp runs with the removed blocks absent, "
+              "with a model card (README.md) beside it.")
 @click.argument("run_key")
 @click.argument("directory", type=click.Path(file_okay=False))
 @DB_OPTION
+@click.option("--format", "save_format", type=click.Choice(["safetensors", "gguf"]), default="safetensors",
+              show_default=True, help="A Hugging Face checkpoint, or one GGUF file for llama.cpp.")
+@click.option("--type", "tensor_type", type=click.Choice(list(GGUF_TYPES)), default=None,
+              help="GGUF tensor type (default f16): f32 is the model exactly; q8_0 and the 4- and 5-bit types "
+                   "quantise after pruning.")
 @click.option("--overwrite", is_flag=True, help="Replace what DIR holds (by default DIR must be empty or new).")
-def export(run_key: str, directory: str, db_url: str | None, overwrite: bool) -> None:
+def export(run_key: str, directory: str, db_url: str | None, save_format: str, tensor_type: str | None,
+           overwrite: bool) -> None:
     from twossp.runtime.export import export_run
 
+    if tensor_type and save_format != "gguf":
+        raise click.UsageError("--type is the tensor type of a GGUF file: it needs --format gguf")
     db = _open(db_url)
     try:
-        saved = export_run(db, run_key, directory, overwrite=overwrite)
+        saved = export_run(db, run_key, directory, overwrite=overwrite, save_format=save_format,
+                           tensor_type=tensor_type or "f16")
     finally:
         db.close()
     say(f"saved to {saved.directory}: {saved.note}")

@@ -19,6 +19,11 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+#: Tensor types a GGUF export can be written in (``twossp.serve.gguf.TENSOR_TYPES`` describes them).
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+#: The config key of a SliceGPT model: how ``slice_model`` rebuilt it (its checkpoints need twossp to load).
+SLICEGPT_CONFIG_KEY = "twossp_slicegpt"
+
 #: progress(phase, done, total): how far a long step is; called from the worker's thread.
 Progress = Callable[[str, int, int], None]
 

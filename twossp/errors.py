@@ -69,6 +69,15 @@ class CheckpointError(TwosspError):
     run cannot be exported."""
 
 
+class ExportUnsupported(CheckpointError):
+    """A model cannot be written in the format asked for (a family or method llama.cpp cannot run
+    as pruned); the message says why and what to use instead."""
+
+
+class EngineUnavailable(TwosspError):
+    """llama.cpp's Python binding (``llama-cpp-python``) is not installed; the message says how."""
+
+
 class DatabaseError(TwosspError):
     """The result database cannot be used: a URL that names nothing usable, a server that cannot
     be reached or refuses the credentials, a file that is not a database. Messages never contain a

@@ -140,6 +140,7 @@ class Method:
     run: Lazy | None                    # (model, adapter, calibration, sparsity, spec, device, progress) -> PruneOutcome
     preview: Preview | None = None
     export_refusal: str | None = None   # why ``twossp export`` cannot rebuild it from masks; None: it can
+    gguf_refusal: str | None = None     # why its models cannot be written as GGUF for llama.cpp; None: they can
     #: a search run to a higher sparsity holds every lower one's as a prefix (BlockPruner's greedy
     #: path does not depend on the target), so one search measures every sparsity
     prefix_search: bool = False
@@ -169,7 +170,10 @@ _ENTRIES = (
     Method(SliceGPTMethod, Lazy("twossp.prune.slicegpt:run"), _slicegpt_preview,
            export_refusal="its PCA rotations are not layer masks and are not stored in the database, so it "
                           "cannot be rebuilt from there: a sliced model is saved while it runs, with "
-                          "`save_to: DIR` in the sweep"),
+                          "`save_to: DIR` in the sweep",
+           gguf_refusal="its rotated, narrowed residual stream with a shortcut matrix on every residual connection "
+                        "has no llama.cpp architecture; save it with `format: safetensors` and load it with "
+                        "twossp.load_pruned"),
 )
 
 METHODS: Registry[Method] = Registry("method", {entry.name: entry for entry in _ENTRIES})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -66,6 +66,8 @@ class RunSpec(Strict):
     evaluation: EvaluationSpec
     runtime: RuntimeSpec
     save_to: str | None = None  # where the pruned model goes (not in the key: it changes no number)
+    save_format: Literal["safetensors", "gguf"] = "safetensors"
+    save_type: str = "f16"      # the GGUF tensor type (``GGUF_TYPES``)
     #: The weights as planned (``ModelSpec.identity``: a content fingerprint, a hub commit), frozen
     #: here so the key never changes under a run, and the worker and ``export`` can tell whether the
     #: weights they find are still these.
@@ -171,12 +173,14 @@ def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
     task_data = plan_task_data(evaluation) if evaluation.tasks else None
     identities: dict[int, Any] = {}  # a model's weights are fingerprinted once
     runs: list[RunSpec] = []
+    save = ({"save_to": spec.save_to.path, "save_format": spec.save_to.format, "save_type": spec.save_to.type or "f16"}
+            if spec.save_to else {})
     for model, method, sparsity, calibration in grid(spec):
         if id(model) not in identities:
             identities[id(model)] = model.identity
         runs.append(RunSpec(sweep=spec.name, model=model, method=method, evaluation=evaluation, runtime=spec.runtime,
-                            save_to=spec.save_to, weights=identities[id(model)], task_data=task_data,
-                            sparsity=sparsity, calibration=calibration))
+                            **save, weights=identities[id(model)], task_data=task_data, sparsity=sparsity,
+                            calibration=calibration))
     return runs
 
 

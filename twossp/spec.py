@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from twossp.contracts import GGUF_TYPES
 from twossp.errors import DataUnavailable, SpecError, SpecProblem, UnknownName
 from twossp.fingerprint import fingerprint_directory, fingerprint_file
 from twossp.methods import MAX_INT, METHODS, Strict, method_of
@@ -429,6 +430,30 @@ class RuntimeSpec(Strict):
     threads: int | None = Field(default=None, ge=1, le=MAX_INT)
 
 
+class SaveSpec(Strict):
+    """Folder where every pruned model is saved, one sub-folder per run key (on a cluster: a path
+    every node can write), and in which format: a Hugging Face checkpoint (``safetensors``) or one
+    GGUF file for llama.cpp (``gguf``, with its tensor ``type``, default f16)."""
+
+    path: Annotated[str, _not_blank("`save_to`")]
+    format: Literal["safetensors", "gguf"] = "safetensors"
+    type: Literal[GGUF_TYPES] | None = None  # type: ignore[valid-type]
+
+    _resolve = field_validator("path")(_relative_to_sweep)
+
+    @model_validator(mode="after")
+    def _type_is_for_gguf(self) -> "SaveSpec":
+        if self.type is not None and self.format != "gguf":
+            raise ValueError("`type` is the tensor type of a GGUF file: it needs `format: gguf`")
+        return self
+
+
+def _save_shorthand(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("`save_to` is empty")
+    return {"path": value} if isinstance(value, str) else value
+
+
 class SweepSpec(Strict):
     """A grid: models x methods x sparsities x calibration sizes x seeds, plus evaluation."""
 
@@ -441,11 +466,9 @@ class SweepSpec(Strict):
     seeds: list[Annotated[int, Field(ge=0, le=MAX_INT)]] = Field(default=[0], min_length=1)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
-    #: Folder where every pruned model is saved, one sub-folder per run key (on a cluster: a path
-    #: every node can write). Not part of the run key: saving changes no number.
-    save_to: Annotated[str, _not_blank("`save_to`")] | None = None
-
-    _resolve = field_validator("save_to")(_relative_to_sweep)
+    #: Where and how every pruned model is saved (``save_to: DIR`` or ``save_to: {path, format,
+    #: type}``). Not part of the run key: saving changes no number.
+    save_to: Annotated[SaveSpec | None, BeforeValidator(_save_shorthand)] = None
 
     @property
     def eval_seq_len(self) -> int:

@@ -293,7 +293,7 @@ def test_save_to_saves_every_pruned_run_reloadable_to_its_score(tiny_checkpoint,
     sweep_file = tiny_checkpoint.write_sweep(tmp_path / "sweep.yaml", "tiny-save", save_to="saved",
                                              methods=["dense", "2ssp", "shortgpt"], sparsities=[0.5])
     spec = parse_sweep(sweep_file.read_text(), str(sweep_file), base_dir=sweep_file.parent)
-    assert spec.save_to == str(tmp_path / "saved")  # relative to the sweep file's folder
+    assert spec.save_to.path == str(tmp_path / "saved")  # relative to the sweep file's folder
     plain = tiny_spec(tiny_checkpoint, methods=["dense", "2ssp", "shortgpt"], sparsities=[0.5])
     assert [r.key for r in plan_sweep(spec)] == [r.key for r in plan_sweep(plain)]  # saving changes no key
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from twossp.contracts import Progress, PruneOutcome
+from twossp.contracts import SLICEGPT_CONFIG_KEY, Progress, PruneOutcome
 from twossp.errors import BudgetError, UnsupportedArchitecture
 from twossp.families.base import FamilyAdapter, RemovedAttention, new_linear
 from twossp.prune.calibration import block_inputs
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from twossp.methods import SliceGPTMethod
 
 
-CONFIG_KEY = "twossp_slicegpt"
+CONFIG_KEY = SLICEGPT_CONFIG_KEY
 
 #: Architectures whose blocks are plain pre-norm RMSNorm blocks with an unscaled embedding: the
 #: only shape the rotation is exact for. Gemma (scaled embedding, (1 + w) norms, sandwich norms)

@@ -1,8 +1,13 @@
 """``twossp export``: a completed run's pruned model rebuilt from the dense weights and the layer
-masks stored in the database alone, then saved with ``checkpoint.save_pruned``."""
+masks stored in the database alone, then saved as a Hugging Face checkpoint
+(``checkpoint.save_pruned``) or as one GGUF file for llama.cpp with its model card
+(``serve.gguf``, ``serve.card``). A sweep's ``save_to:`` saves through the same ``save_model``."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +16,40 @@ from twossp.db import store
 from twossp.errors import CheckpointError
 from twossp.methods import method_of
 from twossp.plan import RunSpec
+from twossp.serve.card import Provenance
+
+FORMATS = ("safetensors", "gguf")
 
 
-def find_run(db: Any, key: str) -> tuple[RunSpec, list[LayerMask]]:
-    """The completed run whose key is ``key`` or starts with it, and its masks."""
+@dataclass(frozen=True)
+class StoredRun:
+    spec: RunSpec
+    masks: list[LayerMask]
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class SavedGguf:
+    directory: Path
+    file: Any  # serve.gguf.GgufFile
+
+    @property
+    def note(self) -> str:
+        f = self.file
+        return (f"{f.path.name} ({f.tensor_type}, {f.size / 2**20:,.1f} MiB): llama.cpp architecture {f.architecture}, "
+                f"{f.blocks} blocks, {f.attention_blocks} with attention; model card in README.md")
+
+
+def provenance(spec: RunSpec, key: str, masks: list[LayerMask], achieved: float | None,
+               scores: list[tuple[str, str, float]], versions: dict[str, Any] | None) -> Provenance:
+    model = spec.model
+    return Provenance(run_key=key, model=model.label, source=str(model.path or model.gguf or model.hub),
+                      method=spec.method.model_dump(), target_sparsity=spec.sparsity, achieved_sparsity=achieved,
+                      masks=masks, scores=list(scores), versions=dict(versions or {}))
+
+
+def find_run(db: Any, key: str) -> StoredRun:
+    """The completed run whose key is ``key`` or starts with it, its masks and its provenance."""
     with db.session() as session:
         rows = store.runs_with_prefix(session, key, 2)
         if len(rows) != 1:
@@ -31,22 +66,57 @@ def find_run(db: Any, key: str) -> tuple[RunSpec, list[LayerMask]]:
         refusal = method_of(spec.method).export_refusal
         if refusal:
             raise CheckpointError(f"run {run.key} is a {spec.method.name} run: {refusal}")
-        return spec, [LayerMask(m.layer, m.attention_kept, m.ffn_width, m.ffn_mask) for m in run.layer_masks]
+        masks = [LayerMask(m.layer, m.attention_kept, m.ffn_width, m.ffn_mask) for m in run.layer_masks]
+        scores = [(s.dataset, s.metric, s.value) for s in run.scores]
+        return StoredRun(spec, masks, provenance(spec, run.key, masks, run.achieved_sparsity, scores, run.versions))
 
 
-def export_run(db: Any, key: str, directory: str | Path, device: str = "cpu", overwrite: bool = False) -> Any:
+def gguf_name(p: Provenance, tensor_type: str) -> str:
+    """``<model>-<method>-<target>.<type>.gguf``, in characters every file system takes."""
+    target = f"-{p.target_sparsity:g}" if p.target_sparsity else ""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{Path(p.model).name}-{p.method_name}{target}").strip("-.")
+    return f"{stem}.{tensor_type}.gguf"
+
+
+def save_model(model: Any, tokenizer: Any, directory: Path, save_format: str, tensor_type: str,
+               origin: Provenance) -> Any:
+    """Save ``model`` to ``directory`` (atomically: written beside it, then renamed) as a Hugging
+    Face checkpoint or as one GGUF file plus its model card."""
+    from twossp.checkpoint import save_atomically, written_atomically
+
+    if save_format == "safetensors":
+        return save_atomically(model, tokenizer, directory)
+    if save_format != "gguf":
+        raise CheckpointError(f"unknown export format {save_format!r}; formats: {', '.join(FORMATS)}")
+    from twossp.serve.card import metadata, render_card
+    from twossp.serve.gguf import layout_for, write_gguf
+
+    layout_for(model.config)  # refused before anything is written
+    name = gguf_name(origin, tensor_type)
+
+    def write(folder: Path) -> Any:
+        written = write_gguf(model, tokenizer, folder / name, tensor_type, metadata(origin))
+        (folder / "README.md").write_text(render_card(origin, written), encoding="utf-8")
+        return written
+
+    written = written_atomically(directory, write)
+    return SavedGguf(directory, dataclasses.replace(written, path=directory / name))
+
+
+def export_run(db: Any, key: str, directory: str | Path, device: str = "cpu", overwrite: bool = False,
+               save_format: str = "safetensors", tensor_type: str = "f16") -> Any:
     """Rebuild a completed run's pruned model from the dense weights and its stored masks and save
-    it to ``directory`` (a ``checkpoint.SavedCheckpoint``). ``key`` may be a unique prefix.
+    it to ``directory`` (``checkpoint.SavedCheckpoint`` or ``SavedGguf``). ``key`` may be a unique
+    prefix.
 
-    ``directory`` must be new or empty unless ``overwrite``: files of an earlier checkpoint (an old
+    ``directory`` must be new or empty unless ``overwrite``: files of an earlier export (an old
     shard index beside new weights) would otherwise be mistaken for part of this one. The model is
     written to a sibling folder and renamed into place, so a failed export leaves nothing behind."""
     import torch
 
-    from twossp.checkpoint import save_atomically
+    from twossp.device import DTYPES
     from twossp.families import adapter_for
     from twossp.prune.masks import apply_masks
-    from twossp.device import DTYPES
     from twossp.runtime.loading import load_model
 
     directory = Path(directory)
@@ -55,7 +125,12 @@ def export_run(db: Any, key: str, directory: str | Path, device: str = "cpu", ov
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
         raise CheckpointError(f"{directory} is not empty; export into a new or empty directory, or pass "
                               "--overwrite to replace what it holds")
-    spec, masks = find_run(db, key)
-    model, tokenizer = load_model(spec.model, DTYPES[spec.runtime.dtype], torch.device(device))
-    apply_masks(model, adapter_for(model.config), masks)
-    return save_atomically(model, tokenizer, directory)
+    run = find_run(db, key)
+    if save_format == "gguf":
+        from twossp.runtime.loading import load_config
+        from twossp.serve.gguf import layout_for
+
+        layout_for(load_config(run.spec.model))  # a refusal before the weights are loaded
+    model, tokenizer = load_model(run.spec.model, DTYPES[run.spec.runtime.dtype], torch.device(device))
+    apply_masks(model, adapter_for(model.config), run.masks)
+    return save_model(model, tokenizer, directory, save_format, tensor_type, run.provenance)

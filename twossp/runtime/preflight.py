@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from twossp.data.hub import unreachable_tasks
 from twossp.errors import BudgetError, TwosspError, UnsupportedArchitecture
 from twossp.families import config_block_counts, family_of
+from twossp.methods import method_of
 from twossp.plan import RunSpec
 from twossp.runtime.loading import config_path
+from twossp.serve.gguf import refusal as gguf_refusal
 
 
 @dataclass
@@ -39,6 +41,10 @@ def preflight(runs: list[RunSpec]) -> Preflight:
         if config is None:
             report.previews[run.key] = "?"
             continue
+        if run.save_to and run.save_format == "gguf":
+            why = method_of(run.method).gguf_refusal or gguf_refusal(config)
+            if why:
+                report.problems.append(f"{run.label}: `save_to` asks for GGUF, which cannot be written: {why}")
         try:
             report.previews[run.key] = run.preview(config_block_counts(config))
         except BudgetError as exc:

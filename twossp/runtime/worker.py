@@ -282,11 +282,17 @@ class _Run:
 
     def save(self) -> None:
         self.progress("save", 0, 1)
-        from twossp.checkpoint import save_atomically
+        from twossp.runtime.export import provenance, save_model
 
-        saved = save_atomically(self.model, self.tokenizer, Path(self.spec.save_to) / self.spec.key)
-        self.result.details["saved_to"] = str(saved.directory)
-        self.result.details["saved_stock_checkpoint"] = saved.stock
+        spec, result = self.spec, self.result
+        origin = provenance(spec, spec.key, result.masks, result.achieved_sparsity, result.scores, result.versions)
+        saved = save_model(self.model, self.tokenizer, Path(spec.save_to) / spec.key, spec.save_format,
+                           spec.save_type, origin)
+        result.details["saved_to"] = str(saved.directory)
+        if spec.save_format == "gguf":
+            result.details["saved_gguf"] = saved.file.path.name
+        else:
+            result.details["saved_stock_checkpoint"] = saved.stock
         self.clock.lap("save")
 
     def release(self) -> None:

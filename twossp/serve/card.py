@@ -1,0 +1,159 @@
+"""Where an exported model came from, said twice: as a model card (``README.md`` beside the file)
+and as ``general.*`` and ``twossp.*`` metadata inside the GGUF, so that a shared file still says
+which run of which model it is, what was removed and what that cost."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from twossp.contracts import LayerMask
+
+
+def twossp_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("twossp")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """One run, as the card and the metadata tell it."""
+
+    run_key: str
+    model: str                              # the sweep's label
+    source: str                             # path, hub id or GGUF the dense weights came from
+    method: dict[str, Any]                  # the method spec (name and options)
+    target_sparsity: float | None
+    achieved_sparsity: float | None
+    masks: list[LayerMask]                  # one per dense block
+    scores: list[tuple[str, str, float]] = field(default_factory=list)  # (dataset, metric, value)
+    versions: dict[str, Any] = field(default_factory=dict)             # of the run
+
+    @property
+    def method_name(self) -> str:
+        return str(self.method.get("name", "?"))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.method.items() if k != "name"}
+
+    @property
+    def title(self) -> str:
+        target = f" at sparsity {self.target_sparsity:g}" if self.target_sparsity else ""
+        return f"{self.model}, pruned with {self.method_name}{target}"
+
+    def removed_blocks(self) -> list[int]:
+        return [m.layer for m in self.masks if m.removed_block]
+
+    def removed_attention(self) -> list[int]:
+        return [m.layer for m in self.masks if not m.attention_kept and not m.removed_block]
+
+    def removed_ffn(self) -> list[int]:
+        return [m.layer for m in self.masks if m.ffn_kept == 0 and not m.removed_block]
+
+    def ffn_kept(self) -> list[int]:
+        return [m.ffn_kept for m in self.masks]
+
+
+def metadata(provenance: Provenance) -> dict[str, Any]:
+    """GGUF keys for ``provenance`` (``general.*`` as llama.cpp's tools show them, ``twossp.*``)."""
+    p = provenance
+    keys: dict[str, Any] = {
+        "general.name": p.title,
+        "general.description": f"{p.title}; exported by twossp from run {p.run_key}",
+        "general.source.url": p.source,
+        "twossp.version": twossp_version(),
+        "twossp.run_key": p.run_key,
+        "twossp.method": json.dumps(p.method, sort_keys=True),
+        "twossp.dense_blocks": len(p.masks),
+        "twossp.removed_blocks": p.removed_blocks(),
+        "twossp.removed_attention": p.removed_attention(),
+        "twossp.removed_ffn": p.removed_ffn(),
+        "twossp.ffn_kept": p.ffn_kept(),
+        "twossp.scores": json.dumps([list(s) for s in p.scores]),
+    }
+    if p.target_sparsity is not None:
+        keys["twossp.target_sparsity"] = float(p.target_sparsity)
+    if p.achieved_sparsity is not None:
+        keys["twossp.achieved_sparsity"] = float(p.achieved_sparsity)
+    return keys
+
+
+def _blocks(indices: list[int]) -> str:
+    return ", ".join(map(str, indices)) if indices else "none"
+
+
+def _widths(provenance: Provenance) -> str:
+    kept = [m.ffn_kept for m in provenance.masks if not m.removed_block and m.ffn_kept]
+    dense = provenance.masks[0].ffn_width if provenance.masks else 0
+    if not kept:
+        return "no FFN left"
+    if len(set(kept)) == 1:
+        return f"{kept[0]:,} of {dense:,} neurons in every block that has one"
+    return f"{min(kept):,} to {max(kept):,} of {dense:,} neurons (per block: {', '.join(map(str, kept))})"
+
+
+def render_card(provenance: Provenance, written: Any, engine: dict[str, Any] | None = None) -> str:
+    """The model card (Markdown) of ``written`` (a ``serve.gguf.GgufFile``). ``engine`` adds the
+    figures llama.cpp measured on the file (``twossp export --evaluate``)."""
+    p = provenance
+    size = written.size / 2**20
+    lines = [
+        f"# {p.title}",
+        "",
+        f"`{written.path.name}`: one GGUF file ({written.tensor_type}, {size:,.1f} MiB) for llama.cpp and the tools "
+        f"built on it, written by twossp {twossp_version()} from run `{p.run_key}`. The removed parts are absent from "
+        "the file: no weights and no KV cache for a removed attention.",
+        "",
+        "## What was pruned",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| dense model | {p.model} (`{p.source}`) |",
+        f"| method | {p.method_name}" + (f" ({', '.join(f'{k} {v}' for k, v in p.options.items())})"
+                                         if p.options else "") + " |",
+        f"| sparsity target | {p.target_sparsity:g} |" if p.target_sparsity is not None else "| sparsity target | - |",
+        f"| sparsity achieved | {p.achieved_sparsity:.4f} of the decoder-layer parameters |"
+        if p.achieved_sparsity is not None else "| sparsity achieved | - |",
+        f"| blocks | {len(p.masks)} dense, {written.blocks} in the file |",
+        f"| whole blocks removed | {_blocks(p.removed_blocks())} |",
+        f"| attention removed | {_blocks(p.removed_attention())} ({len(p.removed_attention())} of {len(p.masks)}) |",
+        f"| FFN removed | {_blocks(p.removed_ffn())} |",
+        f"| FFN width | {_widths(p)} |",
+        "",
+        "Blocks are numbered as in the dense model.",
+        "",
+    ]
+    if p.scores:
+        lines += ["## Scores of the run", "", "Measured by twossp on the pruned model (PyTorch, Hugging Face "
+                  "transformers) when the run was computed.", "", "| dataset | metric | value |", "|---|---|---:|"]
+        lines += [f"| {d} | {m} | {v:.6g} |" for d, m, v in sorted(p.scores)]
+        lines.append("")
+    if engine:
+        lines += ["## Measured in llama.cpp", "", "| figure | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in engine.items()]
+        lines.append("")
+    counts = ", ".join(f"{n} {t}" for t, n in sorted(written.types.items()))
+    lines += ["## How the file is written", "",
+              f"- llama.cpp architecture `{written.architecture}`"
+              + (" (its architecture for blocks that differ: per-block head counts and FFN widths)"
+                 if written.architecture == "deci" else "") + ".",
+              f"- Tensors: {counts}.",
+              *[f"- {r[0].upper()}{r[1:]}." for r in written.rewrites],
+              "", "## Use it", "",
+              "```sh", f"llama-server -m {written.path.name}", f"llama-cli -m {written.path.name} -p 'Hello'", "```",
+              "", "```python", "from llama_cpp import Llama", f"llm = Llama(model_path={written.path.name!r})", "```",
+              "", "## Provenance", "",
+              f"- Run key `{p.run_key}`; twossp {p.versions.get('twossp') or 'unknown'} computed it"
+              + (f" (git {p.versions['git']})" if p.versions.get("git") else "")
+              + (f", torch {p.versions['torch']}, transformers {p.versions['transformers']}"
+                 if p.versions.get("torch") else "") + ".",
+              f"- Exported by twossp {twossp_version()}; `twossp show {p.run_key}` shows the run, "
+              f"`twossp export {p.run_key} DIR --format gguf` writes this file again.",
+              ""]
+    return "\n".join(lines)

@@ -1,0 +1,454 @@
+"""A pruned model as one GGUF file that llama.cpp runs as it is.
+
+Which llama.cpp architecture the file declares:
+
+- the family's own (``llama``; ``qwen2`` for Qwen2) when every block still has its attention and an
+  FFN, all of one width: a dense model, whole blocks removed (ShortGPT, the window method), width
+  pruning alone. Every GGUF reader runs it.
+- ``deci`` otherwise: llama.cpp's architecture for Llama-layout decoders whose blocks differ. It
+  takes per-block head counts (0 and 0: no attention, so no weights and no KV cache) and a
+  per-block FFN width.
+
+Three shapes are written in another, exactly equivalent, form:
+
+- Block 0 without attention: llama.cpp reads the head size from block 0's head count, so block 0
+  gets a "linear attention" (one output matrix applied to the normed input) whose matrix is zero. It
+  adds exactly zero, and costs one hidden x hidden product per token.
+- A block that keeps its attention but lost its FFN: deci reads FFN width 0 as an empty block and
+  drops the attention's output, so the FFN is written 32 zero neurons wide (adding exactly zero).
+- A block with neither is the identity: it is left out and the blocks after it renumbered.
+
+Block-quantised types (``q8_0``, ``q4_0``, ...) quantise each row in blocks of 32 along its input
+dimension. An FFN width that is not a multiple of 32 is padded with zero neurons, again exact, so
+that ``ffn_down`` is quantised like every other matrix. Any other matrix whose rows do not divide
+into blocks stays f16, as llama.cpp's own quantiser does. Norm weights and biases are always f32.
+
+llama.cpp's ``llama`` and ``deci`` rotate adjacent pairs of each head with RoPE, Hugging Face the
+two halves of the head. The q and k rows are therefore reordered within each head, the same way for
+both, which leaves every dot product (and so the model) unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from twossp.contracts import GGUF_TYPES, SLICEGPT_CONFIG_KEY
+from twossp.errors import ExportUnsupported
+from twossp.registry import Registry
+
+ZERO_FFN_WIDTH = 32  # the width of the zero FFN written for a block whose FFN was removed
+
+
+def gguf_module() -> Any:
+    import gguf
+
+    return gguf
+
+
+# ---------------------------------------------------------------------------- tensor types
+@dataclass(frozen=True)
+class TensorType:
+    ggml: str          # gguf.GGMLQuantizationType member name
+    file_type: str     # gguf.LlamaFileType member name
+    description: str
+
+    @property
+    def quantization(self) -> Any:
+        return gguf_module().GGMLQuantizationType[self.ggml]
+
+    @property
+    def block(self) -> int:
+        """Elements per quantisation block along a row (1 for float types)."""
+        return gguf_module().GGML_QUANT_SIZES[self.quantization][0]
+
+
+TENSOR_TYPES: Registry[TensorType] = Registry("GGUF tensor type", {
+    "f32": TensorType("F32", "ALL_F32", "32-bit floats: the model exactly"),
+    "f16": TensorType("F16", "MOSTLY_F16", "16-bit floats"),
+    "bf16": TensorType("BF16", "MOSTLY_BF16", "bfloat16"),
+    "q8_0": TensorType("Q8_0", "MOSTLY_Q8_0", "8-bit blocks of 32 with one scale"),
+    "q5_1": TensorType("Q5_1", "MOSTLY_Q5_1", "5-bit blocks of 32 with a scale and a minimum"),
+    "q5_0": TensorType("Q5_0", "MOSTLY_Q5_0", "5-bit blocks of 32 with one scale"),
+    "q4_1": TensorType("Q4_1", "MOSTLY_Q4_1", "4-bit blocks of 32 with a scale and a minimum"),
+    "q4_0": TensorType("Q4_0", "MOSTLY_Q4_0", "4-bit blocks of 32 with one scale"),
+})
+assert tuple(TENSOR_TYPES) == GGUF_TYPES
+
+
+def encode(array: np.ndarray, ggml: Any) -> np.ndarray:
+    """``array`` (float32) in the bytes of GGML type ``ggml``."""
+    gguf = gguf_module()
+    if ggml == gguf.GGMLQuantizationType.F32:
+        return np.ascontiguousarray(array, dtype=np.float32)
+    if ggml == gguf.GGMLQuantizationType.F16:
+        return np.ascontiguousarray(array, dtype=np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), ggml)
+
+
+# ---------------------------------------------------------------------------- family layouts
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """A config value from a transformers config or a parsed config.json."""
+    value = config.get(key, default) if isinstance(config, Mapping) else getattr(config, key, default)
+    return default if value is None else value
+
+
+def rope_settings(config: Any) -> dict[str, Any]:
+    """The RoPE parameters of a config, in transformers 5's form (``rope_parameters``) or 4's
+    (``rope_theta`` and ``rope_scaling``)."""
+    params = dict(_get(config, "rope_parameters", None) or _get(config, "rope_scaling", None) or {})
+    params.setdefault("rope_theta", _get(config, "rope_theta", 10000.0))
+    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
+    return params
+
+
+class Layout:
+    """How one family's decoder block maps onto llama.cpp's tensors. Arrays come out in Hugging
+    Face's (out, in) layout, which is the GGUF writer's order."""
+
+    plain_arch = "llama"          # llama.cpp's architecture for a model whose blocks are all whole
+    plain_rotates_halves = False  # that architecture applies RoPE to head halves, as Hugging Face does
+    biases = False                # q/k/v biases
+
+    def attention(self, adapter: Any, layer: Any) -> dict[str, Any]:
+        attn = adapter.attention(layer)
+        tensors = {"q": attn.q_proj.weight, "k": attn.k_proj.weight, "v": attn.v_proj.weight,
+                   "output": attn.o_proj.weight}
+        if self.biases:
+            tensors |= {"q.bias": attn.q_proj.bias, "k.bias": attn.k_proj.bias, "v.bias": attn.v_proj.bias}
+        return tensors
+
+    def ffn(self, adapter: Any, layer: Any) -> dict[str, Any]:
+        mlp = adapter.mlp(layer)
+        return {"gate": mlp.gate_proj.weight, "up": mlp.up_proj.weight, "down": mlp.down_proj.weight}
+
+    def refusal(self, config: Any) -> str | None:
+        """Why this config cannot be written for llama.cpp, or None."""
+        rope = rope_settings(config)
+        if rope["rope_type"] not in ("default", "linear", "llama3"):
+            return (f"its RoPE scaling ({rope['rope_type']!r}) is not one twossp writes for llama.cpp "
+                    "(default, linear and llama3 are)")
+        if float(_get(config, "partial_rotary_factor", 1.0)) != 1.0:
+            return "it applies RoPE to part of each head only, which llama.cpp's Llama layout does not"
+        return None
+
+
+class Qwen2Layout(Layout):
+    plain_arch = "qwen2"
+    plain_rotates_halves = True
+    biases = True
+
+
+class Phi3Layout(Layout):
+    """Phi-3 is the Llama layout with fused projections: q/k/v and gate/up are split apart."""
+
+    def attention(self, adapter: Any, layer: Any) -> dict[str, Any]:
+        attn = adapter.attention(layer)
+        q_rows = attn.config.num_attention_heads * attn.head_dim
+        kv_rows = attn.config.num_key_value_heads * attn.head_dim
+        q, k, v = attn.qkv_proj.weight.split([q_rows, kv_rows, kv_rows])
+        return {"q": q, "k": k, "v": v, "output": attn.o_proj.weight}
+
+    def ffn(self, adapter: Any, layer: Any) -> dict[str, Any]:
+        mlp = adapter.mlp(layer)
+        gate, up = mlp.gate_up_proj.weight.chunk(2)
+        return {"gate": gate, "up": up, "down": mlp.down_proj.weight}
+
+
+#: Hugging Face architecture -> layout; the families llama.cpp cannot run pruned, and why.
+LAYOUTS: Registry[Layout] = Registry("architecture exportable to GGUF", {
+    "LlamaForCausalLM": Layout(),
+    "MistralForCausalLM": Layout(),
+    "Qwen2ForCausalLM": Qwen2Layout(),
+    "Phi3ForCausalLM": Phi3Layout(),
+})
+_REFUSED = {
+    "Qwen3ForCausalLM": "llama.cpp's architecture for blocks that differ (deci) has no per-head q/k norms, "
+                        "which Qwen3's attention needs",
+    "Gemma2ForCausalLM": "llama.cpp's Gemma architectures cannot leave a block's attention or FFN out, and its "
+                         "architecture for blocks that differ (deci) has no Gemma norms or soft-capping",
+    "Gemma3ForCausalLM": "llama.cpp's Gemma architectures cannot leave a block's attention or FFN out, and its "
+                         "architecture for blocks that differ (deci) has no Gemma norms or soft-capping",
+}
+INSTEAD = ("export it with --format safetensors (or `save_to:` without `format: gguf`) and load it with "
+           "twossp.load_pruned")
+
+
+def refusal(config: Any) -> str | None:
+    """Why a model of ``config`` (a transformers config or a parsed config.json) cannot be written
+    as GGUF, or None. Torch-free: the planner asks it before any run starts."""
+    architectures = _get(config, "architectures", None) or ["?"]
+    arch = architectures[0]
+    if arch in _REFUSED:
+        return f"{arch}: {_REFUSED[arch]}"
+    if arch not in LAYOUTS:
+        return f"{arch}: no llama.cpp layout is known for this architecture (exportable: {', '.join(LAYOUTS)})"
+    if _get(config, SLICEGPT_CONFIG_KEY, None):
+        return ("a SliceGPT model: its rotated, narrowed residual stream with a shortcut matrix on every residual "
+                "connection has no llama.cpp architecture")
+    reason = LAYOUTS[arch].refusal(config)
+    return f"{arch}: {reason}" if reason else None
+
+
+def layout_for(config: Any) -> Layout:
+    reason = refusal(config)
+    if reason:
+        raise ExportUnsupported(f"cannot write GGUF: {reason}; {INSTEAD}")
+    return LAYOUTS[config.architectures[0]]
+
+
+# ---------------------------------------------------------------------------- the file
+@dataclass(frozen=True)
+class GgufFile:
+    """What was written, for the model card and the caller."""
+
+    path: Path
+    architecture: str                 # the llama.cpp architecture declared
+    tensor_type: str                  # the requested type (``TENSOR_TYPES`` key)
+    blocks: int                       # blocks in the file
+    attention_blocks: int             # of which with attention
+    ffn_widths: list[int]             # per block in the file, as written (zero-padded where noted)
+    dropped_blocks: list[int]         # blocks of the pruned model left out (no attention and no FFN)
+    rewrites: list[str] = field(default_factory=list)        # exact rewrites, in words
+    types: dict[str, int] = field(default_factory=dict)      # GGML type -> tensors written in it
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+@dataclass
+class _Tensor:
+    name: str
+    shape: tuple[int, ...]                 # numpy order: (out, in) for matrices
+    make: Callable[[], np.ndarray]         # float32 values, made when written (one tensor in memory at a time)
+    ggml: Any = None
+
+
+def _numpy(tensor: Any) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()
+
+
+def _pair_rows(rows: np.ndarray, heads: int) -> np.ndarray:
+    """Reorder each head's rows from (first half, second half) to interleaved pairs: row 2j takes
+    row j, row 2j+1 takes row j + d/2 (weights or a bias)."""
+    shape = rows.shape
+    d = shape[0] // heads
+    return rows.reshape(heads, 2, d // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def _zeros(*shape: int) -> Callable[[], np.ndarray]:
+    return lambda: np.zeros(shape, np.float32)
+
+
+def _ones(n: int) -> Callable[[], np.ndarray]:
+    return lambda: np.ones(n, np.float32)
+
+
+def _of(tensor: Any, transform: Callable[[np.ndarray], np.ndarray] = lambda a: a) -> Callable[[], np.ndarray]:
+    return lambda: transform(_numpy(tensor))
+
+
+def _padded_rows(tensor: Any, rows: int) -> Callable[[], np.ndarray]:
+    def make() -> np.ndarray:
+        a = _numpy(tensor)
+        return np.concatenate([a, np.zeros((rows - a.shape[0], a.shape[1]), np.float32)])
+    return make
+
+
+def _padded_columns(tensor: Any, columns: int) -> Callable[[], np.ndarray]:
+    def make() -> np.ndarray:
+        a = _numpy(tensor)
+        return np.concatenate([a, np.zeros((a.shape[0], columns - a.shape[1]), np.float32)], axis=1)
+    return make
+
+
+def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> np.ndarray:
+    """Llama 3's RoPE scaling as the per-frequency divisors llama.cpp reads from ``rope_freqs``:
+    1 for short wavelengths, ``factor`` for long ones, a smooth blend between."""
+    base, factor = float(rope["rope_theta"]), float(rope["factor"])
+    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
+    original = float(rope["original_max_position_embeddings"])
+    factors = []
+    for i in range(head_dim // 2):
+        wavelength = 2 * math.pi * base ** (2 * i / head_dim)
+        if wavelength < original / high:
+            factors.append(1.0)
+        elif wavelength > original / low:
+            factors.append(factor)
+        else:
+            smooth = (original / wavelength - low) / (high - low)
+            factors.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, np.float32)
+
+
+def _add_value(writer: Any, key: str, value: Any) -> None:
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_int64(key, value)
+    elif isinstance(value, float):
+        writer.add_float64(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, (list, tuple)):
+        if value:
+            writer.add_array(key, [int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v
+                                   for v in value])
+    else:
+        raise TypeError(f"GGUF metadata {key}: {type(value).__name__} is not a GGUF value")
+
+
+def write_gguf(model: Any, tokenizer: Any, path: str | Path, tensor_type: str = "f16",
+               metadata: Mapping[str, Any] | None = None) -> GgufFile:
+    """Write ``model`` (as pruned by twossp) and ``tokenizer`` to ``path`` as one GGUF file.
+
+    ``metadata`` adds keys (``general.name``, ``twossp.*``) beside the ones llama.cpp needs.
+    Raises ``ExportUnsupported`` for a model llama.cpp cannot run as pruned."""
+    from twossp.families import adapter_for
+    from twossp.serve.vocab import add_tokenizer
+
+    gguf = gguf_module()
+    config = model.config
+    layout = layout_for(config)
+    kind = TENSOR_TYPES[tensor_type]
+    block = kind.block
+    adapter = adapter_for(config)
+    layers = adapter.layers(model)
+    present = [(i, layer, adapter.is_attention_present(layer), adapter.is_ffn_present(layer))
+               for i, layer in enumerate(layers)]
+    dropped = [i for i, _, attn, ffn in present if not attn and not ffn]
+    kept = [p for p in present if p[2] or p[3]]
+    if not kept:
+        raise ExportUnsupported("cannot write GGUF: every block lost both its attention and its FFN")
+    widths = {adapter.ffn_width(layer) for _, layer, _, ffn in kept if ffn}
+    plain = all(attn and ffn for _, _, attn, ffn in kept) and len(widths) == 1
+    arch = layout.plain_arch if plain else "deci"
+    pair_rows = not (plain and layout.plain_rotates_halves)
+
+    hidden = model.get_input_embeddings().embedding_dim
+    heads, kv_heads = int(config.num_attention_heads), int(config.num_key_value_heads)
+    head_dim = int(_get(config, "head_dim", 0) or hidden // heads)
+    rope = rope_settings(config)
+    rewrites: list[str] = []
+    norm_attn, norm_ffn = adapter.attention_norm_attrs[0], adapter.ffn_norm_attrs[0]
+
+    tensors: list[_Tensor] = [_Tensor("token_embd.weight", tuple(model.get_input_embeddings().weight.shape),
+                                      _of(model.get_input_embeddings().weight))]
+    if rope["rope_type"] == "llama3":
+        factors = llama3_rope_factors(rope, head_dim)
+        tensors.append(_Tensor("rope_freqs.weight", factors.shape, lambda: factors))
+    head_counts, kv_counts, ffn_widths = [], [], []
+    for n, (i, layer, attn, ffn) in enumerate(kept):
+        prefix = f"blk.{n}"
+        if attn:
+            parts = layout.attention(adapter, layer)
+            head_counts.append(heads)
+            kv_counts.append(kv_heads)
+            tensors.append(_Tensor(f"{prefix}.attn_norm.weight", (hidden,), _of(getattr(layer, norm_attn).weight)))
+            for part, name in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("output", "attn_output")):
+                weight = parts[part]
+                n_heads = heads if part == "q" else kv_heads
+                transform = (lambda a, h=n_heads: _pair_rows(a, h)) if pair_rows and part in ("q", "k") else None
+                tensors.append(_Tensor(f"{prefix}.{name}.weight", tuple(weight.shape),
+                                       _of(weight, transform) if transform else _of(weight)))
+                bias = parts.get(f"{part}.bias")
+                if bias is not None:
+                    tensors.append(_Tensor(f"{prefix}.{name}.bias", tuple(bias.shape),
+                                           _of(bias, transform) if transform else _of(bias)))
+        elif n == 0:
+            head_counts.append(heads)
+            kv_counts.append(0)
+            tensors += [_Tensor(f"{prefix}.attn_norm.weight", (hidden,), _ones(hidden)),
+                        _Tensor(f"{prefix}.attn_output.weight", (hidden, hidden), _zeros(hidden, hidden))]
+            rewrites.append(f"block {i} has no attention; llama.cpp reads the head size from the first block, so it "
+                            "is written as a linear attention whose output matrix is zero (it adds exactly 0)")
+        else:
+            head_counts.append(0)
+            kv_counts.append(0)
+        if ffn:
+            parts = layout.ffn(adapter, layer)
+            width = int(parts["down"].shape[1])
+            padded = -(-width // block) * block
+            if padded != width:
+                rewrites.append(f"block {i}: FFN width {width} padded to {padded} with zero neurons so that "
+                                f"{tensor_type} blocks of {block} divide it (exact)")
+            tensors += [
+                _Tensor(f"{prefix}.ffn_norm.weight", (hidden,), _of(getattr(layer, norm_ffn).weight)),
+                _Tensor(f"{prefix}.ffn_gate.weight", (padded, hidden), _padded_rows(parts["gate"], padded)),
+                _Tensor(f"{prefix}.ffn_up.weight", (padded, hidden), _padded_rows(parts["up"], padded)),
+                _Tensor(f"{prefix}.ffn_down.weight", (hidden, padded), _padded_columns(parts["down"], padded)),
+            ]
+        else:
+            padded = ZERO_FFN_WIDTH
+            rewrites.append(f"block {i} has attention but no FFN; written with a zero FFN {padded} wide (it adds "
+                            "exactly 0), since llama.cpp would drop the attention of a block with FFN width 0")
+            tensors += [_Tensor(f"{prefix}.ffn_norm.weight", (hidden,), _ones(hidden)),
+                        _Tensor(f"{prefix}.ffn_gate.weight", (padded, hidden), _zeros(padded, hidden)),
+                        _Tensor(f"{prefix}.ffn_up.weight", (padded, hidden), _zeros(padded, hidden)),
+                        _Tensor(f"{prefix}.ffn_down.weight", (hidden, padded), _zeros(hidden, padded))]
+        ffn_widths.append(padded)
+    if dropped:
+        rewrites.append(f"blocks {dropped} have neither attention nor FFN: left out, the blocks after them renumbered")
+    tensors.append(_Tensor("output_norm.weight", (hidden,), _of(adapter.final_norm(model).weight)))
+    head = model.get_output_embeddings()
+    if head.weight is not model.get_input_embeddings().weight:  # tied embeddings: llama.cpp reuses token_embd
+        tensors.append(_Tensor("output.weight", tuple(head.weight.shape), _of(head.weight)))
+
+    types: dict[str, int] = {}
+    for t in tensors:
+        if len(t.shape) == 1:
+            t.ggml = gguf.GGMLQuantizationType.F32
+        elif t.shape[-1] % block:
+            t.ggml = gguf.GGMLQuantizationType.F16
+            rewrites.append(f"{t.name} stays f16: its rows ({t.shape[-1]}) do not divide into {tensor_type} blocks")
+        else:
+            t.ggml = kind.quantization
+        types[t.ggml.name] = types.get(t.ggml.name, 0) + 1
+
+    context = int(_get(config, "max_position_embeddings", 2048))
+    window = _get(config, "sliding_window", None)
+    if window and int(window) < context and _get(config, "use_sliding_window", True):
+        context = int(window)
+        rewrites.append(f"context length set to the sliding window ({context} tokens): llama.cpp's Llama layout "
+                        "attends to the whole context, which equals the window up to that length")
+
+    path = Path(path)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_file_type(int(gguf.LlamaFileType[kind.file_type]))
+    if block > 1:
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_context_length(context)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(len(kept))
+    writer.add_feed_forward_length(ffn_widths[0] if plain else ffn_widths)
+    writer.add_head_count(heads if plain else head_counts)
+    writer.add_head_count_kv(kv_heads if plain else kv_counts)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
+    if rope["rope_type"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(int(model.get_input_embeddings().num_embeddings))
+    for key, value in (metadata or {}).items():
+        _add_value(writer, key, value)
+    add_tokenizer(writer, tokenizer, int(model.get_input_embeddings().num_embeddings))
+
+    for t in tensors:
+        nbytes = int(np.prod(gguf.quants.quant_shape_to_byte_shape(t.shape, t.ggml)))
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes, raw_dtype=t.ggml)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in tensors:
+        writer.write_tensor_data(encode(t.make(), t.ggml))
+    writer.close()
+    return GgufFile(path, arch, tensor_type, len(kept), sum(1 for c in kv_counts if c) if not plain else len(kept),
+                    ffn_widths, dropped, rewrites, types)
