@@ -316,6 +316,43 @@ def test_each_known_pre_tokenizer_splits_text_as_the_tokenizer_does(tiny, tmp_pa
             assert engine.tokenize(text) == tokenizer(text, add_special_tokens=False)["input_ids"], text
 
 
+def _sentencepiece_tokenizer(form: str = "normalizer"):
+    """A Llama-2-style tokenizer trained on the tiny corpus: BPE over "\u2581"-spaced text, the 256
+    byte tokens for what the vocabulary lacks, <unk> <s> </s>, BOS added. ``form``: "normalizer"
+    (Llama 2's own tokenizer.json) or "metaspace" (the newer one)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tiny_checkpoint import paragraphs
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    space = "\u2581"
+    if form == "normalizer":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend(space), normalizers.Replace(" ", space)])
+        tok.decoder = decoders.Sequence([decoders.Replace(space, " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=space, prepend_scheme="first", split=False)
+        tok.decoder = decoders.Metaspace(replacement=space, prepend_scheme="first", split=False)
+    specials = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
+    trainer = trainers.BpeTrainer(vocab_size=PRE_VOCAB, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator([*paragraphs(30, seed=5), "In 2024 it cost 12,345 didn't  it?\nYes."], trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_a_sentencepiece_style_tokenizer_tokenises_as_in_hugging_face(tiny, tmp_path) -> None:
+    tokenizer = _sentencepiece_tokenizer()
+    path = tmp_path / "m.gguf"
+    write_gguf(tiny.model("llama", num_layers=1, vocab_size=PRE_VOCAB), tokenizer, path, "f16")
+    assert _field(path, "tokenizer.ggml.model") == "llama" and _field(path, "tokenizer.ggml.add_bos_token")
+    with Engine(path, 64) as engine:
+        for text in (HARD_TEXT, TEXT, " leading space", "trailing  ", "x\n\n\ny", "Hello"):
+            assert engine.tokenize(text) == tokenizer(text, add_special_tokens=False)["input_ids"], text
+        ids = tokenizer(TEXT)["input_ids"]
+        assert ids[0] == 1 and engine.llm.tokenize(TEXT.encode(), add_bos=True, special=False) == ids
+
+
 def test_tokenizers_llama_cpp_would_split_differently_are_refused(tiny, tmp_path) -> None:
     from tokenizers import decoders, pre_tokenizers
 
@@ -323,7 +360,9 @@ def test_tokenizers_llama_cpp_would_split_differently_are_refused(tiny, tmp_path
     whitespace = _bpe_tokenizer(tmp_path, pre_tokenizers.Whitespace())
     with pytest.raises(ExportUnsupported, match="no llama.cpp pre-tokenizer is known.*known: gpt-2, smollm"):
         write_gguf(model, whitespace, tmp_path / "m.gguf")
-    sentencepiece = _bpe_tokenizer(tmp_path, pre_tokenizers.Metaspace(), decoders.Metaspace(),
-                                   {"byte_fallback": True})
-    with pytest.raises(ExportUnsupported, match="not SentencePiece-style"):
-        write_gguf(model, sentencepiece, tmp_path / "m.gguf")
+    with pytest.raises(ExportUnsupported, match="Metaspace.*llama.cpp always adds it"):
+        write_gguf(model, _sentencepiece_tokenizer("metaspace"), tmp_path / "m.gguf")  # " x": no second space
+    wordpiece = _bpe_tokenizer(tmp_path, pre_tokenizers.Whitespace(), decoders.WordPiece())
+    with pytest.raises(ExportUnsupported, match="WordPiece decoder"):
+        write_gguf(model, wordpiece, tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()

@@ -422,7 +422,8 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, tensor_type: str = 
                         "attends to the whole context, which equals the window up to that length")
 
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), arch)
+    partial = path.with_name(f".{path.name}.partial")  # renamed into place once whole
+    writer = gguf.GGUFWriter(str(partial), arch)
     writer.add_file_type(int(gguf.LlamaFileType[kind.file_type]))
     if block > 1:
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -448,11 +449,15 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, tensor_type: str = 
     for t in tensors:
         nbytes = int(np.prod(gguf.quants.quant_shape_to_byte_shape(t.shape, t.ggml)))
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes, raw_dtype=t.ggml)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for t in tensors:
-        writer.write_tensor_data(encode(t.make(), t.ggml))
-    writer.close()
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t in tensors:
+            writer.write_tensor_data(encode(t.make(), t.ggml))
+        writer.close()
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
     return GgufFile(path, arch, tensor_type, len(kept), sum(1 for c in kv_counts if c), ffn_widths, dropped,
                     rewrites, types)
