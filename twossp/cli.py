@@ -491,7 +491,8 @@ def runs_cmd(db_url: str | None, status: str | None, show_scores: bool) -> None:
               show_default=True, help="A Hugging Face checkpoint, or one GGUF file for llama.cpp.")
 @click.option("--type", "tensor_type", type=click.Choice(list(GGUF_TYPES)), default=None,
               help="GGUF tensor type (default f16): f32 is the model exactly; q8_0 and the 4- and 5-bit types "
-                   "quantise after pruning.")
+                   "quantise after pruning; the K-quant mixes (q6_k ... q2_k) are made by llama.cpp's own quantiser "
+                   "(needs llama-cpp-python).")
 @click.option("--overwrite", is_flag=True, help="Replace what DIR holds (by default DIR must be empty or new).")
 def export(run_key: str, directory: str, db_url: str | None, save_format: str, tensor_type: str | None,
            overwrite: bool) -> None:

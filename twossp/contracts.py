@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     import torch
 
 #: Tensor types a GGUF export can be written in (``twossp.serve.gguf.TENSOR_TYPES`` describes them).
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0",
+              "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_m", "q2_k")
 #: The config key of a SliceGPT model: how ``slice_model`` rebuilt it (its checkpoints need twossp to load).
 SLICEGPT_CONFIG_KEY = "twossp_slicegpt"
 

@@ -115,7 +115,7 @@ def test_export_flags_that_do_not_fit_are_refused(swept, tmp_path) -> None:
     typed = runner.invoke(cli.main, ["export", key, str(tmp_path / "a"), "--db", db_url, "--type", "q8_0"])
     assert typed.exit_code == 2 and "--type is the tensor type of a GGUF file" in typed.output
     unknown = runner.invoke(cli.main, ["export", key, str(tmp_path / "b"), "--db", db_url, "--format", "gguf",
-                                       "--type", "q2_k"])
+                                       "--type", "iq2_xs"])
     assert unknown.exit_code == 2 and "q8_0" in unknown.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 

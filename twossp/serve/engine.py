@@ -62,6 +62,23 @@ def _model_params(use_extra_buffers: bool) -> Iterator[None]:
         low.llama_model_default_params = default
 
 
+def quantize(source: str | Path, target: str | Path, file_type: str) -> None:
+    """llama.cpp's own quantiser: ``source`` (an f16 or f32 GGUF) to ``target`` in ``file_type``
+    (a ``gguf.LlamaFileType`` name such as ``MOSTLY_Q4_K_M``), on every core."""
+    import ctypes
+
+    import gguf
+
+    low = llama_cpp()
+    params = low.llama_model_quantize_default_params()
+    params.ftype = int(gguf.LlamaFileType[file_type])
+    params.nthread = os.cpu_count() or 1
+    status = low.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if status != 0:
+        Path(target).unlink(missing_ok=True)
+        raise EngineUnavailable(f"llama.cpp could not quantise {source} to {file_type} (status {status})")
+
+
 def engine_version() -> str:
     return str(getattr(llama_cpp(), "__version__", "?"))
 

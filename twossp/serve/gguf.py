@@ -32,6 +32,7 @@ both, which leaves every dot product (and so the model) unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,9 +57,12 @@ def gguf_module() -> Any:
 # ---------------------------------------------------------------------------- tensor types
 @dataclass(frozen=True)
 class TensorType:
-    ggml: str          # gguf.GGMLQuantizationType member name
+    ggml: str          # gguf.GGMLQuantizationType member name (the main type, for the K-quant mixes)
     file_type: str     # gguf.LlamaFileType member name
     description: str
+    #: quantised by llama.cpp itself (its K-quant mixes, which the gguf package cannot write): twossp
+    #: writes f16, then llama.cpp's quantiser makes this type from it
+    by_llama_cpp: bool = False
 
     @property
     def quantization(self) -> Any:
@@ -79,6 +83,13 @@ TENSOR_TYPES: Registry[TensorType] = Registry("GGUF tensor type", {
     "q5_0": TensorType("Q5_0", "MOSTLY_Q5_0", "5-bit blocks of 32 with one scale"),
     "q4_1": TensorType("Q4_1", "MOSTLY_Q4_1", "4-bit blocks of 32 with a scale and a minimum"),
     "q4_0": TensorType("Q4_0", "MOSTLY_Q4_0", "4-bit blocks of 32 with one scale"),
+    "q6_k": TensorType("Q6_K", "MOSTLY_Q6_K", "6-bit K-quant", by_llama_cpp=True),
+    "q5_k_m": TensorType("Q5_K", "MOSTLY_Q5_K_M", "5-bit K-quant mix, some tensors 6-bit", by_llama_cpp=True),
+    "q5_k_s": TensorType("Q5_K", "MOSTLY_Q5_K_S", "5-bit K-quant", by_llama_cpp=True),
+    "q4_k_m": TensorType("Q4_K", "MOSTLY_Q4_K_M", "4-bit K-quant mix, some tensors 6-bit", by_llama_cpp=True),
+    "q4_k_s": TensorType("Q4_K", "MOSTLY_Q4_K_S", "4-bit K-quant", by_llama_cpp=True),
+    "q3_k_m": TensorType("Q3_K", "MOSTLY_Q3_K_M", "3-bit K-quant mix", by_llama_cpp=True),
+    "q2_k": TensorType("Q2_K", "MOSTLY_Q2_K", "2-bit K-quant mix", by_llama_cpp=True),
 })
 assert tuple(TENSOR_TYPES) == GGUF_TYPES
 
@@ -311,7 +322,32 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, tensor_type: str = 
     """Write ``model`` (as pruned by twossp) and ``tokenizer`` to ``path`` as one GGUF file.
 
     ``metadata`` adds keys (``general.name``, ``twossp.*``) beside the ones llama.cpp needs.
-    Raises ``ExportUnsupported`` for a model llama.cpp cannot run as pruned."""
+    Raises ``ExportUnsupported`` for a model llama.cpp cannot run as pruned. The K-quant types are
+    made by llama.cpp's quantiser (llama-cpp-python) from an f16 file written first, the FFN padded
+    to their blocks of 256."""
+    kind = TENSOR_TYPES[tensor_type]
+    if not kind.by_llama_cpp:
+        return _write(model, tokenizer, Path(path), tensor_type, kind.block, metadata)
+    from twossp.serve.engine import quantize
+
+    path = Path(path)
+    source = path.with_name(f".{path.name}.f16")
+    try:
+        written = _write(model, tokenizer, source, "f16", kind.block, metadata)
+        quantize(source, path, kind.file_type)
+    finally:
+        source.unlink(missing_ok=True)
+    types: dict[str, int] = {}
+    for tensor in gguf_module().GGUFReader(path).tensors:
+        types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
+    made = (f"quantised to {tensor_type} by llama.cpp's own quantiser from an f16 file: it picks each tensor's type "
+            "(its mix, and other types for a matrix whose rows 256 does not divide)")
+    return dataclasses.replace(written, path=path, tensor_type=tensor_type, types=types,
+                               rewrites=[*written.rewrites, made])
+
+
+def _write(model: Any, tokenizer: Any, path: Path, tensor_type: str, align: int,
+           metadata: Mapping[str, Any] | None) -> GgufFile:
     from twossp.families import adapter_for
     from twossp.serve.vocab import add_tokenizer
 
@@ -376,11 +412,11 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, tensor_type: str = 
         if ffn:
             parts = layout.ffn(adapter, layer)
             width = int(parts["down"].shape[1])
-            align = max(block, FFN_ALIGN)
-            padded = -(-width // align) * align
+            whole = max(align, FFN_ALIGN)
+            padded = -(-width // whole) * whole
             if padded != width:
                 rewrites.append(f"block {i}: FFN width {width} padded to {padded} with zero neurons, whole blocks "
-                                f"of {align} for llama.cpp's kernels (exact)")
+                                f"of {whole} for llama.cpp's kernels (exact)")
             tensors += [
                 _Tensor(f"{prefix}.ffn_norm.weight", (hidden,), _of(getattr(layer, norm_ffn).weight)),
                 _Tensor(f"{prefix}.ffn_gate.weight", (padded, hidden), _padded_rows(parts["gate"], padded)),
