@@ -17,10 +17,11 @@ from stored_runs import claim, record, tiny_sweep
 from twossp import cli
 from twossp.contracts import LayerMask, RunResult, RunStatus
 from twossp.db.session import Database
+from twossp.db.store import add_export
 from twossp.plan import plan_sweep
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-TABLES = ("sweeps", "runs", "scores", "timings", "layer_masks", "generations")
+TABLES = ("sweeps", "runs", "scores", "timings", "layer_masks", "generations", "exports", "export_scores")
 
 
 def invoke(*args: object) -> Result:
@@ -45,6 +46,12 @@ def fill(db: Database) -> None:
             scores=[("eval.txt", "perplexity", 20.0 if pruned else 10.0), ("arc_easy", "acc", 0.4),
                     ("speed", "prefill_seconds", 0.1), ("speed", "decode_tokens_per_second", 50.0)],
             timings={"prune": 3.0} if pruned else {}, generations=[("Hello", " world", 2)]))
+        if pruned:  # a GGUF export of it, measured in llama.cpp
+            with db.session() as session:
+                add_export(session, run.key, "gguf", "/exports/m.q8_0.gguf", 1000, tensor_type="q8_0",
+                           architecture="deci", sha256="0" * 64, engine="llama-cpp-python 0.3.36",
+                           scores=[("eval.txt", "perplexity", 20.2), ("speed", "prompt_tokens_per_second", 300.0),
+                                   ("speed", "generation_tokens_per_second", 60.0)])
 
 
 def contents(db: Database) -> dict[str, list]:
@@ -57,8 +64,9 @@ def test_the_readme_has_at_least_five_queries() -> None:
 
 
 #: rows each README query finds in what fill() stores, in the README's order: perplexity per run,
-#: the attention 2SSP removed, pruning times, accuracy per task, speed figures, generations, failures
-README_ROWS = [2, 1, 1, 2, 4, 2, 0]
+#: the attention 2SSP removed, pruning times, accuracy per task, speed figures, generations, failures,
+#: what llama.cpp measured on an export
+README_ROWS = [2, 1, 1, 2, 4, 2, 0, 3]
 
 
 def test_every_readme_query_runs_on_both_databases(db: Database) -> None:

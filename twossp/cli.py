@@ -493,20 +493,27 @@ def runs_cmd(db_url: str | None, status: str | None, show_scores: bool) -> None:
               help="GGUF tensor type (default f16): f32 is the model exactly; q8_0 and the 4- and 5-bit types "
                    "quantise after pruning; the K-quant mixes (q6_k ... q2_k) are made by llama.cpp's own quantiser "
                    "(needs llama-cpp-python).")
+@click.option("--evaluate", is_flag=True,
+              help="GGUF: measure the file in llama.cpp as the run was evaluated (perplexity on its windows, prompt "
+                   "and generation tokens per second) and store the figures beside the run's (export_scores) and in "
+                   "the model card.")
 @click.option("--overwrite", is_flag=True, help="Replace what DIR holds (by default DIR must be empty or new).")
 def export(run_key: str, directory: str, db_url: str | None, save_format: str, tensor_type: str | None,
-           overwrite: bool) -> None:
+           evaluate: bool, overwrite: bool) -> None:
     from twossp.runtime.export import export_run
 
-    if tensor_type and save_format != "gguf":
-        raise click.UsageError("--type is the tensor type of a GGUF file: it needs --format gguf")
+    for flag, given in (("--type", tensor_type), ("--evaluate", evaluate)):
+        if given and save_format != "gguf":
+            raise click.UsageError(f"{flag} is for a GGUF file: it needs --format gguf")
     db = _open(db_url)
     try:
         saved = export_run(db, run_key, directory, overwrite=overwrite, save_format=save_format,
-                           tensor_type=tensor_type or "f16")
+                           tensor_type=tensor_type or "f16", evaluate=evaluate)
     finally:
         db.close()
     say(f"saved to {saved.directory}: {saved.note}")
+    for dataset, metric, value in getattr(saved, "scores", []):
+        say(f"  llama.cpp {metric.replace('_', ' ')}{'' if dataset == 'speed' else f' ({dataset})'}: {value:.6g}")
 
 
 # ---------------------------------------------------------------------------------- list

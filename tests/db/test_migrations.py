@@ -19,13 +19,14 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from twossp.contracts import RunStatus
-from twossp.db.models import Base, Generation, LayerMaskRow, Run, Score, Sweep, Timing
+from twossp.db.models import Base, Export, ExportScore, Generation, LayerMaskRow, Run, Score, Sweep, Timing
 from twossp.db.session import Database, alembic_config, current_revision, head_revision, make_engine
 from twossp.plan import plan_sweep
 from twossp.spec import parse_sweep
 
-TABLES = {"sweeps", "runs", "scores", "timings", "layer_masks", "generations"}
-BEFORE_0004 = TABLES - {"generations"}
+TABLES = {"sweeps", "runs", "scores", "timings", "layer_masks", "generations", "exports", "export_scores"}
+SINCE_0006 = {"exports", "export_scores"}
+BEFORE_0004 = TABLES - {"generations"} - SINCE_0006
 
 
 def tables_of(url: str) -> set[str]:
@@ -59,6 +60,9 @@ def insert_one_of_each(url: str) -> None:
             run.layer_masks = [LayerMaskRow(layer=0, attention_kept=False, ffn_kept=8, ffn_width=8,
                                             ffn_mask=b"\xff")]
             run.generations = [Generation(position=0, prompt="The river", output=" crossed", new_tokens=2)]
+            run.exports = [Export(format="gguf", tensor_type="q8_0", architecture="deci", path="/tmp/m.gguf",
+                                  size_bytes=10, sha256="0" * 64, engine="llama-cpp-python 0.3.36",
+                                  scores=[ExportScore(dataset="eval.txt", metric="perplexity", value=12.6)])]
             session.add(run)
         with db.session() as session:
             stored = session.scalar(select(Run))
@@ -105,7 +109,7 @@ def insert_status(url: str, status: str, key: str = "raw") -> None:
 
 
 def test_head_revision(db_url: str) -> None:
-    assert head_revision(db_url) == "0005"
+    assert head_revision(db_url) == "0006"
 
 
 def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:
@@ -118,12 +122,19 @@ def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:
     assert with_data == {t: 1 for t in TABLES}
     assert set(check_constraints(db_url)) == {"ck_runs_status"}
 
+    # 0006 down and up: the exports go with their tables, and come back as empty ones
+    command.downgrade(cfg, "0005")
+    assert not SINCE_0006 & tables_of(db_url)
+    command.upgrade(cfg, "head")
+    emptied = {"exports": 0, "export_scores": 0}
+    assert counts(db_url) == {**with_data, **emptied}
+
     # 0004 down and up: the generations go with their table, and come back as an empty one
     command.downgrade(cfg, "0003")
     assert "generations" not in tables_of(db_url)
     assert counts(db_url, BEFORE_0004) == {t: 1 for t in BEFORE_0004}
     command.upgrade(cfg, "head")
-    assert counts(db_url) == {**with_data, "generations": 0}
+    assert counts(db_url) == {**with_data, "generations": 0, **emptied}
 
     # 0003 down and up again with the rows in place: the rebuilt runs table (SQLite) keeps them, and
     # its children are not cascaded away
@@ -133,7 +144,7 @@ def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:
     assert counts(db_url, BEFORE_0004) == {t: 1 for t in BEFORE_0004}
     command.upgrade(cfg, "head")
     assert set(check_constraints(db_url)) == {"ck_runs_status"}
-    assert counts(db_url) == {**with_data, "generations": 0}
+    assert counts(db_url) == {**with_data, "generations": 0, **emptied}
     with Database(db_url, create=False).session() as session:
         stored = session.scalar(select(Run))
         assert stored.status is RunStatus.COMPLETED and stored.evaluation_key is None  # spec does not validate
@@ -177,6 +188,39 @@ def test_upgrade_to_0004_adds_generations_that_belong_to_their_run(db_url: str) 
     assert left == [("kept", 0), ("kept", 1)]
     command.downgrade(cfg, "0003")
     assert tables_of(db_url) & TABLES == BEFORE_0004
+    assert counts(db_url, {"runs"}) == {"runs": 1}
+
+
+def test_upgrade_to_0006_adds_exports_that_belong_to_their_run(db_url: str) -> None:
+    """0006 on a database with runs: they stay; an export and its engine scores are deleted with
+    their run, a score is unique per (export, dataset, metric); the downgrade drops only the two
+    new tables."""
+    cfg = alembic_config(db_url)
+    command.upgrade(cfg, "0005")
+    insert_status(db_url, "completed", key="kept")
+    insert_status(db_url, "completed", key="deleted")
+    command.upgrade(cfg, "0006")
+    engine = make_engine(db_url)
+    now = datetime.now(timezone.utc)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO exports (run_id, created_at, format, path, size_bytes) "
+                              "SELECT id, :t, 'gguf', key || '.gguf', 1 FROM runs"), {"t": now})
+            conn.execute(text("INSERT INTO export_scores (export_id, dataset, metric, value) "
+                              "SELECT id, 'eval.txt', 'perplexity', 12.0 FROM exports"))
+        with pytest.raises(IntegrityError):
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO export_scores (export_id, dataset, metric, value) "
+                                  "SELECT id, 'eval.txt', 'perplexity', 13.0 FROM exports"))
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM runs WHERE key = 'deleted'"))
+            left = conn.execute(text("SELECT e.path, s.value FROM export_scores s JOIN exports e "
+                                     "ON e.id = s.export_id")).tuples().all()
+    finally:
+        engine.dispose()
+    assert left == [("kept.gguf", 12.0)]
+    command.downgrade(cfg, "0005")
+    assert tables_of(db_url) & TABLES == TABLES - SINCE_0006
     assert counts(db_url, {"runs"}) == {"runs": 1}
 
 
@@ -364,7 +408,7 @@ def test_upgrade_to_0005_adds_the_planned_keys_of_sweeps(db_url: str) -> None:
     cfg = alembic_config(db_url)
     command.upgrade(cfg, "0004")
     insert_status(db_url, "completed", key="kept")
-    command.upgrade(cfg, "0005")
+    command.upgrade(cfg, "head")  # 0005, and what came after it (the ORM reads the head schema)
     db = Database(db_url, create=False)
     try:
         with db.session() as session:

@@ -113,7 +113,7 @@ def test_export_flags_that_do_not_fit_are_refused(swept, tmp_path) -> None:
     key = _runs(db_url)["2ssp"].key
     runner = CliRunner()
     typed = runner.invoke(cli.main, ["export", key, str(tmp_path / "a"), "--db", db_url, "--type", "q8_0"])
-    assert typed.exit_code == 2 and "--type is the tensor type of a GGUF file" in typed.output
+    assert typed.exit_code == 2 and "--type is for a GGUF file" in typed.output
     unknown = runner.invoke(cli.main, ["export", key, str(tmp_path / "b"), "--db", db_url, "--format", "gguf",
                                        "--type", "iq2_xs"])
     assert unknown.exit_code == 2 and "q8_0" in unknown.output
@@ -139,3 +139,50 @@ def test_a_tensor_type_without_gguf_is_a_sweep_file_error(tiny_checkpoint, tmp_p
                                                                                "type": "q3_k"})
     result = CliRunner().invoke(cli.main, ["sweep", "validate", str(bad)])
     assert result.exit_code == 2 and "save_to.type" in result.output and "q8_0" in result.output
+
+
+def test_export_evaluate_stores_what_llama_cpp_measured_beside_the_run(swept, tmp_path) -> None:
+    from twossp.db.models import Export
+
+    root, db_url, _ = swept
+    run = _runs(db_url)["2ssp"]
+    out = tmp_path / "evaluated"
+    result = CliRunner().invoke(cli.main, ["export", run.key, str(out), "--db", db_url, "--format", "gguf",
+                                           "--type", "f32", "--evaluate"])
+    assert result.exit_code == 0, result.output
+    assert "llama.cpp perplexity (eval.txt)" in result.output and "generation tokens per second" in result.output
+    plain = CliRunner().invoke(cli.main, ["export", run.key, str(tmp_path / "hf"), "--db", db_url])
+    assert plain.exit_code == 0, plain.output
+
+    db = Database(db_url)
+    try:
+        with db.session() as session:
+            exports = session.scalars(select(Export).where(Export.run_id == run.id).order_by(Export.id)).all()
+            rows = [(e.format, e.tensor_type, e.architecture, e.path, e.size_bytes, e.sha256, e.engine,
+                     {(s.dataset, s.metric): s.value for s in e.scores}) for e in exports]
+    finally:
+        db.close()
+    gguf_row, hf_row = rows[-2:]
+    (path,) = out.glob("*.gguf")
+    import hashlib
+
+    assert gguf_row[:5] == ("gguf", "f32", "deci", str(path), path.stat().st_size)
+    assert gguf_row[5] == hashlib.sha256(path.read_bytes()).hexdigest() and gguf_row[6].startswith("llama-cpp-python")
+    measured = gguf_row[7]
+    stored = next(s.value for s in run.scores if s.metric == "perplexity")
+    # llama.cpp's own f16 KV cache: within 1% of twossp's fp32 figure on the same windows
+    assert math.isclose(measured[("eval.txt", "perplexity")], stored, rel_tol=1e-2), (measured, stored)
+    assert measured[("speed", "prompt_tokens_per_second")] > 0 and measured[("speed", "generation_tokens_per_second")] > 0
+    assert hf_row[:2] == ("safetensors", None) and hf_row[3] == str(tmp_path / "hf") and not hf_row[7]
+    card = (out / "README.md").read_text()
+    assert "## Measured in llama.cpp" in card and "perplexity (eval.txt)" in card
+
+    shown = CliRunner().invoke(cli.main, ["show", run.key, "--db", db_url, "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    listed = json.loads(shown.output)["frames"]["exports"]
+    assert [(e["format"], e["type"], e["path"]) for e in listed][-2:] == [("gguf", "f32", str(path)),
+                                                                          ("safetensors", None, str(tmp_path / "hf"))]
+    assert listed[-2]["perplexity"] == measured[("eval.txt", "perplexity")]
+
+    no_gguf = CliRunner().invoke(cli.main, ["export", run.key, str(tmp_path / "x"), "--db", db_url, "--evaluate"])
+    assert no_gguf.exit_code == 2 and "--evaluate is for a GGUF file" in no_gguf.output

@@ -348,7 +348,26 @@ def run_detail(session: Session, params: dict[str, Any]) -> list[Frame]:
                              Column("new_tokens", header="tokens")],
                             [{"position": g.position, "prompt": g.prompt, "output": g.output,
                               "new_tokens": g.new_tokens} for g in run.generations]))
+    if run.exports:
+        frames.append(exports_frame(run))
     return frames
+
+
+def exports_frame(run: Run) -> Frame:
+    """The files ``twossp export`` wrote from ``run``, with what llama.cpp measured on each."""
+    def measured(export: Any, metric: str) -> float | None:  # the first dataset's perplexity, the speeds
+        return next((s.value for s in sorted(export.scores, key=lambda s: s.id) if s.metric == metric), None)
+
+    rows = [{"format": e.format, "type": e.tensor_type, "architecture": e.architecture,
+             "MiB": e.size_bytes / 2**20, "perplexity": measured(e, "perplexity"),
+             "prompt tok/s": measured(e, "prompt_tokens_per_second"),
+             "gen tok/s": measured(e, "generation_tokens_per_second"), "path": e.path,
+             "created": _utc(e.created_at)} for e in run.exports]
+    columns = [Column("format"), Column("type"), Column("architecture", header="arch"),
+               Column("MiB", format=",.1f"), Column("perplexity", format=".4g", header="llama.cpp ppl"),
+               Column("prompt tok/s", format=",.0f"), Column("gen tok/s", format=",.1f"), Column("path"),
+               Column("created")]
+    return Frame("exports", "exports (llama.cpp figures with --evaluate)", columns, rows)
 
 
 def _source(source: Any) -> str:

@@ -1,7 +1,8 @@
 """The result database: a public interface (documented in the README), managed by Alembic.
 
 sweeps 1-n runs; each run has scores, timings, one layer_masks row per decoder layer and its
-qualitative generations (one row per prompt, in prompt order).
+qualitative generations (one row per prompt, in prompt order); each file ``twossp export`` wrote
+from a run is an exports row, with what the serving engine measured on it in export_scores.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class Run(Base):
                                                              order_by="LayerMaskRow.layer")
     generations: Mapped[list["Generation"]] = relationship(back_populates="run", cascade="all, delete-orphan",
                                                            order_by="Generation.position")
+    exports: Mapped[list["Export"]] = relationship(back_populates="run", cascade="all, delete-orphan",
+                                                   order_by="Export.id")
 
 
 class Score(Base):
@@ -145,3 +148,39 @@ class Generation(Base):
     new_tokens: Mapped[int] = mapped_column(Integer)  # generated, EOS included (fewer than asked when it ended)
 
     run: Mapped[Run] = relationship(back_populates="generations")
+
+
+class Export(Base):
+    """A model file ``twossp export`` wrote from a completed run (schema 0006)."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    format: Mapped[str] = mapped_column(String(20))                 # safetensors | gguf
+    tensor_type: Mapped[Optional[str]] = mapped_column(String(20))   # GGUF: f16, q8_0, q4_k_m, ...
+    architecture: Mapped[Optional[str]] = mapped_column(String(50))  # GGUF: the llama.cpp architecture
+    path: Mapped[str] = mapped_column(Text)                          # the GGUF file, or the checkpoint folder
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[Optional[str]] = mapped_column(String(64))       # GGUF: of the file
+    engine: Mapped[Optional[str]] = mapped_column(String(100))      # what measured it (--evaluate)
+    details: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)  # GGUF: rewrites, tensor types
+
+    run: Mapped[Run] = relationship(back_populates="exports")
+    scores: Mapped[list["ExportScore"]] = relationship(back_populates="export", cascade="all, delete-orphan")
+
+
+class ExportScore(Base):
+    """What the serving engine measured on an export: perplexity on the run's own windows, speed."""
+
+    __tablename__ = "export_scores"
+    __table_args__ = (UniqueConstraint("export_id", "dataset", "metric"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id", ondelete="CASCADE"), index=True)
+    dataset: Mapped[str] = mapped_column(String(200))
+    metric: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float)
+
+    export: Mapped[Export] = relationship(back_populates="scores")

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, aliased, selectinload
 
 from twossp.contracts import (DOWNSTREAM_ACC_MEAN, SPEED_DECODE_TOKENS_PER_SECOND, SPEED_PREFILL_SECONDS, RunResult,
                               RunStatus)
-from twossp.db.models import Generation, LayerMaskRow, Run, Score, Sweep, Timing, utcnow
+from twossp.db.models import Export, ExportScore, Generation, LayerMaskRow, Run, Score, Sweep, Timing, utcnow
 from twossp.plan import RunSpec
 from twossp.spec import SweepSpec
 
@@ -163,6 +163,21 @@ def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run
         row.generations = [Generation(position=i, prompt=prompt, output=output, new_tokens=new_tokens)
                            for i, (prompt, output, new_tokens) in enumerate(result.generations)]
     return row
+
+
+def add_export(session: Session, key: str, save_format: str, path: str, size_bytes: int, *,
+               tensor_type: str | None = None, architecture: str | None = None, sha256: str | None = None,
+               engine: str | None = None, details: dict[str, Any] | None = None,
+               scores: Iterable[tuple[str, str, float]] = ()) -> Export:
+    """Record a file ``twossp export`` wrote from run ``key``, with what the engine measured on it."""
+    run = session.scalar(select(Run).where(Run.key == key))
+    if run is None:
+        raise LookupError(f"no run {key}")
+    export = Export(run=run, format=save_format, path=path, size_bytes=size_bytes, tensor_type=tensor_type,
+                    architecture=architecture, sha256=sha256, engine=engine, details=details,
+                    scores=[ExportScore(dataset=d, metric=m, value=v) for d, m, v in scores])
+    session.add(export)
+    return export
 
 
 #: Score rows every leaderboard cell summarises beside its per-dataset metric: downstream accuracy

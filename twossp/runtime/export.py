@@ -9,7 +9,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twossp.contracts import LayerMask, RunStatus
 from twossp.db import store
@@ -32,6 +32,7 @@ class StoredRun:
 class SavedGguf:
     directory: Path
     file: Any  # serve.gguf.GgufFile
+    scores: list[tuple[str, str, float]] = dataclasses.field(default_factory=list)  # measured in llama.cpp
 
     @property
     def note(self) -> str:
@@ -78,10 +79,40 @@ def gguf_name(p: Provenance, tensor_type: str) -> str:
     return f"{stem}.{tensor_type}.gguf"
 
 
+def measure_gguf(path: Path, spec: RunSpec, tokenizer: Any) -> list[tuple[str, str, float]]:
+    """llama.cpp on ``path``, as the run was evaluated: perplexity on each of its datasets' windows
+    (from its evaluation settings), then prompt processing of its first window and generation of its
+    speed settings' new tokens (the defaults when it measured no speed)."""
+    from twossp.data.tokens import token_stream
+    from twossp.evaluate.perplexity import make_windows
+    from twossp.serve.engine import Engine
+    from twossp.spec import SpeedSpec, source_label
+
+    evaluation = spec.evaluation
+    seq_len = evaluation.seq_len or 2048
+    scores, first = [], None
+    for source in evaluation.perplexity:
+        windows = make_windows(token_stream(tokenizer, source), seq_len, evaluation.max_windows)
+        if windows.shape[0] == 0:
+            continue
+        first = windows[0] if first is None else first
+        with Engine(path, seq_len) as engine:
+            scores.append((source_label(source), "perplexity", engine.perplexity(windows.numpy()).perplexity))
+    if first is not None:
+        speed = evaluation.speed or SpeedSpec()
+        with Engine(path, seq_len + speed.new_tokens, all_logits=False) as engine:
+            measured = engine.speed(first.tolist(), speed.new_tokens, repeats=speed.repeats, warmup=speed.warmup)
+        scores += [("speed", "prompt_tokens_per_second", measured.prompt_tokens_per_second),
+                   ("speed", "generation_tokens_per_second", measured.generation_tokens_per_second),
+                   ("speed", "threads", float(measured.threads))]
+    return scores
+
+
 def save_model(model: Any, tokenizer: Any, directory: Path, save_format: str, tensor_type: str,
-               origin: Provenance) -> Any:
+               origin: Provenance, measure: Callable[[Path], list[tuple[str, str, float]]] | None = None) -> Any:
     """Save ``model`` to ``directory`` (atomically: written beside it, then renamed) as a Hugging
-    Face checkpoint or as one GGUF file plus its model card."""
+    Face checkpoint or as one GGUF file plus its model card. ``measure(file)`` (GGUF only) gives
+    the engine's figures for the card."""
     from twossp.checkpoint import save_atomically, written_atomically
 
     if save_format == "safetensors":
@@ -94,20 +125,56 @@ def save_model(model: Any, tokenizer: Any, directory: Path, save_format: str, te
     layout_for(model.config)  # refused before anything is written
     name = gguf_name(origin, tensor_type)
 
+    scores: list[tuple[str, str, float]] = []
+
     def write(folder: Path) -> Any:
         written = write_gguf(model, tokenizer, folder / name, tensor_type, metadata(origin))
-        (folder / "README.md").write_text(render_card(origin, written), encoding="utf-8")
+        if measure:
+            scores.extend(measure(written.path))
+        figures = {f"{m} ({d})" if d != "speed" else m.replace("_", " "): v for d, m, v in scores}
+        (folder / "README.md").write_text(render_card(origin, written, figures or None), encoding="utf-8")
         return written
 
     written = written_atomically(directory, write)
-    return SavedGguf(directory, dataclasses.replace(written, path=directory / name))
+    return SavedGguf(directory, dataclasses.replace(written, path=directory / name), scores)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def record_export(db: Any, key: str, saved: Any, evaluated: bool) -> None:
+    """The export's row (and the engine's figures) in the database."""
+    if isinstance(saved, SavedGguf):
+        f = saved.file
+        from twossp.serve.engine import engine_version
+
+        fields = dict(path=str(f.path), size_bytes=f.size, tensor_type=f.tensor_type, architecture=f.architecture,
+                      sha256=_sha256(f.path), engine=f"llama-cpp-python {engine_version()}" if evaluated else None,
+                      details={"blocks": f.blocks, "attention_blocks": f.attention_blocks,
+                               "ffn_widths": f.ffn_widths, "rewrites": f.rewrites, "tensor_types": f.types},
+                      scores=saved.scores)
+        save_format = "gguf"
+    else:
+        size = sum(p.stat().st_size for p in Path(saved.directory).rglob("*") if p.is_file())
+        fields = dict(path=str(saved.directory), size_bytes=size, details={"stock": saved.stock})
+        save_format = "safetensors"
+    with db.session() as session:
+        store.add_export(session, key, save_format, **fields)
 
 
 def export_run(db: Any, key: str, directory: str | Path, device: str = "cpu", overwrite: bool = False,
-               save_format: str = "safetensors", tensor_type: str = "f16") -> Any:
+               save_format: str = "safetensors", tensor_type: str = "f16", evaluate: bool = False) -> Any:
     """Rebuild a completed run's pruned model from the dense weights and its stored masks and save
     it to ``directory`` (``checkpoint.SavedCheckpoint`` or ``SavedGguf``). ``key`` may be a unique
-    prefix.
+    prefix. The export is recorded in the database (``exports``); ``evaluate`` (GGUF) also
+    measures it in llama.cpp (``measure_gguf``) and stores the figures (``export_scores``).
 
     ``directory`` must be new or empty unless ``overwrite``: files of an earlier export (an old
     shard index beside new weights) would otherwise be mistaken for part of this one. The model is
@@ -125,7 +192,13 @@ def export_run(db: Any, key: str, directory: str | Path, device: str = "cpu", ov
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
         raise CheckpointError(f"{directory} is not empty; export into a new or empty directory, or pass "
                               "--overwrite to replace what it holds")
+    if evaluate and save_format != "gguf":
+        raise CheckpointError("--evaluate measures a GGUF file in llama.cpp: it needs --format gguf")
     run = find_run(db, key)
+    if evaluate:
+        from twossp.serve.engine import engine_version
+
+        engine_version()  # llama-cpp-python installed, before any work
     if save_format == "gguf":
         from twossp.runtime.loading import load_config
         from twossp.serve.gguf import layout_for
@@ -133,4 +206,7 @@ def export_run(db: Any, key: str, directory: str | Path, device: str = "cpu", ov
         layout_for(load_config(run.spec.model))  # a refusal before the weights are loaded
     model, tokenizer = load_model(run.spec.model, DTYPES[run.spec.runtime.dtype], torch.device(device))
     apply_masks(model, adapter_for(model.config), run.masks)
-    return save_model(model, tokenizer, directory, save_format, tensor_type, run.provenance)
+    measure = (lambda path: measure_gguf(path, run.spec, tokenizer)) if evaluate else None
+    saved = save_model(model, tokenizer, directory, save_format, tensor_type, run.provenance, measure)
+    record_export(db, run.provenance.run_key, saved, evaluate)
+    return saved
