@@ -4,8 +4,10 @@ For the dense model and each sparsity (2SSP with C4 calibration, as ``prune_smol
 - twossp's own WikiText-2 perplexity (PyTorch, fp32) on the first w windows of L tokens;
 - per GGUF tensor type: llama.cpp's perplexity on the same windows (its default f16 KV cache), the
   relative difference, prompt processing tokens per second (one prompt of P WikiText-2 tokens in a
-  single batch) and generation tokens per second (N greedy tokens after it), the median of a few
-  passes, and the file size; each against the dense export of the same type.
+  single batch) and generation tokens per second (N greedy tokens after it), and the file size;
+  each against the dense export of the same type. The speeds are measured once every file is
+  written, in rounds that visit every file in turn (the machine's drift then falls on all of them
+  alike), each figure the median over the rounds.
 - once: llama.cpp's tokens of a WikiText-2 passage against the Hugging Face tokenizer's.
 
 The load average is printed before and after: figures taken while another process held the cores
@@ -21,6 +23,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -43,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-windows", type=int, default=8, help="WikiText-2 windows evaluated")
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens P for prompt processing speed")
     p.add_argument("--new-tokens", type=int, default=128, help="greedy tokens N for generation speed")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes per speed figure (median)")
+    p.add_argument("--rounds", type=int, default=5, help="speed rounds over every file (median per file)")
     p.add_argument("--keep", type=Path, default=None, help="keep the GGUF files in this folder")
     p.add_argument("--json", action="store_true", help="also print every record as a JSON line")
     args = p.parse_args(argv)
@@ -110,26 +113,32 @@ def main(argv: list[str] | None = None) -> int:
                     if not tokens_equal:
                         fail("llama.cpp tokenises WikiText-2 differently from the Hugging Face tokenizer")
                 engine_ppl = engine.perplexity(evaluation.numpy()).perplexity
-            with Engine(path, context, all_logits=False) as engine:
-                speed = engine.speed(prompt, args.new_tokens, repeats=args.repeats)
             record = {"model": name, "sparsity": sparsity, "achieved": achieved, "type": kind,
                       "architecture": written.architecture, "attention_removed": removed,
                       "ffn_width": model.config.intermediate_size, "twossp_ppl": own, "llama_cpp_ppl": engine_ppl,
-                      "ppl_diff": engine_ppl / own - 1, "prompt_tps": speed.prompt_tokens_per_second,
-                      "gen_tps": speed.generation_tokens_per_second, "size_mib": written.size / 2**20,
-                      "threads": speed.threads}
+                      "ppl_diff": engine_ppl / own - 1, "size_mib": written.size / 2**20, "path": str(path)}
             records.append(record)
-            log(f"  {kind}: llama.cpp perplexity {engine_ppl:.3f} ({record['ppl_diff']:+.3%}), prompt "
-                f"{record['prompt_tps']:.0f} tok/s, generation {record['gen_tps']:.1f} tok/s, "
+            log(f"  {kind}: llama.cpp perplexity {engine_ppl:.3f} ({record['ppl_diff']:+.3%}), "
                 f"{record['size_mib']:.1f} MiB")
-            if args.json:
-                print(json.dumps(record), flush=True)
         del model
+    speeds: dict[str, list[Any]] = {r["path"]: [] for r in records}
+    for round_ in range(args.rounds):
+        for r in records:
+            with Engine(r["path"], context, all_logits=False) as engine:
+                speeds[r["path"]].append(engine.speed(prompt, args.new_tokens, repeats=1))
+        log(f"speed round {round_ + 1} of {args.rounds} done")
+    for r in records:
+        measured = speeds.pop(r["path"])
+        r["prompt_tps"] = statistics.median(m.prompt_tokens_per_second for m in measured)
+        r["gen_tps"] = statistics.median(m.generation_tokens_per_second for m in measured)
+        r["threads"] = measured[0].threads
+        if args.json:
+            print(json.dumps(r), flush=True)
     load_after = os.getloadavg()
     print_table(records)
     print(f"\nllama-cpp-python {engine_version()}, {records[0]['threads']} threads, extra buffer types "
           f"{'on' if extra_buffers() else 'off'}; windows of {args.seq_len} tokens x {args.eval_windows}; prompt "
-          f"{args.prompt} tokens, {args.new_tokens} generated, median of {args.repeats}")
+          f"{args.prompt} tokens, {args.new_tokens} generated, median of {args.rounds} rounds")
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     return 0
 

@@ -44,7 +44,8 @@ class SavedGguf:
 def provenance(spec: RunSpec, key: str, masks: list[LayerMask], achieved: float | None,
                scores: list[tuple[str, str, float]], versions: dict[str, Any] | None) -> Provenance:
     model = spec.model
-    return Provenance(run_key=key, model=model.label, source=str(model.path or model.gguf or model.hub),
+    source = model.path or model.gguf or model.hub or (f"builtin {model.builtin}" if model.builtin else None)
+    return Provenance(run_key=key, model=model.label, source=str(source),
                       method=spec.method.model_dump(), target_sparsity=spec.sparsity, achieved_sparsity=achieved,
                       masks=masks, scores=list(scores), versions=dict(versions or {}))
 

@@ -108,7 +108,8 @@ def render_card(provenance: Provenance, written: Any, engine: dict[str, Any] | N
         "",
         f"`{written.path.name}`: one GGUF file ({written.tensor_type}, {size:,.1f} MiB) for llama.cpp and the tools "
         f"built on it, written by twossp {twossp_version()} from run `{p.run_key}`. The removed parts are absent from "
-        "the file: no weights and no KV cache for a removed attention.",
+        "the file: a removed attention has no weights, and no KV cache when llama.cpp runs with flash attention "
+        "(`-fa on`; without it llama.cpp pads every block's V cache to one size).",
         "",
         "## What was pruned",
         "",
@@ -139,6 +140,8 @@ def render_card(provenance: Provenance, written: Any, engine: dict[str, Any] | N
         lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in engine.items()]
         lines.append("")
     counts = ", ".join(f"{n} {t}" for t, n in sorted(written.types.items()))
+    if p.removed_blocks() and written.rewrites:
+        lines += ["Below, blocks are numbered as in the pruned model, whose whole blocks removed are gone.", ""]
     lines += ["## How the file is written", "",
               f"- llama.cpp architecture `{written.architecture}`"
               + (" (its architecture for blocks that differ: per-block head counts and FFN widths)"
@@ -154,6 +157,6 @@ def render_card(provenance: Provenance, written: Any, engine: dict[str, Any] | N
               + (f", torch {p.versions['torch']}, transformers {p.versions['transformers']}"
                  if p.versions.get("torch") else "") + ".",
               f"- Exported by twossp {twossp_version()}; `twossp show {p.run_key}` shows the run, "
-              f"`twossp export {p.run_key} DIR --format gguf` writes this file again.",
+              f"`twossp export {p.run_key} DIR --format gguf --type {written.tensor_type}` writes this file again.",
               ""]
     return "\n".join(lines)

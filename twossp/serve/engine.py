@@ -102,11 +102,16 @@ class EngineSpeed:
 
 class Engine:
     """One GGUF loaded in llama.cpp. ``all_logits`` keeps every position's logits (for perplexity
-    and comparisons); without it only the last position's are computed, as a server does. The KV
-    cache is f16, llama.cpp's default, or f32 with ``f32_cache`` (to compare an f32 file closely)."""
+    and comparisons); without it only the last position's are computed, as a server does.
+
+    The KV cache is f16, llama.cpp's default; ``f32_cache`` keeps it f32 to compare an f32 file
+    closely. ``flash_attention`` (off, the binding's default) is llama.cpp's ``-fa on``: only with
+    it does llama.cpp leave out the V cache of a block without attention (without it, every block's
+    V cache is padded to one size), but on the 2-core test machine it made SmolLM2's generation about
+    a fifth to a third slower. Its CPU kernel works in f16, so ``f32_cache`` turns it off."""
 
     def __init__(self, path: str | Path, context: int, all_logits: bool = True, threads: int | None = None,
-                 f32_cache: bool = False):
+                 f32_cache: bool = False, flash_attention: bool = False):
         self.threads = threads or os.cpu_count() or 1
         self.all_logits = all_logits
         self.extra_buffers = extra_buffers()
@@ -118,6 +123,7 @@ class Engine:
                 self.llm = llama_cpp().Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context,
                                              logits_all=all_logits, n_threads=self.threads,
                                              n_threads_batch=self.threads, verbose=False,
+                                             flash_attn=flash_attention and not f32_cache,
                                              **({"type_k": 0, "type_v": 0} if f32_cache else {}))  # GGML_TYPE_F32
             except ValueError as exc:  # the binding's "Failed to load model"; llama.cpp logs why
                 raise EngineUnavailable(f"llama.cpp could not load {path} ({exc}); run with "

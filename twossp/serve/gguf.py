@@ -300,6 +300,15 @@ def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> np.ndarray:
     return np.asarray(factors, np.float32)
 
 
+def _blocks(indices: list[int]) -> str:
+    """"block 3", "blocks 0-29", "blocks 2, 5, 9": dense block indices in words."""
+    if len(indices) == 1:
+        return f"block {indices[0]}"
+    if indices == list(range(indices[0], indices[-1] + 1)):
+        return f"blocks {indices[0]}-{indices[-1]}"
+    return f"blocks {', '.join(map(str, indices))}"
+
+
 def _add_value(writer: Any, key: str, value: Any) -> None:
     if isinstance(value, bool):
         writer.add_bool(key, value)
@@ -382,6 +391,8 @@ def _write(model: Any, tokenizer: Any, path: Path, tensor_type: str, align: int,
         factors = llama3_rope_factors(rope, head_dim)
         tensors.append(_Tensor("rope_freqs.weight", factors.shape, lambda: factors))
     head_counts, kv_counts, ffn_widths = [], [], []
+    paddings: dict[tuple[int, int, int], list[int]] = {}  # (width, padded, block) -> dense block indices
+    zero_ffn: list[int] = []
     for n, (i, layer, attn, ffn) in enumerate(kept):
         prefix = f"blk.{n}"
         if attn:
@@ -415,8 +426,7 @@ def _write(model: Any, tokenizer: Any, path: Path, tensor_type: str, align: int,
             whole = max(align, FFN_ALIGN)
             padded = -(-width // whole) * whole
             if padded != width:
-                rewrites.append(f"block {i}: FFN width {width} padded to {padded} with zero neurons, whole blocks "
-                                f"of {whole} for llama.cpp's kernels (exact)")
+                paddings.setdefault((width, padded, whole), []).append(i)
             tensors += [
                 _Tensor(f"{prefix}.ffn_norm.weight", (hidden,), _of(getattr(layer, norm_ffn).weight)),
                 _Tensor(f"{prefix}.ffn_gate.weight", (padded, hidden), _padded_rows(parts["gate"], padded)),
@@ -425,15 +435,20 @@ def _write(model: Any, tokenizer: Any, path: Path, tensor_type: str, align: int,
             ]
         else:
             padded = ZERO_FFN_WIDTH
-            rewrites.append(f"block {i} has attention but no FFN; written with a zero FFN {padded} wide (it adds "
-                            "exactly 0), since llama.cpp would drop the attention of a block with FFN width 0")
+            zero_ffn.append(i)
             tensors += [_Tensor(f"{prefix}.ffn_norm.weight", (hidden,), _ones(hidden)),
                         _Tensor(f"{prefix}.ffn_gate.weight", (padded, hidden), _zeros(padded, hidden)),
                         _Tensor(f"{prefix}.ffn_up.weight", (padded, hidden), _zeros(padded, hidden)),
                         _Tensor(f"{prefix}.ffn_down.weight", (hidden, padded), _zeros(hidden, padded))]
         ffn_widths.append(padded)
+    rewrites += [f"{_blocks(blocks)}: FFN width {width} padded to {padded} with zero neurons, whole blocks of "
+                 f"{whole} for llama.cpp's kernels (exact)" for (width, padded, whole), blocks in paddings.items()]
+    if zero_ffn:
+        rewrites.append(f"{_blocks(zero_ffn)} kept attention but no FFN: written with a zero FFN {ZERO_FFN_WIDTH} wide "
+                        "(it adds exactly 0), since llama.cpp would drop the attention of a block with FFN width 0")
     if dropped:
-        rewrites.append(f"blocks {dropped} have neither attention nor FFN: left out, the blocks after them renumbered")
+        rewrites.append(f"{_blocks(dropped)} {'has' if len(dropped) == 1 else 'have'} neither attention nor FFN: "
+                        "left out, the blocks after them renumbered")
     tensors.append(_Tensor("output_norm.weight", (hidden,), _of(adapter.final_norm(model).weight)))
     head = model.get_output_embeddings()
     if head.weight is not model.get_input_embeddings().weight:  # tied embeddings: llama.cpp reuses token_embd
