@@ -41,11 +41,15 @@ class SavedGguf:
                 f"{f.blocks} blocks, {f.attention_blocks} with attention; model card in README.md")
 
 
+def model_source(model: Any) -> str:
+    """Where a model spec's dense weights come from, in words."""
+    return str(model.path or model.gguf or model.hub or f"builtin {model.builtin}")
+
+
 def provenance(spec: RunSpec, key: str, masks: list[LayerMask], achieved: float | None,
                scores: list[tuple[str, str, float]], versions: dict[str, Any] | None) -> Provenance:
     model = spec.model
-    source = model.path or model.gguf or model.hub or (f"builtin {model.builtin}" if model.builtin else None)
-    return Provenance(run_key=key, model=model.label, source=str(source),
+    return Provenance(run_key=key, model=model.label, source=model_source(model),
                       method=spec.method.model_dump(), target_sparsity=spec.sparsity, achieved_sparsity=achieved,
                       masks=masks, scores=list(scores), versions=dict(versions or {}))
 
@@ -63,7 +67,7 @@ def find_run(db: Any, key: str) -> StoredRun:
         if spec.weights_changed() or (spec.weights is None and spec.key != run.key):  # other weights now
             raise CheckpointError(
                 f"run {run.key} was computed from other weights than {spec.model.label} holds now "
-                f"({spec.model.path or spec.model.gguf or spec.model.hub}): its masks would be applied to weights "
+                f"({model_source(spec.model)}): its masks would be applied to weights "
                 "they were not chosen for; run the sweep again to prune the current weights")
         refusal = method_of(spec.method).export_refusal
         if refusal:
@@ -92,12 +96,12 @@ def measure_gguf(path: Path, spec: RunSpec, tokenizer: Any) -> list[tuple[str, s
     evaluation = spec.evaluation
     seq_len = evaluation.seq_len or 2048
     scores, first = [], None
-    for source in evaluation.perplexity:
-        windows = make_windows(token_stream(tokenizer, source), seq_len, evaluation.max_windows)
-        if windows.shape[0] == 0:
-            continue
-        first = windows[0] if first is None else first
-        with Engine(path, seq_len) as engine:
+    with Engine(path, seq_len) as engine:  # loaded once for every dataset
+        for source in evaluation.perplexity:
+            windows = make_windows(token_stream(tokenizer, source), seq_len, evaluation.max_windows)
+            if windows.shape[0] == 0:
+                continue
+            first = windows[0] if first is None else first
             scores.append((source_label(source), "perplexity", engine.perplexity(windows.numpy()).perplexity))
     if first is not None:
         speed = evaluation.speed or SpeedSpec()

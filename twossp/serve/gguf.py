@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -346,9 +347,7 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, tensor_type: str = 
         quantize(source, path, kind.file_type)
     finally:
         source.unlink(missing_ok=True)
-    types: dict[str, int] = {}
-    for tensor in gguf_module().GGUFReader(path).tensors:
-        types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
+    types = dict(Counter(tensor.tensor_type.name for tensor in gguf_module().GGUFReader(path).tensors))
     made = (f"quantised to {tensor_type} by llama.cpp's own quantiser from an f16 file: it picks each tensor's type "
             "(its mix, and other types for a matrix whose rows 256 does not divide)")
     return dataclasses.replace(written, path=path, tensor_type=tensor_type, types=types,
@@ -454,7 +453,6 @@ def _write(model: Any, tokenizer: Any, path: Path, tensor_type: str, align: int,
     if head.weight is not model.get_input_embeddings().weight:  # tied embeddings: llama.cpp reuses token_embd
         tensors.append(_Tensor("output.weight", tuple(head.weight.shape), _of(head.weight)))
 
-    types: dict[str, int] = {}
     for t in tensors:
         if len(t.shape) == 1:
             t.ggml = gguf.GGMLQuantizationType.F32
@@ -463,7 +461,7 @@ def _write(model: Any, tokenizer: Any, path: Path, tensor_type: str, align: int,
             rewrites.append(f"{t.name} stays f16: its rows ({t.shape[-1]}) do not divide into {tensor_type} blocks")
         else:
             t.ggml = kind.quantization
-        types[t.ggml.name] = types.get(t.ggml.name, 0) + 1
+    types = dict(Counter(t.ggml.name for t in tensors))
 
     context = int(_get(config, "max_position_embeddings", 2048))
     window = _get(config, "sliding_window", None)
