@@ -502,6 +502,44 @@ def test_plan_shows_what_each_sparsity_removes_from_configs_alone(tmp_path: Path
         assert expected in cell("phi3-medium", sparsity)
 
 
+def test_plan_shows_the_shared_steps_and_the_work_with_and_without_them(tmp_path: Path) -> None:
+    """From a config.json alone (no torch): a 2SSP grid of 3 sparsities x 2 alphas shares one stage-1
+    step, ShortGPT and the window method one block-states step; the estimated layer forwards per run,
+    per step and for the sweep are those ``estimate_work`` gives."""
+    from twossp.families import config_block_counts
+    from twossp.plan import estimate_work, plan_shared, plan_sweep
+    from twossp.spec import load_sweep
+
+    (tmp_path / "llama2-7b").mkdir()
+    (tmp_path / "llama2-7b" / "config.json").write_text(json.dumps(PAPER_CONFIGS["llama2-7b"]))
+    sweep = tmp_path / "grid.yaml"
+    sweep.write_text(
+        "name: grid\nmodels: [{path: llama2-7b}]\n"
+        "methods: [{name: 2ssp, alpha: 1.5}, {name: 2ssp, alpha: 1.0}, shortgpt, window]\n"
+        "sparsities: [0.25, 0.375, 0.5]\n"
+        "calibration: {source: lee-calibration, samples: [32], seq_len: 2048}\n"
+        "evaluation: {perplexity: [lee-evaluation]}\n")
+    env = {**os.environ, "COLUMNS": "250"}
+    result = subprocess.run([sys.executable, "-c", _NO_TORCH, "sweep", "plan", str(sweep), "--db",
+                             str(tmp_path / "none.db")], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = plan_sweep(load_sweep(sweep))
+    shared = plan_shared(runs)
+    assert sorted(step.kind for step in shared.steps.values()) == ["block states", "ffn scores"]
+    work = estimate_work(runs, shared, {"llama2-7b": config_block_counts(PAPER_CONFIGS["llama2-7b"])})
+    assert "2 shared steps" in result.stdout
+    for key, step in shared.steps.items():
+        line = next(line for line in result.stdout.splitlines() if key in line and step.kind in line)
+        assert f" {len(shared.dependents(key))} " in line and f"{work.steps[key]:,}" in line
+    assert work.steps and all(value == 32 * 32 for value in work.steps.values())  # 32 windows x 32 blocks
+    assert work.shared == work.unshared - 10 * 32 * 32  # 12 runs, 2 steps: 10 fewer stage-1 passes
+    assert (f"estimated pruning work: {work.unshared:,} decoder-layer forwards without sharing, {work.shared:,} "
+            f"with it ({work.shared / work.unshared:.2f}x)") in result.stdout
+    for run in runs:
+        line = next(line for line in result.stdout.splitlines() if run.key in line)
+        assert shared.needs[run.key] in line and f"{sum(work.runs[run.key]):,}" in line
+
+
 def test_plan_reports_runs_no_node_of_this_machine_can_hold(tiny_checkpoint, tmp_path: Path) -> None:
     big = tiny_checkpoint.write_sweep(tmp_path / "big.yaml", "big", models=[
         {"path": str(tiny_checkpoint.model_dir), "cpus": 100000}])

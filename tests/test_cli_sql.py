@@ -21,7 +21,8 @@ from twossp.db.store import add_export
 from twossp.plan import plan_sweep
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-TABLES = ("sweeps", "runs", "scores", "timings", "layer_masks", "generations", "exports", "export_scores")
+TABLES = ("sweeps", "runs", "scores", "timings", "layer_masks", "generations", "exports", "export_scores",
+          "shared_steps")
 
 
 def invoke(*args: object) -> Result:

@@ -52,10 +52,12 @@ def test_the_paper_grid_plans_from_configs_alone(tmp_path: Path) -> None:
                            f"sqlite:///{tmp_path / 'none.db'}"], capture_output=True, text=True, env=env, timeout=300)
     out = done.stdout
     assert "sweep paper: 76 runs" in out, out + done.stderr
-    rows = [line for line in out.splitlines() if line.startswith("│") and COMMIT not in line]
+    runs_table = out.split("shared steps, each computed once")[0]  # the steps' table follows the runs'
+    rows = [line for line in runs_table.splitlines() if line.startswith("│") and COMMIT not in line]
     planned = [r for r in rows if any(m in r for m in ("2ssp", "shortgpt", "window", "blockpruner", "evopress",
                                                        "slicegpt"))]
     assert len(planned) == 72 and not any(" ? " in r or "cannot succeed" in r for r in planned), out
+    assert "12 shared steps" in out  # per model: stage 1, block states, the BlockPruner path
     # offline, the six tasks' hub datasets are flagged; the 4-CPU runs do not fit this machine's Ray
     assert "read the harness's datasets from the Hugging Face hub, which cannot be reached" in done.stderr
     assert done.returncode in (0, 2), done.stderr

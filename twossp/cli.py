@@ -169,6 +169,8 @@ def _raise_plan_problems(reports: Iterable[Any], remote_ok: bool = True) -> None
 def plan(file: str, db_url: str | None, address: str | None, remote_files: bool) -> None:
     from twossp.db import store
     from twossp.db.session import database_exists
+    from twossp.methods import SHARED_STEPS, method_of
+    from twossp.plan import SharedPlan, estimate_work, plan_shared
 
     [(_, spec, runs, report)] = _load_and_check([file], remote_files=remote_files, resolve=True)
     statuses: dict[str, str] = {}
@@ -179,20 +181,45 @@ def plan(file: str, db_url: str | None, address: str | None, remote_files: bool)
                 statuses = store.run_statuses(session, [r.key for r in runs])
         finally:
             db.close()
+    shared = plan_shared(runs) if spec.runtime.share else SharedPlan()
+    work = estimate_work(runs, shared, report.counts)
     table = Table(title=Text(f"sweep {spec.name}: {len(runs)} runs"))
-    for col in ("key", "model", "method", "sparsity", "calib", "seed", "will remove", "in database"):
+    for col in ("key", "model", "method", "sparsity", "calib", "seed", "will remove", "layer forwards", "shares",
+                "in database"):
         table.add_column(col)
     colours = {"completed": "green", "failed": "red", "new": "cyan"}
     for run in runs:
         status = str(statuses.get(run.key, "new"))
+        forwards = work.runs.get(run.key)
         table.add_row(run.key, Text(run.model.label), run.method.name,
                       f"{run.sparsity:g}" if run.sparsity is not None else "-",
                       str(run.calibration.samples) if run.calibration else "-",
                       str(run.calibration.seed) if run.calibration else "-",
-                      Text(report.previews.get(run.key, "?")), Text(status, style=colours.get(status, "yellow")))
+                      Text(report.previews.get(run.key, "?")),
+                      f"{sum(forwards):,}" if forwards is not None else
+                      ("-" if method_of(run.method).work is None else "?"),
+                      shared.needs.get(run.key, "-"), Text(status, style=colours.get(status, "yellow")))
     console.print(table)
+    if shared.steps:
+        steps = Table(title=Text(f"{len(shared.steps)} shared steps, each computed once for the runs that share it"))
+        for col in ("key", "step", "runs", "layer forwards", "computes"):
+            steps.add_column(col)
+        for key, step in shared.steps.items():
+            forwards = work.steps.get(key)
+            steps.add_row(key, Text(step.label), str(len(shared.dependents(key))),
+                          f"{forwards:,}" if forwards is not None else "?",
+                          Text(SHARED_STEPS[step.kind].description))
+        console.print(steps)
     done = sum(1 for s in statuses.values() if s == "completed")
     say(f"{done} of {len(runs)} runs already completed")
+    if work.estimated:
+        ratio = f" ({work.shared / work.unshared:.2f}x)" if work.unshared else ""
+        covers = "" if work.estimated == len(runs) else f" of the {work.estimated} runs with an estimate"
+        say(f"estimated pruning work{covers}: {work.unshared:,} decoder-layer forwards without sharing, "
+            f"{work.shared:,} with it{ratio} (evaluation not counted)")
+    if work.estimated < len(runs):
+        say((f"{len(runs) - work.estimated} run(s) not estimated: their method has none (-: evopress, slicegpt), or "
+             "their model's config.json is not local or their sparsity cannot be reached (?)", "dim"))
     if report.unknown:
         say(("will remove: shown once a model's config.json is local (path:, the hub cache, or a builtin/GGUF "
              "model after its first run)", "dim"))
@@ -237,9 +264,11 @@ def _unplaceable(runs: list[Any], address: str | None) -> int:
               help="Re-submissions of a run whose Ray worker or node died (a run that raises is never retried).")
 @click.option("--stale-after", type=click.FloatRange(min=0.5), default=120.0, show_default=True,
               help="Seconds without a heartbeat after which another driver's running run counts as abandoned.")
+@click.option("--no-share", "no_share", is_flag=True,
+              help="Every run computes everything itself (no shared steps; as `runtime: {share: false}`).")
 @FILES_OPTION
 def run(file: str, db_url: str | None, executor: str, address: str | None, rerun_failed: bool, max_retries: int,
-        stale_after: float, remote_files: bool) -> None:
+        stale_after: float, no_share: bool, remote_files: bool) -> None:
     from twossp.dash.live import LiveSweep
     from twossp.errors import SweepCancelled
     from twossp.runtime.driver import run_sweep
@@ -253,7 +282,7 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         outcome = run_sweep(spec, db, runner, path=str(Path(file).resolve()), rerun_failed=rerun_failed,
-                            display=LiveSweep(console), stale_after=stale_after)
+                            display=LiveSweep(console), stale_after=stale_after, share=not no_share)
     except SweepCancelled:
         say(("cancelled", "yellow"), " (twossp sweep cancel): unfinished runs were released and will run next time",
             stderr=True)
@@ -269,6 +298,7 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
     elsewhere = f", {len(outcome.elsewhere)} done by another driver" if outcome.elsewhere else ""
     say((f"{len(outcome.completed)} completed, {len(outcome.failed)} failed, {len(outcome.skipped)} skipped"
          f"{elsewhere}", "bold"), f" (results in {db.display_url})")
+    _say_shared(outcome)
     for retried_run, reason in outcome.retried:
         say(("retried", "yellow"), f" {retried_run.label} ({retried_run.key}): {reason}", stderr=True)
     for failed_run, error in outcome.failed:
@@ -282,6 +312,19 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
             stderr=True)
     if outcome.failed:
         sys.exit(1)
+
+
+def _say_shared(outcome: Any) -> None:
+    """What the sweep's shared steps did: computed now (and how long), or read from the database."""
+    computed = [(step, result) for step, result in outcome.steps_computed if result.status == "completed"]
+    failed = [(step, result) for step, result in outcome.steps_computed if result.status != "completed"]
+    if computed or outcome.steps_reused:
+        seconds = sum(result.seconds for _, result in computed)
+        say(f"shared steps: {len(computed)} computed ({seconds:.1f} s), {len(outcome.steps_reused)} taken from the "
+            "database")
+    for step, result in failed:
+        say(("shared step failed", "red"), f" {step.label} ({step.key}): "
+            f"{(result.error or '?').strip().splitlines()[-1]}", stderr=True)
 
 
 @sweep.command("tasks", help="Write the lm-eval configs (and the converted task data) a sweep's runs evaluate "

@@ -161,7 +161,33 @@ class RunResult:
     host: str | None = None
     device: str | None = None
     versions: dict[str, Any] = field(default_factory=dict)
+    shared_step: str | None = None  # the key of the shared step whose result the run took instead of computing it
 
     @classmethod
     def failure(cls, key: str, error: str) -> "RunResult":
         return cls(key=key, status=RunStatus.FAILED, error=error)
+
+
+@dataclass
+class StepResult:
+    """One shared step (``methods.SharedStep``) as computed once for the runs that need it: its
+    result (``payload``), or the error every one of them then fails with."""
+
+    key: str
+    kind: str
+    status: RunStatus
+    error: str | None = None
+    payload: Any = None
+    calibration_sha256: str | None = None  # of the windows it was computed on (a run checks its own against it)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    host: str | None = None
+    device: str | None = None
+    params_dense: int | None = None
+    versions: dict[str, Any] = field(default_factory=dict)
+    stored: bool = False  # read back from the database (computed by an earlier sweep), not computed now
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.timings.values())

@@ -11,6 +11,16 @@ import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+#: ``runtime.batch: auto``: candidate removals (2SSP stage 2, BlockPruner) or perplexity windows one
+#: forward holds, per device type. On the CPU one at a time (measured: batching gains nothing there,
+#: see benchmarks/README.md); an accelerator is kept busy by a batch.
+AUTO_BATCH = {"cpu": 1, "cuda": 8, "mps": 4}
+
+
+def batch_size(device: torch.device, setting: int | str = "auto") -> int:
+    """The batch of ``runtime.batch`` on ``device``: the number given, or the device's ``AUTO_BATCH``."""
+    return setting if isinstance(setting, int) else AUTO_BATCH.get(device.type, 1)
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, then Apple MPS, else the CPU."""

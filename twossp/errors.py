@@ -64,6 +64,10 @@ class UnknownName(TwosspError, KeyError):
         return str(self.args[0])
 
 
+class SharedStepFailed(TwosspError):
+    """The shared step a run needs failed: the run fails with its error."""
+
+
 class CheckpointError(TwosspError):
     """A pruned checkpoint does not match what its config says (missing or extra weights), or a
     run cannot be exported."""

@@ -7,13 +7,19 @@ raising ``BudgetError`` where the run could not succeed), whether ``twossp expor
 from the stored layer masks, and its description (the spec's docstring). Nothing else in twossp
 branches on method names: adding a method is its runner module plus one entry here.
 
+An entry may also name a shared step (``SHARED_STEPS``): work that every run of the method on one
+model and calibration repeats whatever its target (2SSP's stage-1 neuron scores, the block states
+ShortGPT and the window method rank, BlockPruner's greedy path). The planner groups the runs that
+need the same step, the executor computes it once and hands its result to each of them, and the
+runner takes it instead of computing it (``shared=``).
+
 Torch-free: ``twossp sweep validate`` and ``twossp list methods`` import this module.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -130,6 +136,66 @@ def _slicegpt_preview(method: MethodSpec, sparsity: float, counts: BlockCounts) 
 
 
 # --------------------------------------------------------------------------------------------
+# Estimated work: decoder-layer forwards of one run's pruning, (shareable part, the run's own part)
+# --------------------------------------------------------------------------------------------
+Work = Callable[[MethodSpec, float, BlockCounts, int], tuple[int, int]]
+
+
+def _search_forwards(num_layers: int, windows: int, candidates: list[int]) -> int:
+    """A prefix-reusing greedy search (``prune.calibration.BlockInputs``): one pass to capture the
+    block inputs, then per step each candidate runs its suffix, (N + 1) / 2 blocks on average."""
+    return windows * (num_layers + sum(count * (num_layers + 1) // 2 for count in candidates))
+
+
+def _two_ssp_work(method: TwoSSPMethod, sparsity: float, counts: BlockCounts, samples: int) -> tuple[int, int]:
+    steps = two_stage_budget(counts, sparsity, method.alpha).num_attention_removed
+    n = counts.num_layers
+    stage2 = _search_forwards(n, min(samples, method.num_calibration_second_stage), [n - k for k in range(steps)])
+    return samples * n, stage2
+
+
+def _whole_blocks_work(method: MethodSpec, sparsity: float, counts: BlockCounts, samples: int) -> tuple[int, int]:
+    return samples * counts.num_layers, 0
+
+
+def _blockpruner_work(method: BlockPrunerMethod, sparsity: float, counts: BlockCounts,
+                      samples: int) -> tuple[int, int]:
+    n = counts.num_layers
+    steps = min(2 * n - 1, ceil_share(sparsity, 2 * n))  # submodules of about average size
+    return _search_forwards(n, min(samples, method.num_calibration), [2 * n - k for k in range(steps)]), 0
+
+
+# --------------------------------------------------------------------------------------------
+# Shared steps
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SharedStep:
+    """Work several runs share (see the module docstring)."""
+
+    kind: str
+    #: (model, adapter, calibration windows, params, device, progress, batch) -> the result: tensors
+    #: (on the CPU), lists and numbers, what the methods' runners take as ``shared=``
+    compute: Lazy
+    description: str
+    #: the method's fields that change the result (its other fields, and the sparsity, do not)
+    params: Callable[[MethodSpec], dict[str, Any]] = lambda method: {}
+    #: the result is a search computed up to the highest sparsity of the runs it feeds, each of which
+    #: takes its prefix (``params`` then holds that ``sparsity``)
+    to_target: bool = False
+
+
+SHARED_STEPS: Registry[SharedStep] = Registry("shared step", {step.kind: step for step in (
+    SharedStep("ffn scores", Lazy("twossp.prune.width:shared_scores"),
+               "2SSP stage 1: every FFN neuron's activation norm over the calibration windows"),
+    SharedStep("block states", Lazy("twossp.prune.blocks:shared_states"),
+               "the hidden state at the last token entering and leaving every block (ShortGPT, window)"),
+    SharedStep("blockpruner path", Lazy("twossp.prune.blockpruner:shared_path"),
+               "BlockPruner's greedy removals, up to the highest sparsity of the runs it feeds",
+               params=lambda method: {"num_calibration": method.num_calibration}, to_target=True),
+)})
+
+
+# --------------------------------------------------------------------------------------------
 # The registry
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -144,6 +210,12 @@ class Method:
     #: a search run to a higher sparsity holds every lower one's as a prefix (BlockPruner's greedy
     #: path does not depend on the target), so one search measures every sparsity
     prefix_search: bool = False
+    #: the step its runs share, a ``SHARED_STEPS`` kind; None: nothing is shared
+    shared: str | None = None
+    #: estimated decoder-layer forwards of a run (``Work``); None: not estimated
+    work: Work | None = None
+    #: its runner scores candidate removals several per forward (``runtime.batch``), same choices
+    batched: bool = False
 
     @property
     def name(self) -> str:
@@ -161,11 +233,16 @@ class Method:
 
 
 _ENTRIES = (
-    Method(DenseMethod, run=None, preview=lambda method, sparsity, counts: "-"),
-    Method(TwoSSPMethod, Lazy("twossp.prune.two_stage:run"), _two_ssp_preview),
-    Method(ShortGPTMethod, Lazy("twossp.prune.blocks:run_shortgpt"), _whole_blocks_preview),
-    Method(WindowMethod, Lazy("twossp.prune.blocks:run_window"), _whole_blocks_preview),
-    Method(BlockPrunerMethod, Lazy("twossp.prune.blockpruner:run"), _submodules_preview, prefix_search=True),
+    Method(DenseMethod, run=None, preview=lambda method, sparsity, counts: "-",
+           work=lambda method, sparsity, counts, samples: (0, 0)),
+    Method(TwoSSPMethod, Lazy("twossp.prune.two_stage:run"), _two_ssp_preview, shared="ffn scores",
+           work=_two_ssp_work, batched=True),
+    Method(ShortGPTMethod, Lazy("twossp.prune.blocks:run_shortgpt"), _whole_blocks_preview, shared="block states",
+           work=_whole_blocks_work),
+    Method(WindowMethod, Lazy("twossp.prune.blocks:run_window"), _whole_blocks_preview, shared="block states",
+           work=_whole_blocks_work),
+    Method(BlockPrunerMethod, Lazy("twossp.prune.blockpruner:run"), _submodules_preview, prefix_search=True,
+           shared="blockpruner path", work=_blockpruner_work, batched=True),
     Method(EvoPressMethod, Lazy("twossp.prune.evopress:run"), _whole_blocks_preview),
     Method(SliceGPTMethod, Lazy("twossp.prune.slicegpt:run"), _slicegpt_preview,
            export_refusal="its PCA rotations are not layer masks and are not stored in the database, so it "
@@ -184,5 +261,5 @@ def method_of(spec: MethodSpec) -> Method:
     return METHODS[spec.name]
 
 
-__all__ = ["METHODS", "MAX_INT", "Method", "MethodSpec", "Strict", "method_of",
+__all__ = ["METHODS", "MAX_INT", "Method", "MethodSpec", "SHARED_STEPS", "SharedStep", "Strict", "Work", "method_of",
            *(entry.spec.__name__ for entry in _ENTRIES)]

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import Field
 
 from twossp.contracts import BlockCounts
-from twossp.errors import DataUnavailable
+from twossp.errors import BudgetError, DataUnavailable
 from twossp.fingerprint import fingerprint_file
-from twossp.methods import method_of
+from twossp.methods import SHARED_STEPS, method_of
 from twossp.spec import AnyMethod, EvaluationSpec, ModelSpec, RuntimeSpec, Strict, SweepSpec, TaskSpec, TextSource
 from twossp.spec import source_key
 from twossp.tasks import locate
@@ -184,4 +185,123 @@ def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
     return runs
 
 
-__all__ = ["CalibrationRun", "RunSpec", "grid", "plan_sweep", "plan_task_data", "task_data_identity"]
+class StepSpec(Strict):
+    """A shared step (``methods.SharedStep``) as planned: everything a worker needs to compute it,
+    keyed, like a run, by what determines its result: the model's weights, the dtype, the calibration
+    windows and the parameters that matter."""
+
+    kind: str
+    model: ModelSpec
+    weights: dict[str, Any] | None = None
+    runtime: RuntimeSpec
+    calibration: CalibrationRun
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": self.weights or self.model.identity,
+                "trust_remote_code": self.model.trust_remote_code, "dtype": self.runtime.dtype,
+                "calibration": {**self.calibration.model_dump(), "source": source_key(self.calibration.source)},
+                "params": self.params}
+
+    @property
+    def key(self) -> str:
+        return _digest(self.identity())
+
+    @property
+    def label(self) -> str:
+        params = " ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+                          for name, value in sorted(self.params.items()))
+        return " ".join(part for part in (self.model.label, self.kind, f"n={self.calibration.samples}",
+                                          f"seed={self.calibration.seed}", params) if part)
+
+    def weights_changed(self) -> bool:
+        return self.weights is not None and self.model.identity != self.weights
+
+
+@dataclass
+class SharedPlan:
+    """The shared steps of a set of runs: each step by key, in plan order, and the step each run takes."""
+
+    steps: dict[str, StepSpec] = field(default_factory=dict)
+    needs: dict[str, str] = field(default_factory=dict)  # run key -> step key
+
+    def step_of(self, run: RunSpec) -> StepSpec | None:
+        key = self.needs.get(run.key)
+        return self.steps[key] if key else None
+
+    def dependents(self, key: str) -> list[str]:
+        return [run for run, step in self.needs.items() if step == key]
+
+
+def plan_shared(runs: list[RunSpec]) -> SharedPlan:
+    """Group the runs by the shared step their method names, keyed by content; a step two or more
+    runs need is planned (one run alone gains nothing: it computes its own). A step computed up to a
+    target (``SharedStep.to_target``) reaches the highest sparsity of its runs."""
+    groups: dict[str, tuple[StepSpec, list[RunSpec]]] = {}
+    for run in runs:
+        kind = method_of(run.method).shared
+        if kind is None or run.calibration is None or run.sparsity is None:
+            continue
+        step = StepSpec(kind=kind, model=run.model, weights=run.weights, runtime=run.runtime,
+                        calibration=run.calibration, params=SHARED_STEPS[kind].params(run.method))
+        groups.setdefault(step.key, (step, []))[1].append(run)
+    plan = SharedPlan()
+    for step, members in groups.values():
+        if len(members) < 2:
+            continue
+        if SHARED_STEPS[step.kind].to_target:
+            step = step.model_copy(update={"params": {**step.params,
+                                                      "sparsity": max(run.sparsity for run in members)}})
+        plan.steps[step.key] = step
+        plan.needs.update({run.key: step.key for run in members})
+    return plan
+
+
+@dataclass
+class WorkEstimate:
+    """Estimated decoder-layer forwards of pruning (``methods.Work``; evaluation not counted): per
+    run (shareable, own; None where a model's counts or a method's estimate is unknown, or the run
+    cannot succeed), per shared step, and over the runs with an estimate, with and without sharing."""
+
+    runs: dict[str, tuple[int, int] | None] = field(default_factory=dict)
+    steps: dict[str, int | None] = field(default_factory=dict)
+    unshared: int = 0
+    shared: int = 0
+
+    @property
+    def estimated(self) -> int:
+        """How many runs the totals cover."""
+        return sum(1 for work in self.runs.values() if work is not None)
+
+
+def _work(run: RunSpec, counts: dict[str, BlockCounts], sparsity: float | None = None) -> tuple[int, int] | None:
+    work, model_counts = method_of(run.method).work, counts.get(run.model.label)
+    if work is None or model_counts is None:
+        return None
+    try:
+        return work(run.method, sparsity if sparsity is not None else run.sparsity or 0.0, model_counts,
+                    run.calibration.samples if run.calibration else 0)
+    except BudgetError:  # reported by preflight
+        return None
+
+
+def estimate_work(runs: list[RunSpec], shared: SharedPlan, counts: dict[str, BlockCounts]) -> WorkEstimate:
+    """``counts``: the dense block counts by model label (from config.json; absent: unknown). A
+    step's work is the shareable part of its first run's, at the step's own sparsity if it has one."""
+    estimate = WorkEstimate(runs={run.key: _work(run, counts) for run in runs})
+    by_key = {run.key: run for run in runs}
+    for key, step in shared.steps.items():
+        work = _work(by_key[shared.dependents(key)[0]], counts, step.params.get("sparsity"))
+        estimate.steps[key] = work[0] if work else None
+    for key, work in estimate.runs.items():
+        if work is None:
+            continue
+        step = shared.needs.get(key)
+        estimate.unshared += sum(work)
+        estimate.shared += work[1] + (0 if step and estimate.steps.get(step) is not None else work[0])
+    estimate.shared += sum(work for work in estimate.steps.values() if work is not None)
+    return estimate
+
+
+__all__ = ["CalibrationRun", "RunSpec", "SharedPlan", "StepSpec", "WorkEstimate", "estimate_work", "grid", "plan_shared", "plan_sweep",
+           "plan_task_data", "task_data_identity"]

@@ -428,6 +428,11 @@ class RuntimeSpec(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     threads: int | None = Field(default=None, ge=1, le=MAX_INT)
+    #: compute the work several runs repeat once, as a shared step (``sweep run --no-share`` turns it off)
+    share: bool = True
+    #: candidate removals (2SSP stage 2, BlockPruner) and perplexity windows per forward: a number, or
+    #: ``auto`` (one on the CPU, several on an accelerator); it changes no choice, so no run key
+    batch: Literal["auto"] | Annotated[int, Field(ge=1, le=4096)] = "auto"
 
 
 class SaveSpec(Strict):

@@ -204,17 +204,17 @@ def test_reading_an_existing_database(db_url: str) -> None:
     db = Database(db_url, create=False)
     db.close()
     assert database_exists(db_url)
-    assert describe_revision(db_url) == (f"{safe_url(db_url)}: schema 0006 (exported model files and what the serving engine measured on them), "
+    assert describe_revision(db_url) == (f"{safe_url(db_url)}: schema 0007 (shared steps: work several runs share, computed once and kept), "
                                          f"up to date")
 
 
 def test_an_outdated_schema_is_refused_with_the_upgrade_command(db_url: str) -> None:
     command.upgrade(alembic_config(db_url), "0002")
     for create in (True, False):  # neither a writing nor a reading command upgrades an existing schema
-        with pytest.raises(SchemaOutdated, match=rf"^database .* is at schema 0002, twossp needs 0006; "
+        with pytest.raises(SchemaOutdated, match=rf"^database .* is at schema 0002, twossp needs 0007; "
                                                  rf"run: twossp db upgrade --db '{re.escape(safe_url(db_url))}'$"):
             Database(db_url, create=create)
-    assert describe_revision(db_url).endswith(f"schema 0002, twossp needs 0006; run: twossp db upgrade --db "
+    assert describe_revision(db_url).endswith(f"schema 0002, twossp needs 0007; run: twossp db upgrade --db "
                                               f"'{safe_url(db_url)}'")
     upgrade(db_url)
     Database(db_url, create=False).close()

@@ -40,8 +40,8 @@ from twossp.db import store  # noqa: E402
 from twossp.db.models import Run  # noqa: E402
 from twossp.db.session import Database  # noqa: E402
 from twossp.plan import RunSpec, plan_sweep  # noqa: E402
-from twossp.runtime.driver import run_sweep  # noqa: E402
-from twossp.runtime.executors import RayExecutor  # noqa: E402
+from twossp.runtime.driver import SweepDriver, run_sweep  # noqa: E402
+from twossp.runtime.executors import LocalExecutor, RayExecutor  # noqa: E402
 from twossp.contracts import RunResult  # noqa: E402
 from twossp.spec import parse_sweep  # noqa: E402
 
@@ -324,3 +324,113 @@ def test_runs_no_node_can_hold_are_reported_at_plan_time_and_a_cluster_that_shri
         rows = {r.key: r for r in session.scalars(select(Run)).all()}
         assert {r.status for r in rows.values()} == {"failed"}
         assert all(rows[k].error.startswith("ResourcesUnavailable") for k in rows)
+
+
+def _worker_node_running(cluster: Cluster, title: str):
+    """The worker node whose raylet is an ancestor of the process Ray titled ``title`` (a worker
+    executing that task), if one is running."""
+    raylets = {node.all_processes["raylet"][0].process.pid: node for node in cluster.worker_nodes}
+    for pid in os.listdir("/proc"):
+        try:
+            if not pid.isdigit() or not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title.encode()):
+                continue
+            current = int(pid)
+            while current > 1:
+                if current in raylets:
+                    return raylets[current]
+                current = int(Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+class StepDisplay(InFlightDisplay):
+    """Also says when the shared step has done part of its work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step_running = threading.Event()
+
+    def progress(self, key: str, phase: str, done: int, total: int) -> None:
+        super().progress(key, phase, done, total)
+        if phase.startswith("shared: stage 1") and total // 20 <= done < total // 2:
+            self.step_running.set()
+
+
+def test_a_worker_node_lost_during_a_shared_step_retries_the_step_and_its_runs_take_its_result(
+        cluster, db, tiny_checkpoint, tmp_path, caplog) -> None:
+    """Two 2SSP runs share their stage-1 scores. The node computing them is removed halfway: the step
+    is re-submitted on the other node, the runs that waited for it take the new result, and every run
+    completes once, with the numbers a run computing everything itself gives."""
+    calibration = tmp_path / "long-calibration.jsonl"
+    calibration.write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs(2500, seed=3)),
+                           encoding="utf-8")
+    data = tiny_checkpoint.sweep(
+        "step-lost", methods=["2ssp"],
+        models=[{"path": str(tiny_checkpoint.model_dir), "cpus": 1, "resources": {"fake_gpu": 1}}],
+        calibration={"source": {"path": str(calibration)}, "samples": [4000], "seq_len": 16},
+        runtime={"device": "cpu", "dtype": "float32", "threads": 1},
+    )
+    spec = parse_sweep(yaml.safe_dump(data), "step-lost.yaml")
+    display = StepDisplay()
+    removal: dict[str, object] = {}
+    sweep_over = threading.Event()
+
+    def remove_the_node_computing_the_step() -> None:
+        try:
+            if not display.step_running.wait(timeout=WATCHDOG_S) or sweep_over.is_set():
+                return
+            node = _worker_node_running(cluster, "ray::_ray_step")
+            if node is None:
+                removal["error"] = "no worker node runs the shared step"
+                return
+            removal["at"] = time.monotonic()
+            cluster.remove_node(node)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            removal["error"] = exc
+
+    remover = threading.Thread(target=remove_the_node_computing_the_step, daemon=True)
+    watchdog = threading.Timer(WATCHDOG_S, lambda: _cancel(db, spec.name))
+    remover.start()
+    watchdog.start()
+    driver = SweepDriver(spec, db, RayExecutor(address=cluster.address), path="step-lost.yaml", display=display,
+                         stale_after=60)
+    try:
+        with caplog.at_level(logging.WARNING, logger="twossp.executors"):
+            outcome = driver.run()
+    finally:
+        watchdog.cancel()
+        sweep_over.set()
+        display.step_running.set()
+        remover.join(timeout=60)
+
+    assert "error" not in removal, removal.get("error")
+    assert "at" in removal, "the shared step was never seen running; no node was removed"
+    assert outcome.failed == [] and len(outcome.completed) == 2, outcome.failed
+    [(step, reason)] = driver.shared.retried
+    assert step.kind == "ffn scores" and "retry 1 of 2" in reason
+    assert any("shared step" in r.getMessage() and "retried" in r.getMessage() for r in caplog.records)
+    [(computed, result)] = outcome.steps_computed
+    assert computed.key == step.key and result.status == "completed"
+    with db.session() as session:
+        rows = session.scalars(select(Run)).all()
+        assert {r.shared_step for r in rows} == {step.key}
+        assert all(r.attempts == 1 for r in rows)  # the runs themselves never started before the step was done
+        shared = {r.key: sorted((m.layer, m.attention_kept, m.ffn_width) for m in r.layer_masks) for r in rows}
+        scores = {r.key: [s.value for s in r.scores] for r in rows}
+
+    alone = Database(f"sqlite:///{tmp_path / 'alone.db'}")
+    try:
+        run_sweep(spec, alone, LocalExecutor(), share=False)
+        with alone.session() as session:
+            rows = session.scalars(select(Run)).all()
+            assert {r.key: sorted((m.layer, m.attention_kept, m.ffn_width) for m in r.layer_masks)
+                    for r in rows} == shared
+            assert {r.key: [s.value for s in r.scores] for r in rows} == scores
+    finally:
+        alone.close()
+
+
+def _cancel(db: Database, name: str) -> None:
+    with db.session() as session:
+        store.request_cancel(session, name)

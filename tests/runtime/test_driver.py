@@ -43,10 +43,10 @@ class SpyExecutor:
     def unplaceable(self, runs):
         return {r.key: self.cannot_place[r.key] for r in runs if r.key in self.cannot_place}
 
-    def execute(self, runs, on_progress, on_retry=None):
+    def execute(self, runs, on_progress, on_retry=None, shared=None):
         runs = list(runs)
         self.asked.append([r.key for r in runs])
-        yield from self.inner.execute(runs, on_progress, on_retry)
+        yield from self.inner.execute(runs, on_progress, on_retry, shared)
 
     def close(self) -> None:
         self.inner.close()

@@ -2,7 +2,9 @@
 
 sweeps 1-n runs; each run has scores, timings, one layer_masks row per decoder layer and its
 qualitative generations (one row per prompt, in prompt order); each file ``twossp export`` wrote
-from a run is an exports row, with what the serving engine measured on it in export_scores.
+from a run is an exports row, with what the serving engine measured on it in export_scores. Work
+several runs share (a shared step) is a shared_steps row, its result kept for later sweeps; a run
+that took one names its key in ``runs.shared_step``.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class Run(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # times started
     calibration_sha256: Mapped[Optional[str]] = mapped_column(String(64))  # of the calibration token stream
     evaluation_key: Mapped[Optional[str]] = mapped_column(String(64))  # runs evaluated alike share it
+    shared_step: Mapped[Optional[str]] = mapped_column(String(64), index=True)  # the shared step it took (0007)
 
     sweep: Mapped[Sweep] = relationship(back_populates="runs")
     scores: Mapped[list["Score"]] = relationship(back_populates="run", cascade="all, delete-orphan")
@@ -184,3 +187,25 @@ class ExportScore(Base):
     value: Mapped[float] = mapped_column(Float)
 
     export: Mapped[Export] = relationship(back_populates="scores")
+
+
+class SharedStepRow(Base):
+    """A shared step's result (schema 0007): computed once for every run of a sweep that needs it, and
+    kept so that a later sweep's runs take it too. ``payload`` is the result as ``torch.save`` writes
+    it (read back with ``weights_only``)."""
+
+    __tablename__ = "shared_steps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(50), index=True)
+    label: Mapped[str] = mapped_column(Text)
+    identity: Mapped[dict[str, Any]] = mapped_column(JSON)              # what its key hashes
+    calibration_sha256: Mapped[Optional[str]] = mapped_column(String(64))  # of the windows it read
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    seconds: Mapped[float] = mapped_column(Float)                       # load, calibration and computation
+    timings: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    host: Mapped[Optional[str]] = mapped_column(String(200))
+    device: Mapped[Optional[str]] = mapped_column(String(200))
+    versions: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

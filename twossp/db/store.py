@@ -13,9 +13,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from twossp.contracts import (DOWNSTREAM_ACC_MEAN, SPEED_DECODE_TOKENS_PER_SECOND, SPEED_PREFILL_SECONDS, RunResult,
-                              RunStatus)
-from twossp.db.models import Export, ExportScore, Generation, LayerMaskRow, Run, Score, Sweep, Timing, utcnow
-from twossp.plan import RunSpec
+                              RunStatus, StepResult)
+from twossp.db.models import (Export, ExportScore, Generation, LayerMaskRow, Run, Score, SharedStepRow, Sweep, Timing,
+                              utcnow)
+from twossp.plan import RunSpec, StepSpec
 from twossp.spec import SweepSpec
 
 
@@ -154,6 +155,7 @@ def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run
     row.host, row.device, row.versions = result.host, result.device, result.versions or None
     row.details = result.details or None
     row.calibration_sha256 = result.calibration_sha256
+    row.shared_step = result.shared_step
     if result.status == RunStatus.COMPLETED:
         row.scores = [Score(dataset=d, metric=m, value=v, tokens_sha256=result.token_hashes.get(d))
                       for d, m, v in result.scores]
@@ -163,6 +165,39 @@ def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run
         row.generations = [Generation(position=i, prompt=prompt, output=output, new_tokens=new_tokens)
                            for i, (prompt, output, new_tokens) in enumerate(result.generations)]
     return row
+
+
+def add_shared_step(session: Session, step: StepSpec, result: StepResult) -> SharedStepRow | None:
+    """Keep a completed shared step's result; None when another driver kept it first (same key,
+    same result) or the step failed (a failure is not kept: the next sweep computes it again)."""
+    import io
+
+    import torch
+
+    if result.status != RunStatus.COMPLETED or session.scalar(select(SharedStepRow.id).where(
+            SharedStepRow.key == step.key)) is not None:
+        return None
+    buffer = io.BytesIO()
+    torch.save(result.payload, buffer)
+    row = SharedStepRow(key=step.key, kind=step.kind, label=step.label, identity=step.identity(),
+                        calibration_sha256=result.calibration_sha256, payload=buffer.getvalue(), seconds=result.seconds,
+                        timings=result.timings, host=result.host, device=result.device, versions=result.versions)
+    session.add(row)
+    return row
+
+
+def shared_results(session: Session, keys: Iterable[str]) -> dict[str, StepResult]:
+    """The kept results of the shared steps ``keys`` that have one, read back as ``StepResult``."""
+    import io
+
+    import torch
+
+    rows = session.scalars(select(SharedStepRow).where(SharedStepRow.key.in_(list(keys)))).all()
+    return {row.key: StepResult(key=row.key, kind=row.kind, status=RunStatus.COMPLETED,
+                                payload=torch.load(io.BytesIO(row.payload), weights_only=True),
+                                calibration_sha256=row.calibration_sha256, timings=row.timings or {},
+                                host=row.host, device=row.device, versions=row.versions or {}, stored=True)
+            for row in rows}
 
 
 def add_export(session: Session, key: str, save_format: str, path: str, size_bytes: int, *,

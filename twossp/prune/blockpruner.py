@@ -77,11 +77,13 @@ def candidates(adapter: FamilyAdapter, layers: nn.ModuleList) -> list[Submodule]
 
 @torch.no_grad()
 def remove_submodules_greedy(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, sparsity: float,
-                             device: torch.device, progress: Progress | None = None) -> BlockPrunerSearch:
+                             device: torch.device, progress: Progress | None = None,
+                             batch: int = 1) -> BlockPrunerSearch:
     """Remove attention and FFN submodules, one at a time, each the one whose removal gives the
     lowest perplexity on ``windows``, until at least ``sparsity`` x P_layers parameters are gone.
     Submodules are replaced by weightless stand-ins (``adapter.remove_attention``/``remove_ffn``);
-    blocks are not deleted here, so every index stays a dense one."""
+    blocks are not deleted here, so every index stays a dense one. ``batch``: candidates scored per
+    forward (``BlockInputs.choose``)."""
     layers = adapter.layers(model)
     n = len(layers)
     dense_params = count(layers)
@@ -99,13 +101,10 @@ def remove_submodules_greedy(model: nn.Module, adapter: FamilyAdapter, windows: 
         pool = candidates(adapter, layers)
         if len(pool) <= 1:
             raise BudgetError(f"sparsity {sparsity}: the search would remove every submodule")
-        best_nll, best, best_inputs = math.inf, None, []
-        for kind, i in pool:
-            with _bypassed(adapter, layers[i], kind):
-                nll, produced = state.score_from(i)
-            result.layer_forwards += (n - i) * len(windows)
-            if nll < best_nll:
-                best_nll, best, best_inputs = nll, (kind, i), produced
+        best, best_nll, best_inputs, forwards = state.choose(
+            pool, lambda candidate: candidate[1],
+            lambda candidate: _bypassed(adapter, layers[candidate[1]], candidate[0]), batch)
+        result.layer_forwards += forwards
         result.naive_layer_forwards += len(pool) * n * len(windows)
         if best is None:  # every candidate gave a non-finite perplexity
             raise BudgetError("every candidate removal gave a non-finite calibration perplexity")
@@ -144,14 +143,52 @@ def split_removals(removed: list[Submodule]) -> tuple[list[int], list[int], list
             [i for kind, i in removed if kind == FFN and i not in attention], sorted(attention & ffn))
 
 
+def shared_path(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, params: dict, device: torch.device,
+                progress: Progress | None = None, batch: int = 1) -> dict:
+    """The ``blockpruner path`` shared step: the greedy search up to the highest sparsity of the runs
+    it feeds (``params["sparsity"]``); each takes its prefix (``steps_for``). A search that cannot
+    reach it gives an empty path, and each run then searches alone (and fails as it would alone)."""
+    try:
+        search = remove_submodules_greedy(model, adapter, windows[:params["num_calibration"]], params["sparsity"],
+                                          device, progress, batch)
+    except BudgetError as exc:
+        return {"removed": [], "removed_params": [], "calibration_perplexity": [], "seconds": [], "error": str(exc)}
+    return {"removed": [[kind, i] for kind, i in search.removed], "removed_params": search.removed_params,
+            "calibration_perplexity": search.calibration_perplexity, "seconds": search.seconds,
+            "layer_forwards": search.layer_forwards, "naive_layer_forwards": search.naive_layer_forwards}
+
+
+def _taken_from(path: dict, model: nn.Module, adapter: FamilyAdapter, sparsity: float) -> BlockPrunerSearch | None:
+    """The prefix of a shared path a search to ``sparsity`` would have made, its removals applied
+    (in the order the search made them); None when the path stops short of ``sparsity``."""
+    layers = adapter.layers(model)
+    dense_params = count(layers)
+    try:
+        steps = steps_for(path["removed_params"], dense_params, sparsity)
+    except BudgetError:
+        return None
+    removed = [(kind, i) for kind, i in path["removed"][:steps]]
+    for kind, i in removed:
+        (adapter.remove_attention if kind == ATTENTION else adapter.remove_ffn)(model, i)
+    return BlockPrunerSearch(removed=removed, calibration_perplexity=path["calibration_perplexity"][:steps],
+                             removed_params=path["removed_params"][:steps], seconds=path["seconds"][:steps],
+                             target_params=target_params(dense_params, sparsity),
+                             layer_forwards=path["layer_forwards"], naive_layer_forwards=path["naive_layer_forwards"])
+
+
 def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float, method,  # noqa: ANN001
-        device: torch.device, progress: Progress | None = None) -> PruneOutcome:
+        device: torch.device, progress: Progress | None = None, shared: dict | None = None,
+        batch: int = 1) -> PruneOutcome:
     """The ``blockpruner`` sweep method: the greedy search on the first ``method.num_calibration``
-    windows, then blocks without attention and FFN deleted whole (``adapter.remove_blocks``).
-    The outcome's lists are in dense block indices."""
+    windows (or its prefix of ``shared``, the ``blockpruner path`` step's result), then blocks without
+    attention and FFN deleted whole (``adapter.remove_blocks``). The outcome's lists are in dense
+    block indices; the layer forwards of a shared path are the whole path's."""
     dense_params = adapter.block_counts(model).layer_params
     start = time.perf_counter()
-    search = remove_submodules_greedy(model, adapter, calibration[:method.num_calibration], sparsity, device, progress)
+    search = _taken_from(shared, model, adapter, sparsity) if shared else None
+    if search is None:
+        search = remove_submodules_greedy(model, adapter, calibration[:method.num_calibration], sparsity, device,
+                                          progress, batch)
     attention, ffn, blocks = split_removals(search.removed)
     if blocks:
         adapter.remove_blocks(model, blocks)

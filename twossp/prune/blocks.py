@@ -70,17 +70,25 @@ def window_blocks(states: torch.Tensor, count: int) -> list[int]:
     return list(range(start, start + count))
 
 
+def shared_states(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, params: dict,
+                  device: torch.device, progress: Progress | None = None, batch: int = 1) -> dict:
+    """The ``block states`` shared step: what ShortGPT and the window method rank, at every sparsity."""
+    return {"states": last_token_states(model, adapter, windows, device, progress).cpu()}
+
+
 def _whole_blocks(select: Callable[[torch.Tensor, int], list[int]],
                   scores: Callable[[torch.Tensor, int], torch.Tensor]) -> Callable[..., PruneOutcome]:
     """A sweep runner that scores blocks on last-token states and deletes the ``select``ed ones."""
     def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
-            method: Any, device: torch.device, progress: Progress | None = None) -> PruneOutcome:
+            method: Any, device: torch.device, progress: Progress | None = None,
+            shared: dict | None = None) -> PruneOutcome:
         n = len(adapter.layers(model))
         count = blocks_to_remove(n, sparsity)
         if count >= n:
             raise BudgetError(f"sparsity {sparsity:g} removes {count} of {n} blocks: nothing would be left")
         start = time.perf_counter()
-        states = last_token_states(model, adapter, calibration, device, progress)
+        states = (shared["states"].to(device) if shared  # the ``block states`` step's result
+                  else last_token_states(model, adapter, calibration, device, progress))
         blocks = select(states, count)
         adapter.remove_blocks(model, blocks)
         return PruneOutcome(

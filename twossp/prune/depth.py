@@ -17,6 +17,7 @@ from torch import nn
 
 from twossp.contracts import Progress
 from twossp.families.base import FamilyAdapter
+from twossp.errors import BudgetError
 from twossp.prune.calibration import BlockInputs
 
 
@@ -36,9 +37,11 @@ def naive_layer_forwards(num_layers: int, steps: int) -> int:
 
 @torch.no_grad()
 def remove_attention_greedy(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, steps: int,
-                            device: torch.device, progress: Progress | None = None) -> DepthSearch:
+                            device: torch.device, progress: Progress | None = None, batch: int = 1) -> DepthSearch:
     """Remove ``steps`` attention submodules, one at a time, each the one whose removal gives the
-    lowest perplexity on ``windows`` (ties: the lowest block index)."""
+    lowest perplexity on ``windows`` (ties: the lowest block index). ``batch`` > 1: candidates are
+    scored that many at a time (``BlockInputs.score_batched``), and the winner's suffix is run once
+    more alone for the next step's block inputs, so the state is the one-at-a-time search's."""
     layers = adapter.layers(model)
     n = len(layers)
     state = BlockInputs(model, adapter, windows, device)
@@ -48,17 +51,19 @@ def remove_attention_greedy(model: nn.Module, adapter: FamilyAdapter, windows: t
     total_candidates = sum(n - k for k in range(steps))
     evaluated = 0
 
+    def scored(count: int) -> None:
+        nonlocal evaluated
+        evaluated += count
+        if progress:
+            progress("stage 2", evaluated, total_candidates)
+
     for _ in range(steps):
-        best_nll, best_index, best_inputs = math.inf, -1, []
-        for i in (i for i in range(n) if adapter.is_attention_present(layers[i])):
-            with adapter.attention_bypassed(layers[i]):
-                nll, produced = state.score_from(i)
-            result.layer_forwards += (n - i) * len(windows)
-            if nll < best_nll:
-                best_nll, best_index, best_inputs = nll, i, produced
-            evaluated += 1
-            if progress:
-                progress("stage 2", evaluated, total_candidates)
+        pool = [i for i in range(n) if adapter.is_attention_present(layers[i])]
+        best_index, best_nll, best_inputs, forwards = state.choose(
+            pool, lambda i: i, lambda i: adapter.attention_bypassed(layers[i]), batch, scored)
+        result.layer_forwards += forwards
+        if best_index is None:
+            raise BudgetError("every candidate attention removal gave a non-finite calibration perplexity")
         adapter.remove_attention(model, best_index)
         state.adopt(best_index, best_inputs)
         result.removed.append(best_index)

@@ -17,19 +17,25 @@ from twossp.prune.width import neuron_scores, prune_width, top_neurons
 
 def prune_2ssp(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
                device: torch.device, alpha: float = 1.5, num_calibration_second_stage: int = 1,
-               progress: Progress | None = None) -> PruneOutcome:
+               progress: Progress | None = None, scores: list[torch.Tensor] | None = None,
+               batch: int = 1) -> PruneOutcome:
     """Prune ``model`` in place with 2SSP at target ``sparsity``.
 
     ``calibration`` is (n, L) token windows: all n feed stage 1, the first
-    ``num_calibration_second_stage`` feed stage 2's perplexity."""
+    ``num_calibration_second_stage`` feed stage 2's perplexity. ``scores``: stage 1's neuron scores
+    of this model and calibration, already computed (the ``ffn scores`` shared step). ``batch``:
+    stage-2 candidates scored per forward (same choices)."""
     budget = two_stage_budget(adapter.block_counts(model), sparsity, alpha)
     start = time.perf_counter()
-    scores = neuron_scores(model, adapter, calibration, device, progress)
+    if scores is None:
+        scores = neuron_scores(model, adapter, calibration, device, progress)
+    else:
+        scores = [s.to(device) for s in scores]  # ranked where the run would have computed them
     kept = [top_neurons(s, budget.ffn_keep) for s in scores]
     prune_width(model, adapter, kept)
     stage1 = time.perf_counter()
     depth = remove_attention_greedy(model, adapter, calibration[:num_calibration_second_stage],
-                                    budget.num_attention_removed, device, progress)
+                                    budget.num_attention_removed, device, progress, batch)
     stage2 = time.perf_counter()
     return PruneOutcome(
         kept_ffn=kept,
@@ -42,6 +48,7 @@ def prune_2ssp(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tens
             "calibration_perplexity_after_each_removal": depth.calibration_perplexity,
             "stage2_layer_forwards": depth.layer_forwards,
             "stage2_naive_layer_forwards": depth.naive_layer_forwards,
+            **({"stage2_candidate_batch": batch} if batch > 1 else {}),
         },
         budget=budget,
         search=depth,
@@ -49,7 +56,9 @@ def prune_2ssp(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tens
 
 
 def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
-        method: TwoSSPMethod, device: torch.device, progress: Progress | None = None) -> PruneOutcome:
-    """The ``2ssp`` sweep method."""
+        method: TwoSSPMethod, device: torch.device, progress: Progress | None = None,
+        shared: dict | None = None, batch: int = 1) -> PruneOutcome:
+    """The ``2ssp`` sweep method; ``shared``: the ``ffn scores`` step's result."""
     return prune_2ssp(model, adapter, calibration, sparsity, device, alpha=method.alpha,
-                      num_calibration_second_stage=method.num_calibration_second_stage, progress=progress)
+                      num_calibration_second_stage=method.num_calibration_second_stage, progress=progress,
+                      scores=shared["scores"] if shared else None, batch=batch)

@@ -35,6 +35,12 @@ def neuron_scores(model: nn.Module, adapter: FamilyAdapter, samples: torch.Tenso
     return [s / samples.shape[0] for s in sums]
 
 
+def shared_scores(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, params: dict, device: torch.device,
+                  progress: Progress | None = None, batch: int = 1) -> dict:
+    """The ``ffn scores`` shared step: every 2SSP run of this model and calibration ranks these."""
+    return {"scores": [s.cpu() for s in neuron_scores(model, adapter, windows, device, progress)]}
+
+
 def top_neurons(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices (ascending) of the ``keep`` highest-scored neurons."""
     return torch.topk(scores, keep).indices.sort().values.cpu()

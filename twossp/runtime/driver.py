@@ -8,6 +8,10 @@ executed by one driver at a time; while it runs, a background thread refreshes i
 (SIGKILL, a lost machine) and is claimed again by the next driver that wants it; one whose owner
 is a process of this machine that no longer exists is claimed at once. Runs another live driver
 holds are waited for: a sweep ends with every run completed or failed, or says which are not.
+
+Work several of the runs to do share (``plan.plan_shared``; off with ``runtime.share: false``) is
+handed to the executor with them: the steps kept in the database are read back and not computed
+again; each step computed now is kept as it finishes, before the runs that took it are stored.
 """
 
 from __future__ import annotations
@@ -23,13 +27,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Iterator, Protocol
 
-from twossp.contracts import RunResult, RunStatus
+from twossp.contracts import RunResult, RunStatus, StepResult
 from twossp.db import store
 from twossp.db.models import utcnow
 from twossp.db.session import Database
 from twossp.errors import SweepCancelled
-from twossp.plan import RunSpec, plan_sweep
-from twossp.runtime.executors import Executor
+from twossp.plan import RunSpec, StepSpec, plan_shared, plan_sweep
+from twossp.runtime.executors import Executor, SharedWork
 from twossp.spec import SweepSpec
 
 log = logging.getLogger("twossp.driver")
@@ -62,6 +66,9 @@ class SweepOutcome:
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
     retried: list[tuple[RunSpec, str]] = field(default_factory=list)
     dropped: list[RunSpec] = field(default_factory=list)     # taken over by another driver meanwhile
+    #: shared steps: computed by this sweep (completed or failed), read back from the database
+    steps_computed: list[tuple[StepSpec, StepResult]] = field(default_factory=list)
+    steps_reused: list[StepSpec] = field(default_factory=list)
 
 
 def runs_to_do(runs: list[RunSpec], statuses: dict[str, str], rerun_failed: bool) -> list[RunSpec]:
@@ -131,9 +138,12 @@ class SweepDriver:
     poll_every = 2.0
 
     def __init__(self, spec: SweepSpec, db: Database, executor: Executor, *, path: str | None = None,
-                 rerun_failed: bool = False, display: Display | None = None, stale_after: float = STALE_AFTER):
+                 rerun_failed: bool = False, display: Display | None = None, stale_after: float = STALE_AFTER,
+                 share: bool = True):
         self.spec, self.db, self.executor, self.path = spec, db, executor, path
         self.rerun_failed, self.stale_after = rerun_failed, stale_after
+        self.share = share and spec.runtime.share
+        self.shared: SharedWork | None = None
         self.display = display or _Silent()
         self.owner = driver_id()
         self.outcome = SweepOutcome(planned=plan_sweep(spec))
@@ -155,6 +165,8 @@ class SweepDriver:
         beat.start()
         try:
             self.fail_unplaceable(candidates)
+            if self.share:
+                self.shared = self.plan_shared([r for r in candidates if r.key not in self.unplaceable])
             waiting = self.execute(candidates)
             while waiting:  # held by live drivers: theirs to finish, or ours once they die
                 time.sleep(self.poll_every)
@@ -170,6 +182,24 @@ class SweepDriver:
                 with self.db.session() as session:
                     store.release(session, self.owner, self.held)
         return self.outcome
+
+    def plan_shared(self, runs: list[RunSpec]) -> SharedWork:
+        """The shared steps of the runs to do, those the database keeps read back."""
+        plan = plan_shared(runs)
+        done = {}
+        if plan.steps:
+            with self.db.session() as session:
+                done = store.shared_results(session, plan.steps)
+        self.outcome.steps_reused = [plan.steps[key] for key in done]
+        return SharedWork(plan, done=done, on_finished=self.step_finished)
+
+    def step_finished(self, step: StepSpec, result: StepResult) -> None:
+        self.outcome.steps_computed.append((step, result))
+        if result.status != RunStatus.COMPLETED:
+            log.warning("shared step %s (%s) failed; the runs that need it fail with its error: %s", step.label,
+                        step.key, (result.error or "?").strip().splitlines()[-1])
+        with self.db.session() as session:
+            store.add_shared_step(session, step, result)
 
     def fail_unplaceable(self, candidates: list[RunSpec]) -> None:
         """Runs that can never be placed fail now, with the reason, not hours into the sweep."""
@@ -190,7 +220,8 @@ class SweepDriver:
                     else:
                         busy.append(run)
 
-        for run, result in self.executor.execute(claimed(), self.display.progress, on_retry=self.retried):
+        for run, result in self.executor.execute(claimed(), self.display.progress, on_retry=self.retried,
+                                                 shared=self.shared):
             self.finished(run, result)
         if not busy:
             return []
@@ -231,7 +262,8 @@ class SweepDriver:
 
 
 def run_sweep(spec: SweepSpec, db: Database, executor: Executor, *, path: str | None = None, rerun_failed: bool = False,
-              display: Display | None = None, stale_after: float = STALE_AFTER) -> SweepOutcome:
-    """Run every run of ``spec`` not yet completed (see ``SweepDriver``)."""
+              display: Display | None = None, stale_after: float = STALE_AFTER, share: bool = True) -> SweepOutcome:
+    """Run every run of ``spec`` not yet completed (see ``SweepDriver``); ``share=False``: every run
+    computes everything itself."""
     return SweepDriver(spec, db, executor, path=path, rerun_failed=rerun_failed, display=display,
-                       stale_after=stale_after).run()
+                       stale_after=stale_after, share=share).run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from twossp.contracts import BlockCounts
 from twossp.data.hub import unreachable_tasks
 from twossp.errors import BudgetError, TwosspError, UnsupportedArchitecture
 from twossp.families import config_block_counts, family_of
@@ -24,6 +25,7 @@ class Preflight:
     unknown: list[str] = field(default_factory=list)         # models whose config.json is not local
     #: what can be checked only where the runs execute: tasks reading the hub, unreachable from here
     remote: list[str] = field(default_factory=list)
+    counts: dict[str, BlockCounts] = field(default_factory=dict)  # model label -> its dense block counts
 
 
 def preflight(runs: list[RunSpec]) -> Preflight:
@@ -46,7 +48,8 @@ def preflight(runs: list[RunSpec]) -> Preflight:
             if why:
                 report.problems.append(f"{run.label}: `save_to` asks for GGUF, which cannot be written: {why}")
         try:
-            report.previews[run.key] = run.preview(config_block_counts(config))
+            counts = report.counts[label] = config_block_counts(config)
+            report.previews[run.key] = run.preview(counts)
         except BudgetError as exc:
             report.previews[run.key] = "cannot succeed"
             report.problems.append(f"{run.label}: {exc}")

@@ -2,7 +2,9 @@
 the database (the driver alone writes) and runs with or without Ray.
 
 A run is five steps, each timed by one stopwatch: load -> calibrate -> prune -> evaluate -> save
-(the dense run skips calibrate and prune; save happens when the sweep has ``save_to:``).
+(the dense run skips calibrate and prune; save happens when the sweep has ``save_to:``). A shared
+step (``execute_step``) is load -> calibrate -> its computation; the runs it feeds check that their
+calibration windows are the ones it read before they take its result.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from twossp.contracts import DOWNSTREAM_ACC_MEAN, Progress, RunResult, RunStatus
-from twossp.errors import DataUnavailable, TwosspError
-from twossp.methods import method_of
-from twossp.plan import RunSpec
+from twossp.contracts import DOWNSTREAM_ACC_MEAN, Progress, RunResult, RunStatus, StepResult
+from twossp.errors import DataUnavailable, SharedStepFailed, TwosspError
+from twossp.methods import SHARED_STEPS, method_of
+from twossp.plan import RunSpec, StepSpec
 from twossp.spec import source_label
 
 
@@ -79,10 +81,25 @@ class Stopwatch:
         self._tick = time.perf_counter()
 
 
-def execute_run(run: RunSpec, progress: Progress | None = None) -> RunResult:
-    """Run one cell of the grid. Any exception becomes a ``failed`` result carrying its message
-    (library errors) or traceback (anything unexpected); it is never raised to the caller."""
+def execute_run(run: RunSpec, progress: Progress | None = None, shared: StepResult | None = None) -> RunResult:
+    """Run one cell of the grid; ``shared``: the result of the shared step it takes (``plan.plan_shared``).
+    Any exception becomes a ``failed`` result carrying its message (library errors) or traceback
+    (anything unexpected); it is never raised to the caller."""
     result = RunResult(key=run.key, status=RunStatus.RUNNING, started_at=_now(), host=platform.node())
+    _guarded(result, lambda track: _Run(run, result, track, shared=shared).execute(), progress)
+    return result
+
+
+def execute_step(step: StepSpec, progress: Progress | None = None) -> StepResult:
+    """Compute one shared step, guarded as a run is: a failure is a ``failed`` result with its error."""
+    result = StepResult(key=step.key, kind=step.kind, status=RunStatus.RUNNING, started_at=_now(),
+                        host=platform.node())
+    _guarded(result, lambda track: _Step(step, result, track).execute(), progress)
+    return result
+
+
+def _guarded(result: RunResult | StepResult, body: Callable[[Progress], None], progress: Progress | None) -> None:
+    """Run ``body`` (given the progress callback) and set ``result``'s status, error and end time."""
     phase = ["start"]
 
     def track(name: str, done: int, total: int) -> None:
@@ -91,7 +108,7 @@ def execute_run(run: RunSpec, progress: Progress | None = None) -> RunResult:
             progress(name, done, total)
 
     try:
-        _Run(run, result, track).execute()
+        body(track)
         result.status = RunStatus.COMPLETED
     except TwosspError as exc:
         result.status, result.error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
@@ -104,7 +121,6 @@ def execute_run(run: RunSpec, progress: Progress | None = None) -> RunResult:
                             + result.error)
     finally:
         result.finished_at = _now()
-    return result
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -120,6 +136,7 @@ class _Run:
     spec: RunSpec
     result: RunResult
     progress: Progress
+    shared: StepResult | None = None
     model: Any = None
     tokenizer: Any = None
     adapter: Any = None
@@ -134,6 +151,9 @@ class _Run:
 
         hf_logging.disable_progress_bar()
         self.result.versions = versions()
+        if self.shared is not None and self.shared.status != RunStatus.COMPLETED:
+            raise SharedStepFailed(f"the shared step it needs ({self.shared.kind} {self.shared.key}) failed: "
+                                   f"{self.shared.error}")
         self.check_tasks()
         self.load()
         if method_of(self.spec.method).prunes:
@@ -192,11 +212,27 @@ class _Run:
     def prune(self, windows: Any) -> None:
         from twossp.prune import prune
 
+        payload, record = self.take_shared()
         self.outcome = prune(self.model, self.adapter, windows, self.spec.sparsity, self.spec.method, self.device,
-                             self.progress)
+                             self.progress, shared=payload, batch=self.batch)
         self.result.timings.update(self.outcome.timings)  # the method's own phases ("prune", "stage 1", ...)
         self.result.details = dict(self.outcome.details)
+        if record:
+            self.result.details["shared_step"] = record
         self.clock.skip()
+
+    def take_shared(self) -> tuple[Any, dict[str, Any] | None]:
+        """The shared step's result if it was computed on this run's calibration windows (else the run
+        computes its own, and says why), and what the run records of it."""
+        step = self.shared
+        if step is None:
+            return None, None
+        record = {"key": step.key, "kind": step.kind, "seconds": round(step.seconds, 3), "host": step.host,
+                  "from_database": step.stored}
+        if step.calibration_sha256 != self.result.calibration_sha256:
+            return None, {**record, "reused": False, "why": "its calibration windows differ from this run's"}
+        self.result.shared_step = step.key
+        return step.payload, {**record, "reused": True}
 
     def record_structure(self) -> None:
         from twossp.contracts import layer_masks
@@ -221,7 +257,8 @@ class _Run:
                 raise DataUnavailable(f"evaluation text {label!r} is shorter than one window of {seq_len} tokens")
             if self.first_window is None:
                 self.first_window = windows[0]
-            ppl = perplexity(self.model, self.adapter, windows, self.device, self.progress, phase=f"eval {label}")
+            ppl = perplexity(self.model, self.adapter, windows, self.device, self.progress, phase=f"eval {label}",
+                             batch=self.batch)
             self.result.scores.append((label, "perplexity", ppl.perplexity))
             self.result.token_hashes[label] = tokens_sha256(windows)
             self.result.details.setdefault("evaluation_tokens", {})[label] = ppl.tokens
@@ -232,6 +269,13 @@ class _Run:
             self.speed()
         if evaluation.generate:
             self.generate()
+
+    @property
+    def batch(self) -> int:
+        """``runtime.batch`` on this run's device."""
+        from twossp.device import batch_size
+
+        return batch_size(self.device, self.spec.runtime.batch)
 
     @property
     def seq_len(self) -> int:
@@ -300,3 +344,20 @@ class _Run:
 
         self.model = None
         release_memory(self.device)
+
+
+class _Step(_Run):
+    """A shared step's steps: load -> calibrate -> compute (the run's own load and calibrate)."""
+
+    def execute(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.result.versions = versions()
+        self.load()
+        windows = self.calibrate()
+        compute = SHARED_STEPS[self.spec.kind].compute.load()
+        self.result.payload = compute(self.model, self.adapter, windows, self.spec.params, self.device, self.progress,
+                                      self.batch)
+        self.clock.lap(self.spec.kind)
+        self.release()
