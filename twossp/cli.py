@@ -201,7 +201,9 @@ def plan(file: str, db_url: str | None, address: str | None, remote_files: bool)
                       shared.needs.get(run.key, "-"), Text(status, style=colours.get(status, "yellow")))
     console.print(table)
     if shared.steps:
-        steps = Table(title=Text(f"{len(shared.steps)} shared steps, each computed once for the runs that share it"))
+        count = len(shared.steps)
+        steps = Table(title=Text(f"{count} shared step{'s' if count != 1 else ''}, each computed once for the runs "
+                                 "that share it"))
         for col in ("key", "step", "runs", "layer forwards", "computes"):
             steps.add_column(col)
         for key, step in shared.steps.items():
