@@ -187,8 +187,9 @@ class SharedStep:
 SHARED_STEPS: Registry[SharedStep] = Registry("shared step", {step.kind: step for step in (
     SharedStep("ffn scores", Lazy("twossp.prune.width:shared_scores"),
                "2SSP stage 1: every FFN neuron's activation norm over the calibration windows"),
-    SharedStep("block states", Lazy("twossp.prune.blocks:shared_states"),
-               "the hidden state at the last token entering and leaving every block (ShortGPT, window)"),
+    SharedStep("block states", Lazy("twossp.prune.blocks:shared_scores"),
+               "ShortGPT's Block Influence and the window method's similarity at every block count, from the "
+               "last-token hidden states entering and leaving every block"),
     SharedStep("blockpruner path", Lazy("twossp.prune.blockpruner:shared_path"),
                "BlockPruner's greedy removals, up to the highest sparsity of the runs it feeds",
                params=lambda method: {"num_calibration": method.num_calibration}, to_target=True),

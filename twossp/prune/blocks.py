@@ -48,11 +48,15 @@ def block_influence(states: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(states[:, :-1], states[:, 1:], dim=-1)).mean(dim=0)
 
 
-def shortgpt_blocks(states: torch.Tensor, count: int) -> list[int]:
+def lowest_influence(influence: torch.Tensor, count: int) -> list[int]:
     """The ``count`` blocks of lowest influence (ties: the lower index), ascending."""
-    influence = block_influence(states)
     order = sorted(range(influence.numel()), key=lambda i: (float(influence[i]), i))
     return sorted(order[:count])
+
+
+def shortgpt_blocks(states: torch.Tensor, count: int) -> list[int]:
+    """The ``count`` blocks of lowest Block Influence on ``states``."""
+    return lowest_influence(block_influence(states), count)
 
 
 def window_similarity(states: torch.Tensor, count: int) -> torch.Tensor:
@@ -62,23 +66,35 @@ def window_similarity(states: torch.Tensor, count: int) -> torch.Tensor:
                         for l in range(n_layers - count + 1)])
 
 
-def window_blocks(states: torch.Tensor, count: int) -> list[int]:
-    """The ``count`` consecutive blocks starting where input and output are most similar
-    (ties: the earliest start)."""
-    similarity = window_similarity(states, count)
+def most_similar_window(similarity: torch.Tensor, count: int) -> list[int]:
+    """The ``count`` consecutive blocks starting where input and output are most similar (ties: the
+    earliest start)."""
     start = max(range(similarity.numel()), key=lambda l: (float(similarity[l]), -l))
     return list(range(start, start + count))
 
 
-def shared_states(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, params: dict,
+def window_blocks(states: torch.Tensor, count: int) -> list[int]:
+    return most_similar_window(window_similarity(states, count), count)
+
+
+def shared_scores(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, params: dict,
                   device: torch.device, progress: Progress | None = None, batch: int = 1) -> dict:
-    """The ``block states`` shared step: what ShortGPT and the window method rank, at every sparsity."""
-    return {"states": last_token_states(model, adapter, windows, device, progress).cpu()}
+    """The ``block states`` shared step: what ShortGPT and the window method rank at every sparsity,
+    computed from the states as each run would (the Block Influence, and the window similarity for
+    every block count), not the states themselves (samples x (N + 1) x d floats: hundreds of MB for
+    a large model's 256 windows)."""
+    states = last_token_states(model, adapter, windows, device, progress)
+    return {"influence": block_influence(states).cpu(),
+            "similarity": {count: window_similarity(states, count).cpu() for count in range(1, states.shape[1] - 1)}}
 
 
-def _whole_blocks(select: Callable[[torch.Tensor, int], list[int]],
-                  scores: Callable[[torch.Tensor, int], torch.Tensor]) -> Callable[..., PruneOutcome]:
-    """A sweep runner that scores blocks on last-token states and deletes the ``select``ed ones."""
+Scores = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _whole_blocks(score: Scores, pick: Callable[[torch.Tensor, int], list[int]],
+                  taken: Callable[[dict, int], torch.Tensor]) -> Callable[..., PruneOutcome]:
+    """A sweep runner that scores blocks on last-token states (``score(states, count)``, or ``taken``
+    from the ``block states`` step's result) and deletes the ``pick``ed ones."""
     def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
             method: Any, device: torch.device, progress: Progress | None = None,
             shared: dict | None = None) -> PruneOutcome:
@@ -87,19 +103,20 @@ def _whole_blocks(select: Callable[[torch.Tensor, int], list[int]],
         if count >= n:
             raise BudgetError(f"sparsity {sparsity:g} removes {count} of {n} blocks: nothing would be left")
         start = time.perf_counter()
-        states = (shared["states"].to(device) if shared  # the ``block states`` step's result
-                  else last_token_states(model, adapter, calibration, device, progress))
-        blocks = select(states, count)
+        scores = (taken(shared, count).to(device) if shared
+                  else score(last_token_states(model, adapter, calibration, device, progress), count))
+        blocks = pick(scores, count)
         adapter.remove_blocks(model, blocks)
         return PruneOutcome(
             kept_ffn=None, removed_attention=[], removed_blocks=blocks,
             timings={"prune": time.perf_counter() - start},
             details={"removed_blocks": blocks, "blocks_removed": count,
-                     "scores": [round(float(v), 6) for v in scores(states, count)]},
+                     "scores": [round(float(v), 6) for v in scores]},
         )
     return run
 
 
 #: The ``shortgpt`` and ``window`` sweep methods.
-run_shortgpt = _whole_blocks(shortgpt_blocks, lambda states, count: block_influence(states))
-run_window = _whole_blocks(window_blocks, window_similarity)
+run_shortgpt = _whole_blocks(lambda states, count: block_influence(states), lowest_influence,
+                             lambda shared, count: shared["influence"])
+run_window = _whole_blocks(window_similarity, most_similar_window, lambda shared, count: shared["similarity"][count])
