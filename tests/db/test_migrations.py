@@ -19,7 +19,8 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from twossp.contracts import RunStatus
-from twossp.db.models import Base, Export, ExportScore, Generation, LayerMaskRow, Run, Score, SharedStepRow, Sweep, Timing
+from twossp.db.models import (Base, Export, ExportScore, Generation, LayerMaskRow, Run, Score, SharedStepRow, Sweep,
+                              Timing)
 from twossp.db.session import Database, alembic_config, current_revision, head_revision, make_engine
 from twossp.plan import plan_sweep
 from twossp.spec import parse_sweep

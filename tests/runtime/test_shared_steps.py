@@ -54,7 +54,8 @@ def test_the_planner_groups_runs_by_what_their_step_reads(tiny_checkpoint) -> No
     # ShortGPT and window, one BlockPruner path to the highest sparsity
     assert {kind: len(steps) for kind, steps in by_kind.items()} == {"ffn scores": 2, "block states": 2,
                                                                      "blockpruner path": 2}
-    assert all(len(shared.dependents(key)) == 4 for key, step in shared.steps.items() if step.kind != "blockpruner path")
+    assert all(len(shared.dependents(key)) == 4 for key, step in shared.steps.items()
+               if step.kind != "blockpruner path")
     assert [step.params for step in by_kind["blockpruner path"]] == [{"num_calibration": 1, "sparsity": 0.5}] * 2
     dense = [run for run in runs if run.method.name == "dense"]
     assert dense and all(run.key not in shared.needs for run in dense)
