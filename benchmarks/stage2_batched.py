@@ -69,7 +69,7 @@ def timed(device: torch.device, fn: Any) -> tuple[Any, float]:
 
 def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
     from twossp.budget import two_stage_budget
-    from twossp.device import DTYPES, device_name, peak_memory, reset_peak_memory, resolve_device
+    from twossp.device import DTYPES, device_name, peak_memory, release_memory, reset_peak_memory, resolve_device
     from twossp.evaluate.perplexity import make_windows, perplexity
     from twossp.families import adapter_for
     from twossp.prune.depth import remove_attention_greedy
@@ -118,7 +118,8 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
         if batch == max(args.batches):
             ppl, eval_seconds = timed(device, lambda: perplexity(model, adapter, evaluation, device, batch=batch))
             report["pruned"].append({"batch": batch, "perplexity": ppl.perplexity, "seconds": eval_seconds})
-        del model
+        model = None  # freed before the next copy: one pruned model on the device at a time
+        release_memory(device)
     return report
 
 
