@@ -214,8 +214,7 @@ class StepSpec(Strict):
         return " ".join(part for part in (self.model.label, self.kind, f"n={self.calibration.samples}",
                                           f"seed={self.calibration.seed}", params) if part)
 
-    def weights_changed(self) -> bool:
-        return self.weights is not None and self.model.identity != self.weights
+    weights_changed = RunSpec.weights_changed  # the same check: the worker's load step asks it of both
 
 
 @dataclass
