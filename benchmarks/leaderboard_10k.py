@@ -35,7 +35,7 @@ from twossp.dash.render import tables  # noqa: E402
 from twossp.dash.views import find_view, parse_params, run_view  # noqa: E402
 from twossp.db import store  # noqa: E402
 from twossp.db.models import Run, Score, Sweep, Timing, utcnow  # noqa: E402
-from twossp.db.session import Database  # noqa: E402
+from twossp.db.database import Database  # noqa: E402
 
 MODELS = ["Llama-2-7b-hf", "Mistral-7B-v0.3", "Qwen2.5-7B", "Phi-3-medium-128k-instruct"]
 METHODS = ["2ssp", "shortgpt", "window", "blockpruner", "evopress", "slicegpt"]

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tiny on-disk checkpoint of the te
 
 from tiny_checkpoint import build  # noqa: E402
 
-from twossp.db.session import Database  # noqa: E402
+from twossp.db.database import Database  # noqa: E402
 from twossp.runtime.driver import run_sweep  # noqa: E402
 from twossp.runtime.executors import LocalExecutor, RayExecutor  # noqa: E402
 from twossp.spec import parse_sweep  # noqa: E402

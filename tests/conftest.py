@@ -178,10 +178,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
 
 
 @pytest.fixture
-def db(db_url: str):  # noqa: ANN201 - a twossp.db.session.Database
+def db(db_url: str):  # noqa: ANN201 - a twossp.db.database.Database
     """An open ``Database`` on ``db_url`` (SQLite, and PostgreSQL where the test server runs)."""
-    from twossp.db.session import Database
+    from twossp.db.database import Database
 
-    database = Database(db_url)
-    yield database
-    database.close()
+    with Database(db_url) as database:
+        yield database

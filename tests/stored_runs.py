@@ -11,7 +11,7 @@ import yaml
 
 from twossp.contracts import RunResult
 from twossp.db import store
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.plan import RunSpec
 from twossp.spec import SweepSpec, parse_sweep
 

@@ -26,7 +26,7 @@ from stored_runs import OWNER, T0  # noqa: E402
 from task_files import write_task_files  # noqa: E402
 from twossp import cli  # noqa: E402
 from twossp.db.models import Run, Score, Sweep, Timing  # noqa: E402
-from twossp.db.session import Database  # noqa: E402
+from twossp.db.database import Database  # noqa: E402
 
 #: speed figures per method, so speed-ups are known: (prefill seconds, decode tokens per second)
 SPEED = {"dense": (0.20, 100.0), "2ssp": (0.125, 150.0), "shortgpt": (0.10, 180.0), "blockpruner": (0.16, 120.0)}
@@ -46,8 +46,7 @@ class Swept:
 
 def normalise(db_file: Path) -> None:
     """Fix what depends on the machine and the clock (see the module's docstring)."""
-    db = Database(str(db_file), create=False)
-    try:
+    with Database(str(db_file), create=False) as db:
         with db.session() as session:
             for sweep in session.scalars(select(Sweep)):
                 sweep.created_at = sweep.updated_at = T0
@@ -62,8 +61,6 @@ def normalise(db_file: Path) -> None:
                 method = session.get(Run, score.run_id).method
                 prefill, decode = SPEED[method]
                 score.value = {"prefill_seconds": prefill, "decode_tokens_per_second": decode}.get(score.metric, 1.0)
-    finally:
-        db.close()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from twossp import cli
 from twossp.checkpoint import REMOVED_KEY, load_pruned, save_pruned
 from twossp.errors import CheckpointError
 from twossp.db.models import Run
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.families import adapter_for
 from twossp.contracts import LayerMask
 from twossp.prune.masks import apply_masks
@@ -83,12 +83,10 @@ def test_export_rebuilds_a_run_from_the_database_alone(tiny_checkpoint, tmp_path
     runner = CliRunner()
     result = runner.invoke(cli.main, ["sweep", "run", str(sweep), "--db", db_url, "--executor", "local"])
     assert result.exit_code == 0, result.output
-    db = Database(db_url)
-    with db.session() as session:
+    with Database(db_url) as db, db.session() as session:
         run = session.scalars(select(Run).where(Run.target_sparsity == 0.5)).one()
         key, masks = run.key, [LayerMask(m.layer, m.attention_kept, m.ffn_width, m.ffn_mask) for m in run.layer_masks]
         dense_key = session.scalars(select(Run.key).where(Run.method == "dense")).one()
-    db.close()
 
     out = tmp_path / "pruned"
     result = runner.invoke(cli.main, ["export", key[:8], str(out), "--db", db_url])
@@ -115,10 +113,8 @@ def test_export_refuses_a_slicegpt_run_and_says_how_to_keep_it(tiny_checkpoint, 
     runner = CliRunner()
     result = runner.invoke(cli.main, ["sweep", "run", str(sweep), "--db", db_url, "--executor", "local"])
     assert result.exit_code == 0, result.output
-    db = Database(db_url)
-    with db.session() as session:
+    with Database(db_url) as db, db.session() as session:
         key = session.scalars(select(Run.key).where(Run.method == "slicegpt")).one()
-    db.close()
     refused = runner.invoke(cli.main, ["export", key, str(tmp_path / "out"), "--db", db_url])
     assert refused.exit_code == 2 and "save_to: DIR" in refused.output
     assert not (tmp_path / "out").exists()

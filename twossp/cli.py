@@ -87,9 +87,9 @@ class TwosspGroup(click.Group):
             sys.exit(1)
 
 
-def _open(db_url: str | None, create: bool = False):  # noqa: ANN202 - a twossp.db.session.Database
+def _open(db_url: str | None, create: bool = False):  # noqa: ANN202 - a twossp.db.database.Database
     """The database: created on first use only by commands that write (``create``)."""
-    from twossp.db.session import Database
+    from twossp.db.database import Database
 
     return Database(db_url, create=create)
 
@@ -168,19 +168,15 @@ def _raise_plan_problems(reports: Iterable[Any], remote_ok: bool = True) -> None
 @FILES_OPTION
 def plan(file: str, db_url: str | None, address: str | None, remote_files: bool) -> None:
     from twossp.db import store
-    from twossp.db.session import database_exists
+    from twossp.db.versioning import database_exists
     from twossp.methods import SHARED_STEPS, method_of
     from twossp.plan import SharedPlan, estimate_work, plan_shared
 
     [(_, spec, runs, report)] = _load_and_check([file], remote_files=remote_files, resolve=True)
     statuses: dict[str, str] = {}
     if database_exists(db_url):
-        db = _open(db_url)
-        try:
-            with db.session() as session:
-                statuses = store.run_statuses(session, [r.key for r in runs])
-        finally:
-            db.close()
+        with _open(db_url) as db, db.session() as session:
+            statuses = store.run_statuses(session, [r.key for r in runs])
     shared = plan_shared(runs) if spec.runtime.share else SharedPlan()
     work = estimate_work(runs, shared, report.counts)
     table = Table(title=Text(f"sweep {spec.name}: {len(runs)} runs"))
@@ -278,24 +274,23 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
 
     [(_, spec, _, report)] = _load_and_check([file], remote_files=remote_files, resolve=True)
     _raise_plan_problems([report], remote_ok=remote_files)  # before the database is touched
-    db = _open(db_url, create=True)
-    runner = RayExecutor(address=address, max_retries=max_retries) if executor == "ray" else LocalExecutor()
-    # SIGTERM (a scheduler stopping us) is handled like Ctrl-C: unfinished runs are released.
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        outcome = run_sweep(spec, db, runner, path=str(Path(file).resolve()), rerun_failed=rerun_failed,
-                            display=LiveSweep(console), stale_after=stale_after, share=not no_share)
-    except SweepCancelled:
-        say(("cancelled", "yellow"), " (twossp sweep cancel): unfinished runs were released and will run next time",
-            stderr=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        say(("interrupted", "yellow"), ": unfinished runs were released and will run next time", stderr=True)
-        sys.exit(130)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        runner.close()
-        db.close()
+    with _open(db_url, create=True) as db:
+        runner = RayExecutor(address=address, max_retries=max_retries) if executor == "ray" else LocalExecutor()
+        # SIGTERM (a scheduler stopping us) is handled like Ctrl-C: unfinished runs are released.
+        previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            outcome = run_sweep(spec, db, runner, path=str(Path(file).resolve()), rerun_failed=rerun_failed,
+                                display=LiveSweep(console), stale_after=stale_after, share=not no_share)
+        except SweepCancelled:
+            say(("cancelled", "yellow"),
+                " (twossp sweep cancel): unfinished runs were released and will run next time", stderr=True)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            say(("interrupted", "yellow"), ": unfinished runs were released and will run next time", stderr=True)
+            sys.exit(130)
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            runner.close()
     console.print()
     elsewhere = f", {len(outcome.elsewhere)} done by another driver" if outcome.elsewhere else ""
     say((f"{len(outcome.completed)} completed, {len(outcome.failed)} failed, {len(outcome.skipped)} skipped"
@@ -363,12 +358,8 @@ def cancel(sweep_ref: str, db_url: str | None) -> None:
         from twossp.spec import load_sweep
 
         name = load_sweep(sweep_ref).name
-    db = _open(db_url)
-    try:
-        with db.session() as session:
-            running = store.request_cancel(session, name)
-    finally:
-        db.close()
+    with _open(db_url) as db, db.session() as session:
+        running = store.request_cancel(session, name)
     if running is None:
         fail(f"no sweep named {name!r} in {db.display_url}", 2)
     say(f"cancel requested for sweep {name!r}: {running} run(s) running; their drivers stop within "
@@ -386,9 +377,9 @@ PARAM_OPTION = click.option("--param", "-p", "params", multiple=True, metavar="N
                             help="A view parameter (repeatable); twossp dash list shows each view's.")
 
 
-def _read_only(db_url: str | None):  # noqa: ANN202 - a twossp.db.session.Database
+def _read_only(db_url: str | None):  # noqa: ANN202 - a twossp.db.database.Database
     """The database opened read-only (enforced by the database): what views and SQL read through."""
-    from twossp.db.session import Database
+    from twossp.db.database import Database
 
     return Database(db_url, create=False, read_only=True)
 
@@ -403,14 +394,11 @@ def _show_view(view: Any, db_url: str | None, params: Any, output_format: str, f
     values = parse_params(view, params)
     if live and (output_format != "table" or figure):
         fail("--live redraws the view's table in the terminal: it takes no --format and no --output", 2)
-    db = _read_only(db_url)
-    try:
+    with _read_only(db_url) as db:
         if live:
             watch(view, db, values, console)
             return
         frames = run_view(view, db, values)
-    finally:
-        db.close()
     chart = figure_checked(view, frames, figure) if figure else view.chart  # before anything is printed
     if output_format != "table":
         click.echo(render.formatted(frames, output_format, view.name, values), nl=False)
@@ -504,12 +492,8 @@ def dash_show(name: str, db_url: str | None, params: tuple[str, ...], output_for
 def runs_cmd(db_url: str | None, status: str | None, show_scores: bool) -> None:
     from twossp.db import store
 
-    db = _open(db_url)
-    try:
-        with db.session() as session:
-            rows = store.run_rows(session, status, with_scores=show_scores)
-    finally:
-        db.close()
+    with _open(db_url) as db, db.session() as session:
+        rows = store.run_rows(session, status, with_scores=show_scores)
     table = Table()
     for col in ("key", "model", "method", "target", "achieved", "status", "tries", "error"):
         table.add_column(col, overflow="fold")
@@ -550,12 +534,9 @@ def export(run_key: str, directory: str, db_url: str | None, save_format: str, t
     for flag, given in (("--type", tensor_type), ("--evaluate", evaluate)):
         if given and save_format != "gguf":
             raise click.UsageError(f"{flag} is for a GGUF file: it needs --format gguf")
-    db = _open(db_url)
-    try:
+    with _open(db_url) as db:
         saved = export_run(db, run_key, directory, overwrite=overwrite, save_format=save_format,
                            tensor_type=tensor_type or "f16", evaluate=evaluate)
-    finally:
-        db.close()
     say(f"saved to {saved.directory}: {saved.note}")
     for dataset, metric, value in getattr(saved, "scores", []):
         say(f"  llama.cpp {metric.replace('_', ' ')}{'' if dataset == 'speed' else f' ({dataset})'}: {value:.6g}")
@@ -601,7 +582,8 @@ def db() -> None:
 @db.command("upgrade", help="Upgrade the database schema to this version of twossp (creating it if needed).")
 @DB_OPTION
 def db_upgrade(db_url: str | None) -> None:
-    from twossp.db.session import safe_url, upgrade
+    from twossp.db.urls import safe_url
+    from twossp.db.versioning import upgrade
 
     upgrade(db_url)
     say(f"{safe_url(db_url)}: schema at head")
@@ -621,11 +603,8 @@ def db_sql(statement: str, db_url: str | None, params: tuple[str, ...], output_f
     if statement == "-":
         statement = sys.stdin.read()
     values = named_values(params)
-    db = _read_only(db_url)
-    try:
+    with _read_only(db_url) as db:
         frame = sql_frame(db, statement, values)
-    finally:
-        db.close()
     if output_format == "table":
         console.print(render.table(frame))
         say((f"{len(frame.rows)} row(s)", "dim"))
@@ -636,7 +615,7 @@ def db_sql(statement: str, db_url: str | None, params: tuple[str, ...], output_f
 @db.command("current", help="Print the schema revision of the database.")
 @DB_OPTION
 def db_current(db_url: str | None) -> None:
-    from twossp.db.session import describe_revision
+    from twossp.db.versioning import describe_revision
 
     say(describe_revision(db_url))
 

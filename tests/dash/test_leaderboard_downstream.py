@@ -13,7 +13,7 @@ from stored_runs import T0, claim, record, tiny_sweep
 from twossp.contracts import RunResult, RunStatus
 from twossp.dash.render import tables
 from twossp.dash.views import find_view, parse_params, run_view
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.plan import RunSpec, plan_sweep
 
 # per run: perplexity, mean accuracy (a fraction), prefill seconds, decode tokens per second

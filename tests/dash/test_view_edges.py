@@ -15,7 +15,7 @@ from twossp.contracts import RunResult, RunStatus
 from twossp.dash.charts import Chart, panels
 from twossp.dash.frame import Column, Frame
 from twossp.db import store
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.plan import plan_sweep
 
 

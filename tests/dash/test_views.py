@@ -353,17 +353,14 @@ def test_the_status_view_redraws_live(views_db) -> None:
     from rich.console import Console
 
     from twossp.dash.views import find_view, parse_params, watch
-    from twossp.db.session import Database
+    from twossp.db.database import Database
 
     view = find_view("status")
     console = Console(width=160, record=True, force_terminal=True)
-    db = Database(views_db.url, create=False, read_only=True)
-    try:
+    with Database(views_db.url, create=False, read_only=True) as db:
         watch(view.__class__(view.name, view.path, view.origin,
                              view.spec.model_copy(update={"refresh": 0.01})), db, parse_params(view, []), console,
               count=3)
-    finally:
-        db.close()
     shown = console.export_text()
     # drawn, redrawn twice, and left on the screen when it stops
     assert shown.count("runs of sweep views") == 4 and "completed" in shown
@@ -384,10 +381,9 @@ def test_the_status_view_lists_unfinished_runs_and_the_latest_completed(views_db
 def test_the_frames_of_built_in_queries_have_the_columns_they_declare(views_db) -> None:
     from twossp.dash.queries import QUERIES
     from twossp.dash.views import find_view, parse_params, run_view
-    from twossp.db.session import Database
+    from twossp.db.database import Database
 
-    db = Database(views_db.url, create=False, read_only=True)
-    try:
+    with Database(views_db.url, create=False, read_only=True) as db:
         for name in PACKAGED:
             view = find_view(name)
             if view.spec.query is None:
@@ -397,8 +393,6 @@ def test_the_frames_of_built_in_queries_have_the_columns_they_declare(views_db) 
                 names = {c.name for c in frame.columns}
                 if not builtin.dynamic:  # what a view file's references are checked against
                     assert names <= set(builtin.columns[frame.name]), (name, frame.name)
-    finally:
-        db.close()
 
 
 def test_the_ablation_of_a_metric_where_higher_is_better(views_db) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from stored_runs import T0, claim, record, tiny_sweep
 from twossp.contracts import RunResult, RunStatus
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.plan import RunSpec, plan_sweep
 from twossp.spec import SweepSpec
 

@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session
 from twossp.contracts import RunStatus
 from twossp.db.models import (Base, Export, ExportScore, Generation, LayerMaskRow, Run, Score, SharedStepRow, Sweep,
                               Timing)
-from twossp.db.session import Database, alembic_config, current_revision, head_revision, make_engine
+from twossp.db.database import Database
+from twossp.db.engines import make_engine
+from twossp.db.versioning import alembic_config, current_revision, head_revision
 from twossp.plan import plan_sweep
 from twossp.spec import parse_sweep
 
@@ -49,8 +51,7 @@ def revision_of(url: str) -> str | None:
 
 
 def insert_one_of_each(url: str) -> None:
-    db = Database(url, auto_upgrade=False)
-    try:
+    with Database(url, create=False) as db:
         with db.session() as session:
             sweep = Sweep(name="roundtrip", path="/tmp/roundtrip.yaml", spec={"name": "roundtrip"})
             run = Run(key="k" * 16, sweep=sweep, model="tiny", method="2ssp", target_sparsity=0.25,
@@ -76,8 +77,6 @@ def insert_one_of_each(url: str) -> None:
                 "roundtrip", {"budget": {"ffn_keep": 96}}, b"\xff")
             assert [(s.dataset, s.value) for s in stored.scores] == [("eval.txt", 12.5)]
             assert [(g.position, g.output, g.new_tokens) for g in stored.generations] == [(0, " crossed", 2)]
-    finally:
-        db.close()
 
 
 def counts(url: str, tables: set[str] = TABLES) -> dict[str, int]:
@@ -158,7 +157,7 @@ def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:
     command.upgrade(cfg, "head")
     assert set(check_constraints(db_url)) == {"ck_runs_status"}
     assert counts(db_url) == {**with_data, "generations": 0, **emptied}
-    with Database(db_url, create=False).session() as session:
+    with Database(db_url, create=False) as db, db.session() as session:
         stored = session.scalar(select(Run))
         assert stored.status is RunStatus.COMPLETED and stored.evaluation_key is None  # spec does not validate
         assert [(s.dataset, s.value) for s in stored.scores] == [("eval.txt", 12.5)]
@@ -258,12 +257,9 @@ def test_check_detects_drift(db_url: str) -> None:
 
 
 def test_first_use_creates_the_schema_through_the_migrations(db_url: str) -> None:
-    db = Database(db_url)  # auto_upgrade: an empty database gets the head schema
-    try:
+    with Database(db_url) as db:  # create: an empty database gets the head schema
         assert current_revision(db.engine) == head_revision(db_url)
         assert set(Base.metadata.tables) <= set(inspect(db.engine).get_table_names())
-    finally:
-        db.close()
 
 
 def test_a_foreign_database_is_refused_at_once_with_the_upgrade_command(tmp_path) -> None:
@@ -296,15 +292,12 @@ def test_a_status_outside_run_status_is_refused(db_url: str) -> None:
     with pytest.raises(IntegrityError, match="ck_runs_status|CHECK constraint failed"):
         insert_status(db_url, "bogus")
     insert_status(db_url, "pending")  # a run state is accepted
-    db = Database(db_url, create=False)
-    try:
+    with Database(db_url, create=False) as db:
         with pytest.raises(StatementError, match="bogus"):  # the ORM refuses it before the database does
             with db.session() as session:
                 session.scalar(select(Run)).status = "bogus"
         with db.session() as session:
             assert session.scalar(select(Run.status)) is RunStatus.PENDING
-    finally:
-        db.close()
 
 
 def test_upgrade_to_0003_fails_runs_whose_status_is_not_a_run_state(db_url: str) -> None:
@@ -425,16 +418,13 @@ def test_upgrade_to_0005_adds_the_planned_keys_of_sweeps(db_url: str) -> None:
     command.upgrade(cfg, "0004")
     insert_status(db_url, "completed", key="kept")
     command.upgrade(cfg, "head")  # 0005, and what came after it (the ORM reads the head schema)
-    db = Database(db_url, create=False)
-    try:
+    with Database(db_url, create=False) as db:
         with db.session() as session:
             sweep = session.scalar(select(Sweep))
             assert (sweep.name, sweep.planned_keys) == ("raw", None)
             sweep.planned_keys = ["kept", "other"]
         with db.session() as session:
             assert session.scalar(select(Sweep)).planned_keys == ["kept", "other"]
-    finally:
-        db.close()
     command.downgrade(cfg, "0004")
     assert "planned_keys" not in {c["name"] for c in inspect(make_engine(db_url)).get_columns("sweeps")}
     assert counts(db_url, {"sweeps", "runs"}) == {"sweeps": 1, "runs": 1}

@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL
 from stored_runs import T0, claim, record, tiny_sweep
 from twossp.contracts import RunResult, RunStatus
 from twossp.db.models import Run, Sweep
-from twossp.db.session import Database, QueryResult
+from twossp.db.database import Database, QueryResult
 from twossp.errors import DatabaseError, QueryError, TwosspError
 from twossp.plan import plan_sweep
 
@@ -60,8 +60,7 @@ SEVERAL = [
 def snapshot(url: str) -> dict[str, object]:
     """Everything in the database at ``url``, read through a normal (writable) ``Database``: each
     table's columns and rows (in a stable order), and on PostgreSQL each sequence's state."""
-    db = Database(url, create=False)
-    try:
+    with Database(url, create=False) as db:
         with db.engine.connect() as conn:
             found: dict[str, object] = {}
             inspector = inspect(conn)
@@ -74,15 +73,12 @@ def snapshot(url: str) -> dict[str, object]:
                     found[f"sequence {sequence}"] = tuple(
                         conn.execute(sql_text(f'SELECT last_value, is_called FROM "{sequence}"')).one())
             return found
-    finally:
-        db.close()
 
 
 def fill(url: str) -> None:
     """A sweep of two runs through the real store: one completed with scores, timings and
     generations, one failed."""
-    writer = Database(url)
-    try:
+    with Database(url) as writer:
         spec = tiny_sweep("readonly-sql")
         dense, pruned = plan_sweep(spec)
         assert claim(writer, spec, dense, pruned)
@@ -92,8 +88,6 @@ def fill(url: str) -> None:
             generations=[("The old teacher", " opened the window.", 5)]))
         record(writer, dense, RunResult(key=dense.key, status=RunStatus.FAILED, error="RuntimeError: boom",
                                         started_at=T0, finished_at=T0))
-    finally:
-        writer.close()
 
 
 @pytest.fixture
@@ -105,9 +99,8 @@ def stored(db_url: str) -> str:
 
 @pytest.fixture
 def ro(stored: str):  # a read-only Database
-    database = Database(stored, create=False, read_only=True)
-    yield database
-    database.close()
+    with Database(stored, create=False, read_only=True) as database:
+        yield database
 
 
 def is_sqlite(url: str) -> bool:
@@ -208,12 +201,9 @@ def test_read_only_needs_create_false(stored: str) -> None:
 
 
 def test_query_is_only_for_a_read_only_database(stored: str) -> None:
-    writer = Database(stored, create=False)
-    try:
+    with Database(stored, create=False) as writer:
         with pytest.raises(ValueError, match="read_only=True"):
             writer.query("SELECT 1")
-    finally:
-        writer.close()
 
 
 # ---------------------------------------------------------------------------------- writes refused
@@ -221,14 +211,11 @@ def test_query_is_only_for_a_read_only_database(stored: str) -> None:
 def test_each_write_is_a_real_write(stored: str) -> None:
     """The control of the tests below: on a writable connection every statement of ``WRITES``
     runs (in a transaction rolled back here), so a refusal below is the read-only database's."""
-    writer = Database(stored, create=False)
-    try:
+    with Database(stored, create=False) as writer:
         for sql in WRITES:
             with writer.engine.connect() as conn:
                 conn.execute(sql_text(sql))
                 conn.rollback()
-    finally:
-        writer.close()
 
 
 def test_writes_are_refused_and_change_nothing(ro: Database, stored: str) -> None:
@@ -335,13 +322,10 @@ def test_postgres_every_transaction_is_read_only_whatever_the_session_default(ro
 
 @POSTGRES_ONLY
 def test_postgres_the_users_own_libpq_options_are_kept(stored: str) -> None:
-    db = Database(f"{stored}?options=-c%20statement_timeout%3D4321", create=False, read_only=True)
-    try:
+    with Database(f"{stored}?options=-c%20statement_timeout%3D4321", create=False, read_only=True) as db:
         assert db.query("SELECT current_setting('statement_timeout') AS s, "
                         "current_setting('default_transaction_read_only') AS d").rows == [("4321ms", "on")]
         assert refused_without_a_trace(db, stored, ["DELETE FROM runs"]) == []
-    finally:
-        db.close()
 
 
 # ---------------------------------------------------------------------------------- files, writers, passwords
@@ -360,35 +344,28 @@ def test_a_sqlite_path_with_uri_characters(tmp_path: Path) -> None:
     folder.mkdir()
     url = URL.create("sqlite", database=str(folder / "results?.db")).render_as_string()
     fill(url)
-    db = Database(url, create=False, read_only=True)
-    try:
+    with Database(url, create=False, read_only=True) as db:
         assert db.query("SELECT count(*) FROM runs").rows == [(2,)]
         assert refused_without_a_trace(db, url, ["DELETE FROM runs"]) == []
-    finally:
-        db.close()
     assert sorted(p.name for p in folder.iterdir()) == ["results?.db"]
 
 
 def test_reading_while_a_writer_is_open(ro: Database, stored: str) -> None:
     """A writer in the middle of a transaction: the reader sees the last committed state, then the
     writer's once it commits."""
-    writer = Database(stored, create=False)
-    try:
+    with Database(stored, create=False) as writer:
         with writer.session() as session:
             session.add(Sweep(name="second", spec={}))
             session.flush()
             assert ro.query("SELECT name FROM sweeps ORDER BY name").rows == [("readonly-sql",)]
         assert ro.query("SELECT name FROM sweeps ORDER BY name").rows == [("readonly-sql",), ("second",)]
-    finally:
-        writer.close()
 
 
 def test_no_message_carries_the_password(postgres_password_url) -> None:
     server = postgres_password_url
     url = server.new_database()
     fill(url)
-    db = Database(url, create=False, read_only=True)
-    try:
+    with Database(url, create=False, read_only=True) as db:
         assert server.password not in db.display_url
         messages = []
         for sql in ["DELETE FROM runs", "SELECT * FROM no_such_table", "select 1; delete from runs",
@@ -398,8 +375,6 @@ def test_no_message_carries_the_password(postgres_password_url) -> None:
             messages.append(str(caught.value))
         assert REFUSED in messages[0]
         assert all(server.password not in message and "***" in message for message in messages), messages
-    finally:
-        db.close()
 
 
 class _OtherSQLiteDriver(SQLiteDialect_pysqlite):

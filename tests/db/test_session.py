@@ -1,4 +1,5 @@
-"""Opening the result database (twossp.db.session): every unusable URL is one ``DatabaseError``
+"""Opening the result database (twossp.db.urls, .diagnosis, .engines, .versioning, .database):
+every unusable URL is one ``DatabaseError``
 saying what is wrong and how to fix it, never a traceback; no message nor log line contains a
 password; a reading command (``create=False``) never creates a file or a schema.
 
@@ -18,19 +19,11 @@ from alembic import command
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
-from twossp.db.session import (
-    Database,
-    DatabaseError,
-    alembic_config,
-    database_exists,
-    database_url,
-    describe_revision,
-    head_revision,
-    make_engine,
-    safe_url,
-    upgrade,
-)
-from twossp.errors import SchemaOutdated, TwosspError
+from twossp.db.database import Database
+from twossp.db.engines import make_engine
+from twossp.db.urls import database_url, safe_url
+from twossp.db.versioning import alembic_config, database_exists, describe_revision, head_revision, upgrade
+from twossp.errors import DatabaseError, SchemaOutdated, TwosspError
 
 
 def with_password(url: str, password: str) -> str:
@@ -80,11 +73,17 @@ def test_safe_url_of_none_is_the_default_or_twossp_db(monkeypatch: pytest.Monkey
 
 
 def test_database_keeps_the_real_url_and_shows_the_masked_one(in_tmp: Path) -> None:
-    db = Database("results.db")
-    try:
+    with Database("results.db") as db:
         assert (db.url, db.display_url) == ("sqlite:///results.db", "sqlite:///results.db")
-    finally:
-        db.close()
+
+
+def test_a_with_block_closes_the_database_however_it_ends(in_tmp: Path) -> None:
+    with pytest.raises(RuntimeError, match="the block failed"), Database("results.db") as db:
+        with db.session() as session:
+            session.execute(text("SELECT 1"))
+        assert db.engine.pool.checkedin() == 1  # the connection waits in the pool
+        raise RuntimeError("the block failed")
+    assert db.engine.pool.checkedin() == 0  # closed: the engine's connections are gone
 
 
 # ---------------------------------------------------------------------------------- unusable URLs
@@ -175,13 +174,6 @@ def test_reading_a_missing_sqlite_file_does_not_create_it(in_tmp: Path) -> None:
     assert list(in_tmp.iterdir()) == []
 
 
-def test_auto_upgrade_is_the_old_name_of_create(in_tmp: Path) -> None:
-    with pytest.raises(DatabaseError, match="no database at"):
-        Database("results.db", auto_upgrade=False)
-    Database("results.db", auto_upgrade=True).close()
-    assert (in_tmp / "results.db").is_file()
-
-
 def test_reading_an_empty_database_is_refused_and_creates_no_schema(db_url: str) -> None:
     make_engine(db_url).dispose()
     if db_url.startswith("sqlite"):
@@ -201,8 +193,7 @@ def test_reading_an_empty_database_is_refused_and_creates_no_schema(db_url: str)
 
 def test_reading_an_existing_database(db_url: str) -> None:
     Database(db_url).close()  # a writing command creates it
-    db = Database(db_url, create=False)
-    db.close()
+    Database(db_url, create=False).close()
     assert database_exists(db_url)
     assert describe_revision(db_url) == (f"{safe_url(db_url)}: schema 0007 (shared steps: work several runs share, computed once and kept), "
                                          f"up to date")
@@ -276,12 +267,11 @@ def test_the_right_password_opens_and_is_never_shown(postgres_password_url, capl
         for name in ("sqlalchemy", "alembic"):
             logging.getLogger(name).setLevel(logging.DEBUG)
         try:
-            db = Database(url)
-            assert db.display_url == safe_url(url) and server.password not in db.display_url
-            assert server.password not in repr(db)
-            with db.session() as session:
-                assert session.execute(text("SELECT current_user")).scalar() == "twossp"
-            db.close()
+            with Database(url) as db:
+                assert db.display_url == safe_url(url) and server.password not in db.display_url
+                assert server.password not in repr(db)
+                with db.session() as session:
+                    assert session.execute(text("SELECT current_user")).scalar() == "twossp"
             upgrade(url)
             Database(url, create=False).close()
             description = describe_revision(url)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from twossp.db import store
 from twossp.db.models import LayerMaskRow, Run, Score, Sweep, Timing
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.plan import RunSpec, plan_sweep
 from twossp.prune.masks import LayerMask
 from twossp.runtime.worker import RunResult
@@ -367,11 +367,8 @@ def test_concurrent_claims_never_give_a_run_twice(db_url: str, spec) -> None:
         database.close()
     claimed = [key for keys in won.values() for key in keys]
     assert sorted(claimed) == sorted(r.key for r in many)  # every run exactly once
-    check = Database(db_url)
-    try:
+    with Database(db_url) as check:
         with check.session() as session:
             owners = dict(session.execute(select(Run.key, Run.owner)).tuples().all())
             assert all(session.scalars(select(Run.attempts)).all()) and set(session.scalars(select(Run.attempts))) == {1}
-    finally:
-        check.close()
     assert all(owners[key] == d for d, keys in won.items() for key in keys)

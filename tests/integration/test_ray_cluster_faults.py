@@ -38,7 +38,7 @@ from sqlalchemy import select  # noqa: E402
 from tiny_checkpoint import paragraphs  # noqa: E402
 from twossp.db import store  # noqa: E402
 from twossp.db.models import Run  # noqa: E402
-from twossp.db.session import Database  # noqa: E402
+from twossp.db.database import Database  # noqa: E402
 from twossp.plan import RunSpec, plan_sweep  # noqa: E402
 from twossp.runtime.driver import SweepDriver, run_sweep  # noqa: E402
 from twossp.runtime.executors import LocalExecutor, RayExecutor  # noqa: E402
@@ -142,9 +142,8 @@ def cluster(monkeypatch):
 
 @pytest.fixture
 def db(tmp_path):
-    database = Database(f"sqlite:///{tmp_path / 'results.db'}")
-    yield database
-    database.close()
+    with Database(f"sqlite:///{tmp_path / 'results.db'}") as database:
+        yield database
 
 
 def test_a_worker_node_lost_mid_sweep_retries_its_run_and_every_run_completes_once(
@@ -419,16 +418,13 @@ def test_a_worker_node_lost_during_a_shared_step_retries_the_step_and_its_runs_t
         shared = {r.key: sorted((m.layer, m.attention_kept, m.ffn_width) for m in r.layer_masks) for r in rows}
         scores = {r.key: [s.value for s in r.scores] for r in rows}
 
-    alone = Database(f"sqlite:///{tmp_path / 'alone.db'}")
-    try:
+    with Database(f"sqlite:///{tmp_path / 'alone.db'}") as alone:
         run_sweep(spec, alone, LocalExecutor(), share=False)
         with alone.session() as session:
             rows = session.scalars(select(Run)).all()
             assert {r.key: sorted((m.layer, m.attention_kept, m.ffn_width) for m in r.layer_masks)
                     for r in rows} == shared
             assert {r.key: [s.value for s in r.scores] for r in rows} == scores
-    finally:
-        alone.close()
 
 
 def _cancel(db: Database, name: str) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from twossp.data.tokens import calibration_windows
 from twossp.db.models import Run, SharedStepRow
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.families import adapter_for
 from twossp.prune.depth import remove_attention_greedy
 from twossp.runtime.driver import run_sweep
@@ -47,8 +47,8 @@ def _numbers(db: Database) -> dict:
 
 def test_smollm2_runs_give_the_same_numbers_with_their_shared_steps(tmp_path) -> None:
     spec = parse_sweep(yaml.safe_dump(SWEEP), "smollm2-shared.yaml")
-    alone, shared = Database(f"sqlite:///{tmp_path / 'alone.db'}"), Database(f"sqlite:///{tmp_path / 'shared.db'}")
-    try:
+    with (Database(f"sqlite:///{tmp_path / 'alone.db'}") as alone,
+          Database(f"sqlite:///{tmp_path / 'shared.db'}") as shared):
         unshared = run_sweep(spec, alone, LocalExecutor(), share=False)
         outcome = run_sweep(spec, shared, LocalExecutor())
         assert not unshared.failed and not outcome.failed and len(outcome.completed) == 4
@@ -57,9 +57,6 @@ def test_smollm2_runs_give_the_same_numbers_with_their_shared_steps(tmp_path) ->
         with shared.session() as session:
             assert all(r.shared_step for r in session.scalars(select(Run)))
             assert len(session.scalars(select(SharedStepRow)).all()) == 2
-    finally:
-        alone.close()
-        shared.close()
 
 
 def test_smollm2_batched_searches_make_the_one_at_a_time_choices() -> None:

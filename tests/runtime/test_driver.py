@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from twossp.db import store
 from twossp.db.models import Run, Sweep
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.plan import RunSpec, plan_sweep
 from twossp.runtime.driver import SweepOutcome, run_sweep, runs_to_do
 from twossp.runtime.executors import LocalExecutor
@@ -94,11 +94,10 @@ def swept(tiny_checkpoint, tmp_path_factory) -> Iterator[tuple]:
     """The tiny sweep run once into a fresh database; shared read-only by the checks below."""
     spec = tiny_spec(tiny_checkpoint)
     db_file = tmp_path_factory.mktemp("driver") / "swept.db"
-    db = Database(f"sqlite:///{db_file}")
-    display, executor = RecordingDisplay(), SpyExecutor()
-    outcome = run_sweep(spec, db, executor, path="/sweeps/tiny-driver.yaml", display=display)
-    yield spec, db, db_file, outcome, display, executor
-    db.close()
+    with Database(f"sqlite:///{db_file}") as db:
+        display, executor = RecordingDisplay(), SpyExecutor()
+        outcome = run_sweep(spec, db, executor, path="/sweeps/tiny-driver.yaml", display=display)
+        yield spec, db, db_file, outcome, display, executor
 
 
 def dense_counts(config: dict) -> dict[str, int]:
@@ -212,8 +211,7 @@ def test_rerunning_the_sweep_skips_everything(swept) -> None:
 def test_rerun_failed_reruns_only_failed_runs(swept, tmp_path: Path) -> None:
     spec, _, db_file, _, _, _ = swept
     shutil.copy(db_file, tmp_path / "copy.db")
-    db = Database(f"sqlite:///{tmp_path / 'copy.db'}")
-    try:
+    with Database(f"sqlite:///{tmp_path / 'copy.db'}") as db:
         dense, s25, s50 = plan_sweep(spec)
         with db.session() as session:
             sweep = session.scalar(select(Sweep))
@@ -237,8 +235,6 @@ def test_rerun_failed_reruns_only_failed_runs(swept, tmp_path: Path) -> None:
         assert {r.status for r in rows.values()} == {"completed"}
         assert rows[dense.key].finished_at == untouched
         assert len(rows[s50.key].layer_masks) == 4 and len(rows[s50.key].scores) == 1
-    finally:
-        db.close()
 
 
 def test_runs_to_do_semantics(tiny_checkpoint) -> None:
@@ -260,8 +256,7 @@ def test_runs_to_do_semantics(tiny_checkpoint) -> None:
 
 def test_interrupt_releases_unfinished_runs(tiny_checkpoint, tmp_path: Path) -> None:
     spec = tiny_spec(tiny_checkpoint)
-    db = Database(f"sqlite:///{tmp_path / 'interrupted.db'}")
-    try:
+    with Database(f"sqlite:///{tmp_path / 'interrupted.db'}") as db:
         display, executor = InterruptAfterFirst(), SpyExecutor()
         with pytest.raises(KeyboardInterrupt):
             run_sweep(spec, db, executor, display=display)
@@ -278,8 +273,6 @@ def test_interrupt_releases_unfinished_runs(tiny_checkpoint, tmp_path: Path) -> 
         assert executor.asked == [[r.key for r in rest]]
         assert [r.key for r in outcome.skipped] == [first.key]
         assert {r.status for r in rows_by_key(db).values()} == {"completed"}
-    finally:
-        db.close()
 
 
 def test_save_to_saves_every_pruned_run_reloadable_to_its_score(tiny_checkpoint, tmp_path: Path) -> None:
@@ -297,10 +290,9 @@ def test_save_to_saves_every_pruned_run_reloadable_to_its_score(tiny_checkpoint,
     plain = tiny_spec(tiny_checkpoint, methods=["dense", "2ssp", "shortgpt"], sparsities=[0.5])
     assert [r.key for r in plan_sweep(spec)] == [r.key for r in plan_sweep(plain)]  # saving changes no key
 
-    db = Database(f"sqlite:///{tmp_path / 'save.db'}")
-    run_sweep(spec, db, LocalExecutor(), path=str(sweep_file))
-    rows = rows_by_key(db)
-    db.close()
+    with Database(f"sqlite:///{tmp_path / 'save.db'}") as db:
+        run_sweep(spec, db, LocalExecutor(), path=str(sweep_file))
+        rows = rows_by_key(db)
     saved = sorted(p.name for p in (tmp_path / "saved").iterdir())
     pruned = {k: r for k, r in rows.items() if r.method != "dense"}
     assert saved == sorted(pruned)  # one folder per pruned run, named by its key; none partial
@@ -323,12 +315,9 @@ def test_save_to_saves_every_pruned_run_reloadable_to_its_score(tiny_checkpoint,
 def test_a_run_the_budget_cannot_meet_fails_with_its_message_and_the_others_complete(tiny_checkpoint,
                                                                                      tmp_path: Path) -> None:
     spec = tiny_spec(tiny_checkpoint, sparsities=[0.25, 0.999])  # 0.999: more than attention + FFN hold
-    db = Database(f"sqlite:///{tmp_path / 'budget.db'}")
-    try:
+    with Database(f"sqlite:///{tmp_path / 'budget.db'}") as db:
         outcome = run_sweep(spec, db, LocalExecutor())
         rows = rows_by_key(db)
-    finally:
-        db.close()
     impossible = next(r for r in plan_sweep(spec) if r.sparsity == 0.999)
     assert [r.key for r, _ in outcome.failed] == [impossible.key]
     assert rows[impossible.key].status == "failed" and rows[impossible.key].error.startswith("BudgetError: ")
@@ -342,12 +331,9 @@ def test_runs_the_executor_cannot_place_fail_first_with_the_reason_and_are_never
     planned = plan_sweep(spec)
     unplaceable = {planned[1].key: "a run needs 2 GPU on one node, but ..."}
     display, executor = RecordingDisplay(), SpyExecutor(cannot_place=unplaceable)
-    db = Database(f"sqlite:///{tmp_path / 'placement.db'}")
-    try:
+    with Database(f"sqlite:///{tmp_path / 'placement.db'}") as db:
         outcome = run_sweep(spec, db, executor, display=display)
         rows = rows_by_key(db)
-    finally:
-        db.close()
     assert [(r.key, e) for r, e in outcome.failed] == [(planned[1].key, "ResourcesUnavailable: a run needs 2 GPU on "
                                                                         "one node, but ...")]
     assert display.events[1] == ("finished", planned[1].key, "failed")  # before anything ran

@@ -13,7 +13,7 @@ import yaml
 from sqlalchemy import select
 
 from twossp.db.models import Run, SharedStepRow
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.plan import plan_shared, plan_sweep
 from twossp.runtime.driver import SweepDriver, run_sweep
 from twossp.runtime.executors import LocalExecutor
@@ -68,8 +68,8 @@ def test_the_planner_groups_runs_by_what_their_step_reads(tiny_checkpoint) -> No
 def test_shared_runs_give_the_numbers_they_give_alone_and_a_later_sweep_reuses_the_steps(
         tiny_checkpoint, tmp_path: Path) -> None:
     spec = _spec(tiny_checkpoint, "shared")
-    alone, shared = Database(f"sqlite:///{tmp_path / 'alone.db'}"), Database(f"sqlite:///{tmp_path / 'shared.db'}")
-    try:
+    with (Database(f"sqlite:///{tmp_path / 'alone.db'}") as alone,
+          Database(f"sqlite:///{tmp_path / 'shared.db'}") as shared):
         unshared_outcome = run_sweep(spec, alone, LocalExecutor(), share=False)
         outcome = run_sweep(spec, shared, LocalExecutor())
         assert not unshared_outcome.failed and not outcome.failed, outcome.failed
@@ -108,22 +108,16 @@ def test_shared_runs_give_the_numbers_they_give_alone_and_a_later_sweep_reuses_t
             assert all(r.details["shared_step"]["from_database"] for r in new if r.method in ("2ssp", "shortgpt"))
         run_sweep(later, alone, LocalExecutor(), share=False)
         assert _numbers(shared) == _numbers(alone)
-    finally:
-        alone.close()
-        shared.close()
 
 
 def test_share_false_in_the_sweep_file_computes_everything_in_each_run(tiny_checkpoint, tmp_path: Path) -> None:
     spec = _spec(tiny_checkpoint, "no-share", methods=["2ssp"], runtime={"device": "cpu", "share": False})
-    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
-    try:
+    with Database(f"sqlite:///{tmp_path / 'r.db'}") as db:
         outcome = run_sweep(spec, db, LocalExecutor())
         assert len(outcome.completed) == 2 and outcome.steps_computed == []
         with db.session() as session:
             assert session.scalars(select(SharedStepRow)).all() == []
             assert all("stage 1" in {t.phase for t in r.timings} for r in session.scalars(select(Run)))
-    finally:
-        db.close()
 
 
 def test_a_failed_shared_step_fails_its_runs_with_its_error_and_the_sweep_goes_on(
@@ -138,8 +132,7 @@ def test_a_failed_shared_step_fails_its_runs_with_its_error_and_the_sweep_goes_o
     data = tiny_checkpoint.sweep("fails", methods=["2ssp"])
     data["models"] = [{"path": str(other), "name": "changed"}, {"path": str(tiny_checkpoint.model_dir)}]
     spec = parse_sweep(yaml.safe_dump(data), "fails.yaml")
-    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
-    try:
+    with Database(f"sqlite:///{tmp_path / 'r.db'}") as db:
         driver = SweepDriver(spec, db, LocalExecutor())  # plans: the weights are fingerprinted now
         weights = next(other.glob("*.safetensors"))
         with weights.open("ab") as file:  # a different size: a different fingerprint
@@ -156,5 +149,3 @@ def test_a_failed_shared_step_fails_its_runs_with_its_error_and_the_sweep_goes_o
         with db.session() as session:
             assert [row.label for row in session.scalars(select(SharedStepRow))] == [
                 s.label for s, r in outcome.steps_computed if r.status == "completed"]
-    finally:
-        db.close()

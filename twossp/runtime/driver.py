@@ -30,7 +30,7 @@ from typing import Iterator, Protocol
 from twossp.contracts import RunResult, RunStatus, StepResult
 from twossp.db import store
 from twossp.db.models import utcnow
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.errors import SweepCancelled
 from twossp.plan import RunSpec, StepSpec, plan_shared, plan_sweep
 from twossp.runtime.executors import Executor, SharedWork
