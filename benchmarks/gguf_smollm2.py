@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from twossp.evaluate.perplexity import make_windows, perplexity
     from twossp.families import adapter_for
     from twossp.methods import METHODS
-    from twossp.prune import prune
+    from twossp.prune import PruneContext, prune
     from twossp.runtime.loading import load_model
     from twossp.serve.engine import Engine, engine_version, extra_buffers
     from twossp.serve.gguf import write_gguf
@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         model = dense if name == "dense" else copy.deepcopy(dense)
         removed: list[int] = []
         if name != "dense":
-            outcome = prune(model, adapter, calibration, sparsity, METHODS["2ssp"].spec(), device,
-                            log.progress(f"2ssp {sparsity}"))
+            outcome = prune(PruneContext(model=model, adapter=adapter, calibration=calibration, sparsity=sparsity,
+                                         method=METHODS["2ssp"].spec(), device=device,
+                                         progress=log.progress(f"2ssp {sparsity}")))
             removed = sorted(outcome.removed_attention)
         achieved = 1 - adapter.block_counts(model).layer_params / adapter.block_counts(dense).layer_params
         own = perplexity(model, adapter, evaluation, device).perplexity

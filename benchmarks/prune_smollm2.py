@@ -273,7 +273,7 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
     from twossp.errors import TwosspError
     from twossp.evaluate.perplexity import make_windows, perplexity
     from twossp.families import adapter_for
-    from twossp.prune import prune
+    from twossp.prune import PruneContext, prune
     from twossp.runtime.loading import load_model
     from twossp.spec import ModelSpec
 
@@ -353,7 +353,8 @@ def run(args: argparse.Namespace, log: Log, emit: Callable[[dict[str, Any]], Non
             model = copy.deepcopy(dense)
             probe, load = matmul_gflops(), os.getloadavg()[0]
             cpu_start = time.process_time()
-            outcome = prune(model, adapter, calibration, s, specs[name], device, progress=log.progress(label))
+            outcome = prune(PruneContext(model=model, adapter=adapter, calibration=calibration, sparsity=s,
+                                         method=specs[name], device=device, progress=log.progress(label)))
             cpu_s = time.process_time() - cpu_start
             probe_after, load_after = matmul_gflops(), os.getloadavg()[0]
             measured = {"method": name, "label": label, "probe": probe, "probe_after": probe_after, "cpu_s": cpu_s,
@@ -478,7 +479,7 @@ def blockpruner_records(args: argparse.Namespace, log: Log, dense: torch.nn.Modu
     Its pruning time is the search's elapsed time at the step where it reached that target (what a
     search stopping there takes), and its model is the dense one with that prefix removed."""
     from twossp.contracts import PruneOutcome, layer_masks
-    from twossp.prune import prune
+    from twossp.prune import PruneContext, prune
     from twossp.prune.blockpruner import split_removals, steps_for
     from twossp.prune.masks import apply_masks
 
@@ -486,12 +487,13 @@ def blockpruner_records(args: argparse.Namespace, log: Log, dense: torch.nn.Modu
     searched = copy.deepcopy(dense)
     probe = matmul_gflops()
     cpu_start = time.process_time()
-    outcome = prune(searched, adapter, calibration, top, spec, device, progress=log.progress(f"blockpruner to {top}"))
+    outcome = prune(PruneContext(model=searched, adapter=adapter, calibration=calibration, sparsity=top, method=spec,
+                                 device=device, progress=log.progress(f"blockpruner to {top}")))
     cpu_s = time.process_time() - cpu_start
     probe_after = matmul_gflops()
     del searched
     d = outcome.details
-    order = [tuple(x) for x in d["removal_order"]]
+    order = outcome.removal_order
     records = []
     for s in args.sparsities:
         steps = steps_for(d["removed_params_after_each_removal"], dense_counts.layer_params, s)
@@ -507,7 +509,7 @@ def blockpruner_records(args: argparse.Namespace, log: Log, dense: torch.nn.Modu
                     "dense_fwd": dense_fwd, "dense_counts": dense_counts}
         record = block_record(args, log, spec.name, model, adapter, evaluation, device, s, prefix, measured)
         record.update(steps=steps, removal_order=[list(x) for x in order[:steps]],
-                      calibration_perplexity=d["calibration_perplexity_after_each_removal"][:steps],
+                      calibration_perplexity=outcome.calibration_perplexity[:steps],
                       timed_from_search_to=top)
         records.append(record)
         del model

@@ -14,7 +14,7 @@ import torch
 from twossp.checkpoint import load_pruned, save_pruned
 from twossp.errors import UnsupportedArchitecture
 from twossp.families import adapter_for
-from twossp.prune import prune
+from twossp.prune import PruneContext, prune
 from twossp.methods import METHODS
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
@@ -46,9 +46,11 @@ def test_prune_generate_save_reload(dense_models, tiny, cpu, tmp_path, family, m
     calibration = tiny.tokens(4, 24, seed=11)
     if method == "slicegpt" and family.startswith("gemma"):
         with pytest.raises(UnsupportedArchitecture):
-            prune(model, adapter, calibration, sparsity, SPECS[method], cpu)
+            prune(PruneContext(model=model, adapter=adapter, calibration=calibration, sparsity=sparsity,
+                               method=SPECS[method], device=cpu))
         return
-    prune(model, adapter, calibration, sparsity, SPECS[method], cpu)
+    prune(PruneContext(model=model, adapter=adapter, calibration=calibration, sparsity=sparsity, method=SPECS[method],
+                       device=cpu))
 
     recorded = 1 - adapter.block_counts(model).layer_params / dense_params  # what the worker stores
     assert recorded == pytest.approx(1 - _layer_numel(model) / dense_numel, abs=1e-12)

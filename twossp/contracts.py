@@ -121,6 +121,57 @@ SPEED_PREFILL_SECONDS = ("speed", "prefill_seconds")
 SPEED_DECODE_TOKENS_PER_SECOND = ("speed", "decode_tokens_per_second")
 
 
+#: One removal step: (``attention`` | ``ffn`` | ``block``, dense block index).
+Removal = tuple[str, int]
+#: ``runs.details`` key of the calibration perplexity after each removal step (every searching method).
+CALIBRATION_PERPLEXITY_KEY = "calibration_perplexity_after_each_removal"
+
+
+@dataclass(frozen=True)
+class SearchKeys:
+    """The names a search's figures are stored under in ``runs.details``. Each method keeps the names
+    its runs have always been stored under, so databases written before read the same."""
+
+    order: str = "removal_order"           # [[kind, layer], ...] in order of removal
+    layer_forwards: str = "layer_forwards"
+    naive_layer_forwards: str = "naive_layer_forwards"
+    #: the one kind every step removes, stored as bare layer indices (2SSP's stage 2: attention)
+    only_kind: str | None = None
+
+
+#: 2SSP's stage 2, an attention-only search.
+STAGE2_KEYS = SearchKeys("removed_attention_order", "stage2_layer_forwards", "stage2_naive_layer_forwards",
+                         only_kind="attention")
+#: Every stored form, tried in this order when a run's details are read back.
+_SEARCH_KEYS = (STAGE2_KEYS, SearchKeys())
+
+
+@dataclass(frozen=True)
+class RemovalRecord:
+    """What the views read of a run's removals, from ``runs.details``."""
+
+    steps: list[Removal]            # in order of removal where ``ordered``, else the blocks removed whole
+    ordered: bool                   # the method searched step by step (2SSP's stage 2, BlockPruner)
+    calibration_perplexity: list[float] = field(default_factory=list)  # after each ordered step
+
+
+def removal_record(details: dict[str, Any] | None) -> RemovalRecord:
+    """A stored run's removals, whichever method stored them (``PruneOutcome.stored_details``)."""
+    details = details or {}
+    after = [float(v) for v in details.get(CALIBRATION_PERPLEXITY_KEY) or []]
+    for keys in _SEARCH_KEYS:
+        if keys.order in details:
+            order = details[keys.order]
+            steps = ([(keys.only_kind, int(layer)) for layer in order] if keys.only_kind
+                     else [(str(kind), int(layer)) for kind, layer in order])
+            return RemovalRecord(steps, True, after)
+    return RemovalRecord([("block", int(layer)) for layer in details.get("removed_blocks", [])], False)
+
+
+#: ``runs.details`` keys that ``RemovalRecord`` reads (the run view shows them in its layer map).
+REMOVAL_DETAIL_KEYS = (CALIBRATION_PERPLEXITY_KEY, *{keys.order for keys in _SEARCH_KEYS})
+
+
 @dataclass
 class PruneOutcome:
     """What a pruning method did, in terms of the dense model's indices."""
@@ -130,13 +181,33 @@ class PruneOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     removed_blocks: list[int] = field(default_factory=list)  # whole blocks deleted (dense indices)
     removed_ffn: list[int] = field(default_factory=list)     # blocks whose whole FFN was removed
-    details: dict = field(default_factory=dict)              # method-specific record for the database
+    #: the search's steps in order of removal; None: the method does not remove step by step
+    removal_order: list[Removal] | None = None
+    calibration_perplexity: list[float] = field(default_factory=list)  # after each step of ``removal_order``
+    layer_forwards: int | None = None        # decoder-layer forwards the search ran
+    naive_layer_forwards: int | None = None  # what rerunning the whole model for every candidate would have run
+    stored_as: SearchKeys = SearchKeys()
+    details: dict = field(default_factory=dict)              # the method's own record for the database
     budget: "Budget | None" = None
     search: Any = None  # the method's own search record (e.g. prune.depth.DepthSearch), in-process only
 
     def masks(self, num_layers: int, dense_width: int) -> list[LayerMask]:
         return layer_masks(num_layers, dense_width, self.kept_ffn, self.removed_attention, self.removed_blocks,
                            self.removed_ffn)
+
+    def stored_details(self) -> dict[str, Any]:
+        """``runs.details``: the method's own record, then the search's figures under ``stored_as``."""
+        record = dict(self.details)
+        keys = self.stored_as
+        if self.removal_order is not None:
+            record[keys.order] = ([layer for _, layer in self.removal_order] if keys.only_kind
+                                  else [[kind, layer] for kind, layer in self.removal_order])
+            record[CALIBRATION_PERPLEXITY_KEY] = list(self.calibration_perplexity)
+        if self.layer_forwards is not None:
+            record[keys.layer_forwards] = self.layer_forwards
+        if self.naive_layer_forwards is not None:
+            record[keys.naive_layer_forwards] = self.naive_layer_forwards
+        return record
 
 
 @dataclass

@@ -12,7 +12,7 @@ from twossp.device import elapsed, peak_memory, reset_peak_memory
 from twossp.evaluate.speed import measure_speed
 from twossp.families import adapter_for
 from twossp.methods import TwoSSPMethod
-from twossp.prune import prune
+from twossp.prune import PruneContext, prune
 
 NEW_TOKENS = 8
 
@@ -60,7 +60,8 @@ def test_decode_tokens_equal_greedy_generate(tiny, cpu, family):
 def test_pruned_model_decodes_like_generate(tiny, cpu):
     model = tiny.model("llama", num_layers=4)
     adapter = adapter_for(model.config)
-    outcome = prune(model, adapter, tiny.tokens(2, 16, seed=5), 0.5, TwoSSPMethod(), cpu, None)
+    outcome = prune(PruneContext(model=model, adapter=adapter, calibration=tiny.tokens(2, 16, seed=5), sparsity=0.5,
+                                 method=TwoSSPMethod(), device=cpu))
     assert outcome.removed_attention  # some block really lost its attention
     layers = adapter.layers(model)
     assert not all(adapter.is_attention_present(layer) for layer in layers)

@@ -19,7 +19,7 @@ from twossp.families.base import RemovedAttention, RemovedFFN
 from twossp.families.gemma import Gemma2Adapter, Gemma3Adapter
 from twossp.contracts import layer_masks
 from twossp.prune.masks import apply_masks
-from twossp.prune import prune
+from twossp.prune import PruneContext, prune
 from twossp.prune.two_stage import prune_2ssp
 from twossp.prune.width import neuron_scores
 from twossp.methods import ShortGPTMethod, WindowMethod
@@ -349,7 +349,8 @@ def test_block_methods_end_to_end(tiny, cpu, tmp_path, family, method):
     dense = tiny.model(family, num_layers=8)
     adapter = adapter_for(dense.config)
     model = copy.deepcopy(dense)
-    outcome = prune(model, adapter, tiny.tokens(3, 16), 0.375, method, cpu)
+    outcome = prune(PruneContext(model=model, adapter=adapter, calibration=tiny.tokens(3, 16), sparsity=0.375,
+                                 method=method, device=cpu))
 
     assert len(outcome.removed_blocks) == 3 and len(adapter.layers(model)) == model.config.num_hidden_layers == 5
     kept = [i for i in range(8) if i not in outcome.removed_blocks]

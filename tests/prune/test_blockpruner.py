@@ -15,7 +15,7 @@ from twossp.families import adapter_for
 from twossp.prune.blockpruner import remove_submodules_greedy, split_removals, steps_for
 from twossp.contracts import layer_masks
 from twossp.prune.masks import apply_masks
-from twossp.prune import prune
+from twossp.prune import PruneContext, prune
 from twossp.methods import BlockPrunerMethod
 
 
@@ -121,13 +121,14 @@ def test_prune_every_family(tiny, cpu, sparsity):
         dense = tiny.model(family, num_layers=n, seed=11)
         model = copy.deepcopy(dense)
         adapter = adapter_for(model.config)
-        outcome = prune(model, adapter, tiny.tokens(2, 16, seed=5), sparsity, BlockPrunerMethod(), cpu)
+        outcome = prune(PruneContext(model=model, adapter=adapter, calibration=tiny.tokens(2, 16, seed=5),
+                                     sparsity=sparsity, method=BlockPrunerMethod(), device=cpu))
         d = outcome.details
 
         # dense indices, each block in at most one list; blocks in removed_blocks are really gone
         attn, ffn, blocks = outcome.removed_attention, outcome.removed_ffn, outcome.removed_blocks
         assert not (set(attn) & set(ffn)) and not (set(blocks) & (set(attn) | set(ffn)))
-        order = [tuple(x) for x in d["removal_order"]]
+        order = outcome.removal_order
         assert sorted(blocks) == sorted({i for k, i in order if k == "attention"} & {i for k, i in order if k == "ffn"})
         assert model.config.num_hidden_layers == n - len(blocks) == len(adapter.layers(model))
         if getattr(model.config, "layer_types", None) is not None:
@@ -144,7 +145,8 @@ def test_prune_every_family(tiny, cpu, sparsity):
         assert _layer_numel(dense) - _layer_numel(model) == d["removed_params_after_each_removal"][-1]
         assert achieved >= sparsity
         assert len(order) == 1 or d["removed_params_after_each_removal"][-2] < d["target_params"]
-        assert d["layer_forwards"] < d["naive_layer_forwards"]
+        assert outcome.layer_forwards < outcome.naive_layer_forwards
+        assert outcome.stored_details()["removal_order"] == [list(x) for x in order]  # stored as always
 
         # masks rebuild the same function from the dense model
         rebuilt = copy.deepcopy(dense)
@@ -162,10 +164,11 @@ def test_a_lower_sparsity_is_a_prefix_of_a_higher_ones_search(tiny, cpu):
     adapter = adapter_for(dense.config)
     calibration, tokens = tiny.tokens(1, 16, seed=5), tiny.tokens(2, 12, seed=9)
     low, high = copy.deepcopy(dense), copy.deepcopy(dense)
-    low_outcome = prune(low, adapter, calibration, 0.25, BlockPrunerMethod(), cpu)
+    low_outcome = prune(PruneContext(model=low, adapter=adapter, calibration=calibration, sparsity=0.25,
+                                     method=BlockPrunerMethod(), device=cpu))
     high_search = remove_submodules_greedy(high, adapter, calibration, 0.5, cpu)
     steps = steps_for(high_search.removed_params, _layer_numel(dense), 0.25)
-    assert [list(x) for x in high_search.removed[:steps]] == low_outcome.details["removal_order"]
+    assert high_search.removed[:steps] == low_outcome.removal_order
     assert len(high_search.seconds) == len(high_search.removed)
     assert high_search.seconds == sorted(high_search.seconds)
 

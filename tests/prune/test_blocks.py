@@ -21,7 +21,7 @@ from twossp.prune.blocks import (
 from twossp.budget import blocks_to_remove
 from twossp.contracts import layer_masks
 from twossp.prune.masks import apply_masks
-from twossp.prune import prune
+from twossp.prune import PruneContext, prune
 from twossp.methods import ShortGPTMethod, WindowMethod
 
 
@@ -81,7 +81,8 @@ def test_block_methods_remove_whole_blocks_structurally(tiny, cpu, tmp_path, met
     model = copy.deepcopy(dense)
     adapter = adapter_for(model.config)
     dense_params = adapter.block_counts(dense).layer_params
-    outcome = prune(model, adapter, tiny.tokens(3, 16), 0.375, method, cpu)
+    outcome = prune(PruneContext(model=model, adapter=adapter, calibration=tiny.tokens(3, 16), sparsity=0.375,
+                                 method=method, device=cpu))
 
     assert len(outcome.removed_blocks) == 3 and outcome.kept_ffn is None
     if method.name == "window":
@@ -115,4 +116,5 @@ def test_removing_every_block_is_refused(tiny, cpu):
 
     model = tiny.model("llama", num_layers=2)
     with pytest.raises(BudgetError, match="nothing would be left"):
-        prune(model, adapter_for(model.config), tiny.tokens(1, 8), 0.9, ShortGPTMethod(), cpu)
+        prune(PruneContext(model=model, adapter=adapter_for(model.config), calibration=tiny.tokens(1, 8), sparsity=0.9,
+                           method=ShortGPTMethod(), device=cpu))

@@ -17,7 +17,7 @@ from twossp.families import adapter_for
 from twossp.prune.evopress import evolve_blocks, reachable, selection_stages
 from twossp.contracts import layer_masks
 from twossp.prune.masks import apply_masks
-from twossp.prune import prune
+from twossp.prune import PruneContext, prune
 from twossp.methods import EvoPressMethod
 
 
@@ -118,7 +118,8 @@ def test_prune_every_family(tiny, cpu, sparsity):
         dense = tiny.model(family, num_layers=n, seed=11)
         model = copy.deepcopy(dense)
         adapter = adapter_for(model.config)
-        outcome = prune(model, adapter, calibration, sparsity, method, cpu)
+        outcome = prune(PruneContext(model=model, adapter=adapter, calibration=calibration, sparsity=sparsity,
+                                     method=method, device=cpu))
         blocks = outcome.removed_blocks
         assert len(blocks) == len(set(blocks)) == count and blocks == sorted(blocks)
         assert outcome.removed_attention == [] and outcome.removed_ffn == [] and outcome.kept_ffn is None
@@ -140,4 +141,5 @@ def test_prune_every_family(tiny, cpu, sparsity):
 def test_whole_model_is_refused(tiny, cpu):
     model = tiny.model("llama", num_layers=2)
     with pytest.raises(BudgetError, match="nothing would be left"):
-        prune(model, adapter_for(model.config), tiny.tokens(1, 8), 0.9, EvoPressMethod(), cpu)
+        prune(PruneContext(model=model, adapter=adapter_for(model.config), calibration=tiny.tokens(1, 8), sparsity=0.9,
+                           method=EvoPressMethod(), device=cpu))

@@ -19,7 +19,7 @@ from twossp.evaluate.perplexity import make_windows, perplexity
 from twossp.families import adapter_for
 from twossp.families.llama import LlamaAdapter
 from twossp.plan import plan_sweep
-from twossp.prune import prune
+from twossp.prune import PruneContext, prune
 from twossp.prune.slicegpt import CONFIG_KEY, SlicedDecoderLayer, choose_width, slice_model, sliced_layer_params
 from twossp.runtime.worker import execute_run
 from twossp.methods import SliceGPTMethod
@@ -65,7 +65,8 @@ def test_sliced_model_meets_the_sparsity_with_shortcuts_counted(tiny, cpu, famil
     assert width % 8 == 0 and sliced_layer_params(model, adapter, width) <= target
     assert sliced_layer_params(model, adapter, width + 8) > target  # the widest that fits
 
-    outcome = prune(model, adapter, tiny.tokens(4, 32), sparsity, SliceGPTMethod(), cpu)  # the sweep's registry
+    outcome = prune(PruneContext(model=model, adapter=adapter, calibration=tiny.tokens(4, 32), sparsity=sparsity,
+                                 method=SliceGPTMethod(), device=cpu))  # the sweep's registry
     details = outcome.details
     assert details["sliced_width"] == details["hidden_size_sliced"] == width < HIDDEN == details["hidden_size_dense"]
     assert outcome.kept_ffn is None and outcome.removed_attention == [] and outcome.removed_blocks == []
@@ -121,7 +122,8 @@ def test_pca_keeps_the_top_principal_directions_of_the_calibration_data(tiny, cp
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sliced_checkpoint_reloads_to_identical_logits(tiny, cpu, tmp_path, family) -> None:
     model = tiny.model(family, tie_word_embeddings=family == "llama")  # SmolLM2 ties its embeddings
-    prune(model, adapter_for(model.config), tiny.tokens(4, 32), 0.25, SliceGPTMethod(), cpu)
+    prune(PruneContext(model=model, adapter=adapter_for(model.config), calibration=tiny.tokens(4, 32), sparsity=0.25,
+                       method=SliceGPTMethod(), device=cpu))
     saved = save_pruned(model, None, tmp_path)
     assert not saved.stock and "shortcut" in saved.note and "load_pruned" in saved.note
     assert json.loads((tmp_path / "config.json").read_text())[CONFIG_KEY]["sliced_hidden_size"] == 40
@@ -139,7 +141,8 @@ def test_sliced_checkpoint_reloads_to_identical_logits(tiny, cpu, tmp_path, fami
 
 def test_a_sliced_checkpoint_missing_a_weight_is_refused(tiny, cpu, tmp_path) -> None:
     model = tiny.model("qwen2")
-    prune(model, adapter_for(model.config), tiny.tokens(4, 32), 0.25, SliceGPTMethod(), cpu)
+    prune(PruneContext(model=model, adapter=adapter_for(model.config), calibration=tiny.tokens(4, 32), sparsity=0.25,
+                       method=SliceGPTMethod(), device=cpu))
     save_pruned(model, None, tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     gone = "model.layers.2.mlp_shortcut.weight"
@@ -153,7 +156,8 @@ def test_a_sliced_checkpoint_missing_a_weight_is_refused(tiny, cpu, tmp_path) ->
 def test_an_unreachable_sparsity_is_a_budget_error(tiny, cpu) -> None:
     model = tiny.model("llama")
     with pytest.raises(BudgetError, match="smallest width"):
-        prune(model, adapter_for(model.config), tiny.tokens(2, 16), 0.9, SliceGPTMethod(), cpu)
+        prune(PruneContext(model=model, adapter=adapter_for(model.config), calibration=tiny.tokens(2, 16), sparsity=0.9,
+                           method=SliceGPTMethod(), device=cpu))
 
 
 def test_unsupported_architectures_are_refused_before_any_work(tiny, cpu) -> None:
@@ -162,13 +166,15 @@ def test_unsupported_architectures_are_refused_before_any_work(tiny, cpu) -> Non
     config.architectures = ["Gemma2ForCausalLM"]
     gemma = Gemma2ForCausalLM(config).eval()  # scaled embedding, (1 + w) norms, sandwich norms
     with pytest.raises(UnsupportedArchitecture, match="Gemma2ForCausalLM.*supported: LlamaForCausalLM"):
-        prune(gemma, LlamaAdapter(), tiny.tokens(2, 16), 0.25, SliceGPTMethod(), cpu)
+        prune(PruneContext(model=gemma, adapter=LlamaAdapter(), calibration=tiny.tokens(2, 16), sparsity=0.25,
+                           method=SliceGPTMethod(), device=cpu))
 
     model = tiny.model("llama")
     adapter = adapter_for(model.config)
     adapter.remove_attention(model, 1)
     with pytest.raises(UnsupportedArchitecture, match="block 1"):
-        prune(model, adapter, tiny.tokens(2, 16), 0.25, SliceGPTMethod(), cpu)
+        prune(PruneContext(model=model, adapter=adapter, calibration=tiny.tokens(2, 16), sparsity=0.25,
+                           method=SliceGPTMethod(), device=cpu))
 
 
 def test_blocks_with_different_masks_get_their_own(tiny, cpu) -> None:

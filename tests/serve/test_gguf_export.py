@@ -23,7 +23,7 @@ from twossp.contracts import LayerMask, pack_indices
 from twossp.errors import ExportUnsupported
 from twossp.families import adapter_for
 from twossp.methods import METHODS
-from twossp.prune import prune
+from twossp.prune import PruneContext, prune
 from twossp.prune.masks import apply_masks
 from twossp.serve import gguf as gguf_export
 from twossp.serve.gguf import refusal, write_gguf
@@ -96,8 +96,9 @@ def _field(path: Path, key: str):
 @pytest.mark.parametrize("family", EXPORTABLE)
 def test_2ssp_pruned_model_runs_in_llama_cpp_as_in_twossp(tiny, cpu, tokenizer, tmp_path, family) -> None:
     model = _model(tiny, family)
-    outcome = prune(model, adapter_for(model.config), tiny.tokens(4, 24, vocab=320, seed=11), 0.5,
-                    METHODS["2ssp"].spec(), cpu)
+    outcome = prune(PruneContext(model=model, adapter=adapter_for(model.config),
+                                 calibration=tiny.tokens(4, 24, vocab=320, seed=11), sparsity=0.5,
+                                 method=METHODS["2ssp"].spec(), device=cpu))
     assert outcome.removed_attention and model.config.intermediate_size < 128  # attention gone, FFN narrowed
     path = tmp_path / "m.gguf"
     _check_in_llama_cpp(model, tokenizer, path)
@@ -117,8 +118,9 @@ def test_2ssp_pruned_model_runs_in_llama_cpp_as_in_twossp(tiny, cpu, tokenizer, 
 @pytest.mark.parametrize("family", EXPORTABLE)
 def test_whole_blocks_removed_is_the_plain_architecture(tiny, cpu, tokenizer, tmp_path, family) -> None:
     model = _model(tiny, family)
-    outcome = prune(model, adapter_for(model.config), tiny.tokens(4, 24, vocab=320, seed=11), 0.5,
-                    METHODS["shortgpt"].spec(), cpu)
+    outcome = prune(PruneContext(model=model, adapter=adapter_for(model.config),
+                                 calibration=tiny.tokens(4, 24, vocab=320, seed=11), sparsity=0.5,
+                                 method=METHODS["shortgpt"].spec(), device=cpu))
     path = tmp_path / "m.gguf"
     _check_in_llama_cpp(model, tokenizer, path)
     arch = "qwen2" if family == "qwen2" else "llama"
@@ -176,8 +178,9 @@ def pruned_llama(tokenizer):
     from conftest import random_tokens, tiny_model
 
     model = tiny_model("llama", num_layers=6, vocab_size=320)
-    prune(model, adapter_for(model.config), random_tokens(4, 24, vocab=320, seed=11), 0.5,
-          METHODS["2ssp"].spec(), torch.device("cpu"))
+    prune(PruneContext(model=model, adapter=adapter_for(model.config),
+                       calibration=random_tokens(4, 24, vocab=320, seed=11), sparsity=0.5,
+                       method=METHODS["2ssp"].spec(), device=torch.device("cpu")))
     return model
 
 
@@ -228,8 +231,9 @@ def test_k_quants_are_made_by_llama_cpp_and_lose_less_than_the_legacy_types(tiny
     q5_k_m 0.54, q5_0 0.76, q4_k_m 0.94, q4_0 1.05, q2_k 1.40): fewer bits lose more, and a K-quant
     less than the legacy type of its size."""
     model = tiny.model("llama", num_layers=4, vocab_size=320, hidden_size=256, intermediate_size=512)
-    prune(model, adapter_for(model.config), tiny.tokens(4, 24, vocab=320, seed=11), 0.5,
-          METHODS["2ssp"].spec(), cpu)
+    prune(PruneContext(model=model, adapter=adapter_for(model.config),
+                       calibration=tiny.tokens(4, 24, vocab=320, seed=11), sparsity=0.5, method=METHODS["2ssp"].spec(),
+                       device=cpu))
     ids = tokenizer(TEXT)["input_ids"]
     with torch.no_grad():
         expected = model(torch.tensor([ids])).logits[0].numpy()
@@ -272,7 +276,8 @@ def test_families_llama_cpp_cannot_run_pruned_are_refused(tiny, tokenizer, tmp_p
 
 def test_a_slicegpt_model_is_refused(tiny, cpu, tokenizer, tmp_path) -> None:
     model = _model(tiny, "llama", layers=4)
-    prune(model, adapter_for(model.config), tiny.tokens(4, 24, vocab=320), 0.25, METHODS["slicegpt"].spec(), cpu)
+    prune(PruneContext(model=model, adapter=adapter_for(model.config), calibration=tiny.tokens(4, 24, vocab=320),
+                       sparsity=0.25, method=METHODS["slicegpt"].spec(), device=cpu))
     with pytest.raises(ExportUnsupported, match="SliceGPT.*shortcut"):
         write_gguf(model, tokenizer, tmp_path / "m.gguf")
     assert METHODS["slicegpt"].gguf_refusal and all(m.gguf_refusal is None for n, m in METHODS.items()

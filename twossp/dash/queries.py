@@ -14,11 +14,12 @@ from typing import Any, Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from twossp.contracts import DOWNSTREAM_ACC_MEAN, SPEED_DECODE_TOKENS_PER_SECOND, SPEED_PREFILL_SECONDS, RunStatus
+from twossp.contracts import (DOWNSTREAM_ACC_MEAN, REMOVAL_DETAIL_KEYS, SPEED_DECODE_TOKENS_PER_SECOND,
+                              SPEED_PREFILL_SECONDS, RunStatus, removal_record)
 from twossp.dash.frame import STATE_STYLES, Column, Frame, Param
 from twossp.db import store
 from twossp.db.models import Run, Score, Sweep
-from twossp.errors import ViewError
+from twossp.errors import ViewError, last_line
 from twossp.registry import Registry
 
 SWEEP = Param(help="only runs of this sweep (its name)")
@@ -49,8 +50,7 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def _last_line(text: str | None, limit: int = 160) -> str | None:
-    lines = (text or "").strip().splitlines()
-    return (lines[-1][:limit] if lines else None)
+    return last_line(text)[:limit] or None
 
 
 # ------------------------------------------------------------------------------- leaderboard
@@ -229,21 +229,16 @@ def removal_steps(run: Run) -> tuple[list[tuple[str, int]], bool]:
     """What the run's method removed, as (attention | ffn | block, layer), and whether that is the
     order it removed them in: 2SSP's stage 2 and BlockPruner record one; the whole-block methods
     record their blocks (no order)."""
-    details = run.details or {}
-    if "removed_attention_order" in details:
-        return [("attention", int(layer)) for layer in details["removed_attention_order"]], True
-    if "removal_order" in details:
-        return [(str(kind), int(layer)) for kind, layer in details["removal_order"]], True
-    return [("block", int(layer)) for layer in details.get("removed_blocks", [])], False
+    record = removal_record(run.details)
+    return record.steps, record.ordered
 
 
 def layer_map(run: Run) -> tuple[Frame, Frame]:
     """One row per decoder layer: attention kept or removed (and at which step), the FFN neurons
     kept as a bar of the dense width; and the removal steps with the calibration perplexity after
     each (2SSP's stage 2, BlockPruner)."""
-    details = run.details or {}
-    steps, ordered = removal_steps(run)
-    after = details.get("calibration_perplexity_after_each_removal") or []
+    record = removal_record(run.details)
+    steps, ordered, after = record.steps, record.ordered, record.calibration_perplexity
     step_of: dict[tuple[str, int], int] = {}
     for number, (kind, layer) in enumerate(steps, start=1):
         step_of.setdefault((kind, layer), number)
@@ -278,8 +273,7 @@ def layer_map(run: Run) -> tuple[Frame, Frame]:
 
 
 #: details shown elsewhere in the run view (tasks and tokens with the scores, orders in the layer map)
-_SHOWN_ELSEWHERE = ("tasks", "evaluation_tokens", "removed_attention_order", "removal_order",
-                    "calibration_perplexity_after_each_removal")
+_SHOWN_ELSEWHERE = ("tasks", "evaluation_tokens", *REMOVAL_DETAIL_KEYS)
 
 
 def _details(run: Run) -> Frame:

@@ -31,6 +31,7 @@ from twossp.contracts import Progress, PruneOutcome
 from twossp.errors import BudgetError
 from twossp.families.base import FamilyAdapter, count
 from twossp.prune.calibration import BlockInputs
+from twossp.prune.context import ModelContext, PruneContext
 
 
 ATTENTION, FFN = "attention", "ffn"
@@ -143,14 +144,14 @@ def split_removals(removed: list[Submodule]) -> tuple[list[int], list[int], list
             [i for kind, i in removed if kind == FFN and i not in attention], sorted(attention & ffn))
 
 
-def shared_path(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, params: dict, device: torch.device,
-                progress: Progress | None = None, batch: int = 1) -> dict:
+def shared_path(context: ModelContext, params: dict) -> dict:
     """The ``blockpruner path`` shared step: the greedy search up to the highest sparsity of the runs
     it feeds (``params["sparsity"]``); each takes its prefix (``steps_for``). A search that cannot
     reach it gives an empty path, and each run then searches alone (and fails as it would alone)."""
     try:
-        search = remove_submodules_greedy(model, adapter, windows[:params["num_calibration"]], params["sparsity"],
-                                          device, progress, batch)
+        search = remove_submodules_greedy(context.model, context.adapter,
+                                          context.calibration[:params["num_calibration"]], params["sparsity"],
+                                          context.device, context.progress, context.batch)
     except BudgetError as exc:
         return {"removed": [], "removed_params": [], "calibration_perplexity": [], "seconds": [], "error": str(exc)}
     return {"removed": [[kind, i] for kind, i in search.removed], "removed_params": search.removed_params,
@@ -176,19 +177,18 @@ def _taken_from(path: dict, model: nn.Module, adapter: FamilyAdapter, sparsity: 
                              layer_forwards=path["layer_forwards"], naive_layer_forwards=path["naive_layer_forwards"])
 
 
-def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float, method,  # noqa: ANN001
-        device: torch.device, progress: Progress | None = None, shared: dict | None = None,
-        batch: int = 1) -> PruneOutcome:
+def run(context: PruneContext) -> PruneOutcome:
     """The ``blockpruner`` sweep method: the greedy search on the first ``method.num_calibration``
-    windows (or its prefix of ``shared``, the ``blockpruner path`` step's result), then blocks without
-    attention and FFN deleted whole (``adapter.remove_blocks``). The outcome's lists are in dense
-    block indices; the layer forwards of a shared path are the whole path's."""
+    windows (or its prefix of ``context.shared``, the ``blockpruner path`` step's result), then blocks
+    without attention and FFN deleted whole (``adapter.remove_blocks``). The outcome's lists are in
+    dense block indices; the layer forwards of a shared path are the whole path's."""
+    model, adapter, sparsity = context.model, context.adapter, context.sparsity
     dense_params = adapter.block_counts(model).layer_params
     start = time.perf_counter()
-    search = _taken_from(shared, model, adapter, sparsity) if shared else None
+    search = _taken_from(context.shared, model, adapter, sparsity) if context.shared else None
     if search is None:
-        search = remove_submodules_greedy(model, adapter, calibration[:method.num_calibration], sparsity, device,
-                                          progress, batch)
+        search = remove_submodules_greedy(model, adapter, context.calibration[:context.method.num_calibration],
+                                          sparsity, context.device, context.progress, context.batch)
     attention, ffn, blocks = split_removals(search.removed)
     if blocks:
         adapter.remove_blocks(model, blocks)
@@ -200,15 +200,15 @@ def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, spa
         removed_ffn=ffn,
         removed_blocks=blocks,
         timings={"prune": elapsed},
+        removal_order=list(search.removed),
+        calibration_perplexity=search.calibration_perplexity,
+        layer_forwards=search.layer_forwards,
+        naive_layer_forwards=search.naive_layer_forwards,
         details={
-            "removal_order": [[kind, i] for kind, i in search.removed],
-            "calibration_perplexity_after_each_removal": search.calibration_perplexity,
             "removed_params_after_each_removal": search.removed_params,
             "seconds_after_each_removal": search.seconds,
             "target_params": search.target_params,
             "achieved_sparsity": achieved,
             "removed_blocks": blocks,
-            "layer_forwards": search.layer_forwards,
-            "naive_layer_forwards": search.naive_layer_forwards,
         },
     )

@@ -16,6 +16,7 @@ from twossp.contracts import Progress, PruneOutcome
 from twossp.errors import BudgetError
 from twossp.families.base import FamilyAdapter, layer_output
 from twossp.prune.calibration import hidden_input, hooked
+from twossp.prune.context import ModelContext, PruneContext, Runner
 
 
 @torch.no_grad()
@@ -77,13 +78,12 @@ def window_blocks(states: torch.Tensor, count: int) -> list[int]:
     return most_similar_window(window_similarity(states, count), count)
 
 
-def shared_scores(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, params: dict,
-                  device: torch.device, progress: Progress | None = None, batch: int = 1) -> dict:
+def shared_scores(context: ModelContext, params: dict) -> dict:
     """The ``block states`` shared step: what ShortGPT and the window method rank at every sparsity,
     computed from the states as each run would (the Block Influence, and the window similarity for
     every block count), not the states themselves (samples x (N + 1) x d floats: hundreds of MB for
     a large model's 256 windows)."""
-    states = last_token_states(model, adapter, windows, device, progress)
+    states = last_token_states(context.model, context.adapter, context.calibration, context.device, context.progress)
     return {"influence": block_influence(states).cpu(),
             "similarity": {count: window_similarity(states, count).cpu() for count in range(1, states.shape[1] - 1)}}
 
@@ -92,19 +92,19 @@ Scores = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def _whole_blocks(score: Scores, pick: Callable[[torch.Tensor, int], list[int]],
-                  taken: Callable[[dict, int], torch.Tensor]) -> Callable[..., PruneOutcome]:
+                  taken: Callable[[dict, int], torch.Tensor]) -> Runner:
     """A sweep runner that scores blocks on last-token states (``score(states, count)``, or ``taken``
     from the ``block states`` step's result) and deletes the ``pick``ed ones."""
-    def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
-            method: Any, device: torch.device, progress: Progress | None = None,
-            shared: dict | None = None) -> PruneOutcome:
+    def run(context: PruneContext) -> PruneOutcome:
+        model, adapter = context.model, context.adapter
         n = len(adapter.layers(model))
-        count = blocks_to_remove(n, sparsity)
+        count = blocks_to_remove(n, context.sparsity)
         if count >= n:
-            raise BudgetError(f"sparsity {sparsity:g} removes {count} of {n} blocks: nothing would be left")
+            raise BudgetError(f"sparsity {context.sparsity:g} removes {count} of {n} blocks: nothing would be left")
         start = time.perf_counter()
-        scores = (taken(shared, count).to(device) if shared
-                  else score(last_token_states(model, adapter, calibration, device, progress), count))
+        scores = (taken(context.shared, count).to(context.device) if context.shared
+                  else score(last_token_states(model, adapter, context.calibration, context.device, context.progress),
+                             count))
         blocks = pick(scores, count)
         adapter.remove_blocks(model, blocks)
         return PruneOutcome(

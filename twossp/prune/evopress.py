@@ -45,6 +45,7 @@ from twossp.contracts import Progress, PruneOutcome
 from twossp.errors import BudgetError
 from twossp.families.base import FamilyAdapter, layer_output
 from twossp.prune.calibration import block_inputs
+from twossp.prune.context import PruneContext
 from twossp.budget import blocks_to_remove
 
 Config = tuple[int, ...]  # dropped blocks, ascending
@@ -217,27 +218,29 @@ def evolve_blocks(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tenso
     )
 
 
-def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float, method,  # noqa: ANN001
-        device: torch.device, progress: Progress | None = None) -> PruneOutcome:
+def run(context: PruneContext) -> PruneOutcome:
     """The ``evopress`` sweep method: drop the ceil(s*N) blocks EvoPress chooses on all calibration
     windows, structurally (``adapter.remove_blocks``)."""
+    model, adapter, method = context.model, context.adapter, context.method
     n = len(adapter.layers(model))
-    count = blocks_to_remove(n, sparsity)
+    count = blocks_to_remove(n, context.sparsity)
     if count >= n:
-        raise BudgetError(f"sparsity {sparsity} removes {count} of {n} blocks: nothing would be left")
+        raise BudgetError(f"sparsity {context.sparsity} removes {count} of {n} blocks: nothing would be left")
     start = time.perf_counter()
-    search = evolve_blocks(model, adapter, calibration, count, method.generations, method.offspring,
-                           method.search_seed, device, method.initial_candidates, method.max_mutations, progress)
+    search = evolve_blocks(model, adapter, context.calibration, count, generations=method.generations,
+                           offspring=method.offspring, seed=method.search_seed, device=context.device,
+                           initial_candidates=method.initial_candidates, max_mutations=method.max_mutations,
+                           progress=context.progress)
     adapter.remove_blocks(model, search.blocks)
     return PruneOutcome(
         kept_ffn=None, removed_attention=[], removed_blocks=search.blocks,
         timings={"prune": time.perf_counter() - start},
+        layer_forwards=search.layer_forwards,
         details={
             "removed_blocks": search.blocks, "blocks_removed": count,
             "kl": search.fitness, "initial_blocks": search.initial_blocks, "initial_kl": search.initial_fitness,
             "kl_per_generation": [float(f"{v:.6g}") for v in search.history],
             "selection_stages": [list(s) for s in search.stages],
             "window_evaluations": search.window_evaluations, "configurations": search.configurations,
-            "layer_forwards": search.layer_forwards,
         },
     )

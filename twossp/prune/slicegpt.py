@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,9 +42,7 @@ from twossp.contracts import SLICEGPT_CONFIG_KEY, Progress, PruneOutcome
 from twossp.errors import BudgetError, UnsupportedArchitecture
 from twossp.families.base import FamilyAdapter, RemovedAttention, new_linear
 from twossp.prune.calibration import block_inputs
-
-if TYPE_CHECKING:
-    from twossp.methods import SliceGPTMethod
+from twossp.prune.context import PruneContext
 
 
 CONFIG_KEY = SLICEGPT_CONFIG_KEY
@@ -300,6 +298,16 @@ def child_name(parent: nn.Module, child: nn.Module) -> str:
     return next(name for name, module in parent.named_children() if module is child)
 
 
+@dataclass(frozen=True)
+class _Widths:
+    """The widths one slicing works in."""
+
+    dense: int   # D, the hidden size
+    sliced: int  # D', the stream between blocks
+    head: int    # the last block's output and the LM head's input (D' or D)
+    eps: float   # the RMS norms' epsilon
+
+
 @torch.no_grad()
 def slice_model(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, width: int,
                 device: torch.device, slice_head: bool = False, progress: Progress | None = None) -> SliceReport:
@@ -316,11 +324,9 @@ def slice_model(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Ten
         raise BudgetError(f"sliced width must be in [1, {dense_width}], got {width}")
     model.eval()
     layers = adapter.layers(model)
-    decoder = adapter.decoder(model)
     final_norm = adapter.final_norm(model)
     head = model.get_output_embeddings()
-    eps = float(final_norm.variance_epsilon)
-    head_width = width if slice_head else dense_width
+    widths = _Widths(dense_width, width, width if slice_head else dense_width, float(final_norm.variance_epsilon))
     tied = head.weight is embed.weight
 
     # the embedding output: the first place the stream is read
@@ -332,59 +338,77 @@ def slice_model(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Ten
     model.set_input_embeddings(new_embed)
     signals = [_rotate(x, q[:, :width]) for x in signals]
 
-    for i, layer in enumerate(layers):
-        attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-        attn_reads, _ = stream_linears(attn, READS_ATTENTION, WRITES_ATTENTION, dense_width, f"block {i}")
-        mlp_reads, _ = stream_linears(mlp, READS_MLP, WRITES_MLP, dense_width, f"block {i}")
-        scale_attn, scale_mlp = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
-        for name in attn_reads:
-            setattr(attn, name, _reader(getattr(attn, name), scale_attn, q[:, :width]))
-        like = getattr(attn, WRITES_ATTENTION)
-        # until the next Q is known, the shortcut maps the sliced stream back to the dense coordinates
-        sliced = SlicedDecoderLayer(attn, mlp, RMSNormalize(dense_width, eps), RMSNormalize(dense_width, eps),
-                                    _shortcut(q[:, :width].T, like), nn.Identity(),
-                                    getattr(layer, "attention_type", None))
-        layers[i] = sliced
-
-        signals = [sliced.attention_half(x, **kwargs[i]) for x in signals]  # (1, L, D), dense coordinates
-        q_mid = principal_directions(_gram(signals))
-        sliced.attn_shortcut = _shortcut(q[:, :width].T @ q_mid[:, :width], like)
-        setattr(attn, WRITES_ATTENTION, _writer(like, q_mid[:, :width]))
-        for name in mlp_reads:
-            setattr(mlp, name, _reader(getattr(mlp, name), scale_mlp, q_mid[:, :width]))
-        sliced.mlp_shortcut = _shortcut(q_mid[:, :width].T, like)
-        signals = [_rotate(x, q_mid[:, :width]) for x in signals]
-
-        signals = [sliced.mlp_half(x) for x in signals]
-        q_out = principal_directions(_gram(signals))
-        d_out = head_width if i == len(layers) - 1 else width
-        sliced.mlp_shortcut = _shortcut(q_mid[:, :width].T @ q_out[:, :d_out], like)
-        setattr(mlp, WRITES_MLP, _writer(getattr(mlp, WRITES_MLP), q_out[:, :d_out]))
-        signals = [_rotate(x, q_out[:, :d_out]) for x in signals]
-        q = q_out
+    for i in range(len(layers)):
+        signals, q = _slice_block(adapter, layers, i, signals, kwargs[i], q, widths)
         if progress:
             progress("slicegpt blocks", i + 1, len(layers))
     del signals
 
-    model.set_output_embeddings(_reader(head, final_norm.weight, q[:, :head_width]))
-    setattr(decoder, child_name(decoder, final_norm), RMSNormalize(dense_width, eps))
-    model.config.tie_word_embeddings = False  # the embedding and the head now differ
+    _slice_head(model, adapter, head, q[:, :widths.head], widths)
     setattr(model.config, CONFIG_KEY, {"sliced_hidden_size": width, "hidden_size": dense_width,
-                                       "head_hidden_size": head_width, "rms_norm_eps": eps,
+                                       "head_hidden_size": widths.head, "rms_norm_eps": widths.eps,
                                        "untied_embeddings": tied})
     shortcuts = sum(layer.attn_shortcut.weight.numel() + layer.mlp_shortcut.weight.numel() for layer in layers)
-    return SliceReport(width, dense_width, head_width, shortcuts, adapter.block_counts(model).layer_params)
+    return SliceReport(width, dense_width, widths.head, shortcuts, adapter.block_counts(model).layer_params)
 
 
-def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
-        method: "SliceGPTMethod", device: torch.device, progress: Progress | None = None) -> PruneOutcome:
-    """The sweep runner: the widest multiple of ``method.round_to`` that meets ``sparsity`` in
+def _slice_block(adapter: FamilyAdapter, layers: nn.ModuleList, i: int, signals: list[torch.Tensor],
+                 kwargs: dict[str, Any], q: torch.Tensor, widths: _Widths) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Block ``i`` rotated and sliced, replaced by a ``SlicedDecoderLayer`` (paper Sec. 3.4): its
+    readers read the stream in ``q``, the basis it arrives in; the attention writes in the principal
+    directions of the stream after it (``q_mid``), the MLP in those of the block's output
+    (``q_out``); each residual connection becomes a shortcut matrix between two bases. Returns the
+    calibration signals leaving the block, in ``q_out``, and ``q_out``."""
+    width, dense_width, eps = widths.sliced, widths.dense, widths.eps
+    layer = layers[i]
+    attn, mlp = adapter.attention(layer), adapter.mlp(layer)
+    attn_reads, _ = stream_linears(attn, READS_ATTENTION, WRITES_ATTENTION, dense_width, f"block {i}")
+    mlp_reads, _ = stream_linears(mlp, READS_MLP, WRITES_MLP, dense_width, f"block {i}")
+    scale_attn, scale_mlp = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+    for name in attn_reads:
+        setattr(attn, name, _reader(getattr(attn, name), scale_attn, q[:, :width]))
+    like = getattr(attn, WRITES_ATTENTION)
+    # until the next Q is known, the shortcut maps the sliced stream back to the dense coordinates
+    sliced = SlicedDecoderLayer(attn, mlp, RMSNormalize(dense_width, eps), RMSNormalize(dense_width, eps),
+                                _shortcut(q[:, :width].T, like), nn.Identity(),
+                                getattr(layer, "attention_type", None))
+    layers[i] = sliced
+
+    signals = [sliced.attention_half(x, **kwargs) for x in signals]  # (1, L, D), dense coordinates
+    q_mid = principal_directions(_gram(signals))
+    sliced.attn_shortcut = _shortcut(q[:, :width].T @ q_mid[:, :width], like)
+    setattr(attn, WRITES_ATTENTION, _writer(like, q_mid[:, :width]))
+    for name in mlp_reads:
+        setattr(mlp, name, _reader(getattr(mlp, name), scale_mlp, q_mid[:, :width]))
+    sliced.mlp_shortcut = _shortcut(q_mid[:, :width].T, like)
+    signals = [_rotate(x, q_mid[:, :width]) for x in signals]
+
+    signals = [sliced.mlp_half(x) for x in signals]
+    q_out = principal_directions(_gram(signals))
+    d_out = widths.head if i == len(layers) - 1 else width
+    sliced.mlp_shortcut = _shortcut(q_mid[:, :width].T @ q_out[:, :d_out], like)
+    setattr(mlp, WRITES_MLP, _writer(getattr(mlp, WRITES_MLP), q_out[:, :d_out]))
+    return [_rotate(x, q_out[:, :d_out]) for x in signals], q_out
+
+
+def _slice_head(model: nn.Module, adapter: FamilyAdapter, head: nn.Linear, basis: torch.Tensor,
+                widths: _Widths) -> None:
+    """The final norm's scale fused into the LM head, which reads the last block's output in
+    ``basis``; the norm left weightless; the embedding and the head untied."""
+    final_norm, decoder = adapter.final_norm(model), adapter.decoder(model)
+    model.set_output_embeddings(_reader(head, final_norm.weight, basis))
+    setattr(decoder, child_name(decoder, final_norm), RMSNormalize(widths.dense, widths.eps))
+    model.config.tie_word_embeddings = False  # the embedding and the head now differ
+
+def run(context: PruneContext) -> PruneOutcome:
+    """The sweep runner: the widest multiple of ``method.round_to`` that meets the sparsity in
     P_layers (shortcut matrices counted), then ``slice_model``."""
+    model, adapter, method = context.model, context.adapter, context.method
     check_supported(model, adapter)
     dense = adapter.block_counts(model).layer_params
-    width = choose_width(model, adapter, sparsity, method.round_to)
+    width = choose_width(model, adapter, context.sparsity, method.round_to)
     start = time.perf_counter()
-    report = slice_model(model, adapter, calibration, width, device, progress=progress)
+    report = slice_model(model, adapter, context.calibration, width, context.device, progress=context.progress)
     return PruneOutcome(
         kept_ffn=None, removed_attention=[], removed_blocks=[],
         timings={"prune": time.perf_counter() - start},

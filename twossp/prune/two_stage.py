@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from twossp.budget import two_stage_budget
-from twossp.contracts import Progress, PruneOutcome
+from twossp.contracts import STAGE2_KEYS, Progress, PruneOutcome
 from twossp.families.base import FamilyAdapter
 from twossp.methods import TwoSSPMethod
+from twossp.prune.context import PruneContext
 from twossp.prune.depth import remove_attention_greedy
 from twossp.prune.width import neuron_scores, prune_width, top_neurons
 
@@ -41,13 +42,14 @@ def prune_2ssp(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tens
         kept_ffn=kept,
         removed_attention=depth.removed,
         timings={"stage 1": stage1 - start, "stage 2": stage2 - stage1, "prune": stage2 - start},
+        removal_order=[("attention", layer) for layer in depth.removed],
+        calibration_perplexity=depth.calibration_perplexity,
+        layer_forwards=depth.layer_forwards,
+        naive_layer_forwards=depth.naive_layer_forwards,
+        stored_as=STAGE2_KEYS,
         details={
             "budget": {"num_attention_removed": budget.num_attention_removed, "ffn_keep": budget.ffn_keep,
                        "ffn_params_cut_per_block": budget.ffn_params_cut_per_block},
-            "removed_attention_order": depth.removed,
-            "calibration_perplexity_after_each_removal": depth.calibration_perplexity,
-            "stage2_layer_forwards": depth.layer_forwards,
-            "stage2_naive_layer_forwards": depth.naive_layer_forwards,
             **({"stage2_candidate_batch": batch} if batch > 1 else {}),
         },
         budget=budget,
@@ -55,10 +57,10 @@ def prune_2ssp(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tens
     )
 
 
-def run(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, sparsity: float,
-        method: TwoSSPMethod, device: torch.device, progress: Progress | None = None,
-        shared: dict | None = None, batch: int = 1) -> PruneOutcome:
-    """The ``2ssp`` sweep method; ``shared``: the ``ffn scores`` step's result."""
-    return prune_2ssp(model, adapter, calibration, sparsity, device, alpha=method.alpha,
-                      num_calibration_second_stage=method.num_calibration_second_stage, progress=progress,
-                      scores=shared["scores"] if shared else None, batch=batch)
+def run(context: PruneContext) -> PruneOutcome:
+    """The ``2ssp`` sweep method; ``context.shared``: the ``ffn scores`` step's result."""
+    method: TwoSSPMethod = context.method
+    return prune_2ssp(context.model, context.adapter, context.calibration, context.sparsity, context.device,
+                      alpha=method.alpha, num_calibration_second_stage=method.num_calibration_second_stage,
+                      progress=context.progress, scores=context.shared["scores"] if context.shared else None,
+                      batch=context.batch)

@@ -8,6 +8,7 @@ from torch import nn
 from twossp.contracts import Progress
 from twossp.families.base import FamilyAdapter
 from twossp.prune.calibration import hooked
+from twossp.prune.context import ModelContext
 
 
 
@@ -35,10 +36,10 @@ def neuron_scores(model: nn.Module, adapter: FamilyAdapter, samples: torch.Tenso
     return [s / samples.shape[0] for s in sums]
 
 
-def shared_scores(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, params: dict, device: torch.device,
-                  progress: Progress | None = None, batch: int = 1) -> dict:
+def shared_scores(context: ModelContext, params: dict) -> dict:
     """The ``ffn scores`` shared step: every 2SSP run of this model and calibration ranks these."""
-    return {"scores": [s.cpu() for s in neuron_scores(model, adapter, windows, device, progress)]}
+    scores = neuron_scores(context.model, context.adapter, context.calibration, context.device, context.progress)
+    return {"scores": [s.cpu() for s in scores]}
 
 
 def top_neurons(scores: torch.Tensor, keep: int) -> torch.Tensor:

@@ -130,51 +130,32 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 @dataclass
-class _Run:
-    """One run's steps over the state they share (the model, its adapter and tokenizer)."""
+class _Loaded:
+    """What a run and a shared step both do: load the model on its device, cut the calibration
+    windows, free the memory. ``spec`` is a ``RunSpec`` or a ``StepSpec``, ``result`` its result."""
 
-    spec: RunSpec
-    result: RunResult
+    spec: Any
+    result: Any
     progress: Progress
-    shared: StepResult | None = None
     model: Any = None
     tokenizer: Any = None
     adapter: Any = None
     device: Any = None
     clock: Stopwatch | None = None
-    outcome: Any = None
     dense: Any = None
-    first_window: Any = None  # the first perplexity window: what the speed measurement reads
 
-    def execute(self) -> None:
+    def begin(self) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         self.result.versions = versions()
-        if self.shared is not None and self.shared.status != RunStatus.COMPLETED:
-            raise SharedStepFailed(f"the shared step it needs ({self.shared.kind} {self.shared.key}) failed: "
-                                   f"{self.shared.error}")
-        self.check_tasks()
-        self.load()
-        if method_of(self.spec.method).prunes:
-            self.prune(self.calibrate())
-        self.record_structure()
-        self.evaluate()
-        if self.spec.save_to and method_of(self.spec.method).prunes:
-            self.save()
-        self.release()
 
-    def check_tasks(self) -> None:
-        """A task that cannot get its data here fails the run before any pruning work."""
-        from twossp.data.hub import unreachable_tasks
-        from twossp.plan import plan_task_data
+    def context(self, windows: Any) -> Any:
+        """The ``prune.ModelContext`` of the loaded model and ``windows``."""
+        from twossp.prune import ModelContext
 
-        evaluation = self.spec.evaluation
-        unreachable = unreachable_tasks(evaluation.tasks, evaluation.task_data)
-        if unreachable:
-            raise DataUnavailable(unreachable)
-        if self.spec.task_data is not None and plan_task_data(evaluation) != self.spec.task_data:
-            raise DataUnavailable("the files of a task changed since the sweep was planned; run the sweep again")
+        return ModelContext(model=self.model, adapter=self.adapter, calibration=windows, device=self.device,
+                            progress=self.progress, batch=self.batch)
 
     def load(self) -> None:
         import torch
@@ -209,14 +190,65 @@ class _Run:
         self.clock.lap("calibration data")
         return windows
 
+    @property
+    def batch(self) -> int:
+        """``runtime.batch`` on this run's device."""
+        from twossp.device import batch_size
+
+        return batch_size(self.device, self.spec.runtime.batch)
+
+    def release(self) -> None:
+        from twossp.device import release_memory
+
+        self.model = None
+        release_memory(self.device)
+
+
+@dataclass
+class _Run(_Loaded):
+    """One run's steps over the state they share (the model, its adapter and tokenizer)."""
+
+    spec: RunSpec
+    result: RunResult
+    shared: StepResult | None = None
+    outcome: Any = None
+    first_window: Any = None  # the first perplexity window: what the speed measurement reads
+
+    def execute(self) -> None:
+        self.begin()
+        if self.shared is not None and self.shared.status != RunStatus.COMPLETED:
+            raise SharedStepFailed(f"the shared step it needs ({self.shared.kind} {self.shared.key}) failed: "
+                                   f"{self.shared.error}")
+        self.check_tasks()
+        self.load()
+        if method_of(self.spec.method).prunes:
+            self.prune(self.calibrate())
+        self.record_structure()
+        self.evaluate()
+        if self.spec.save_to and method_of(self.spec.method).prunes:
+            self.save()
+        self.release()
+
+    def check_tasks(self) -> None:
+        """A task that cannot get its data here fails the run before any pruning work."""
+        from twossp.data.hub import unreachable_tasks
+        from twossp.plan import plan_task_data
+
+        evaluation = self.spec.evaluation
+        unreachable = unreachable_tasks(evaluation.tasks, evaluation.task_data)
+        if unreachable:
+            raise DataUnavailable(unreachable)
+        if self.spec.task_data is not None and plan_task_data(evaluation) != self.spec.task_data:
+            raise DataUnavailable("the files of a task changed since the sweep was planned; run the sweep again")
+
     def prune(self, windows: Any) -> None:
         from twossp.prune import prune
 
         payload, record = self.take_shared()
-        self.outcome = prune(self.model, self.adapter, windows, self.spec.sparsity, self.spec.method, self.device,
-                             self.progress, shared=payload, batch=self.batch)
+        self.outcome = prune(self.context(windows).pruning(sparsity=self.spec.sparsity, method=self.spec.method,
+                                                           shared=payload))
         self.result.timings.update(self.outcome.timings)  # the method's own phases ("prune", "stage 1", ...)
-        self.result.details = dict(self.outcome.details)
+        self.result.details = self.outcome.stored_details()
         if record:
             self.result.details["shared_step"] = record
         self.clock.skip()
@@ -271,13 +303,6 @@ class _Run:
             self.generate()
 
     @property
-    def batch(self) -> int:
-        """``runtime.batch`` on this run's device."""
-        from twossp.device import batch_size
-
-        return batch_size(self.device, self.spec.runtime.batch)
-
-    @property
     def seq_len(self) -> int:
         calib = self.spec.calibration
         return self.spec.evaluation.seq_len or (calib.seq_len if calib else 2048)
@@ -320,7 +345,7 @@ class _Run:
 
         settings = self.spec.evaluation.generate
         self.progress("generate", 0, 1)
-        self.result.generations = generate_texts(self.model, self.tokenizer, settings.read_prompts(),
+        self.result.generations = generate_texts(self.model, self.tokenizer, self.spec.generation_prompts(),
                                                  settings.max_new_tokens, self.device)
         self.clock.lap("generate")
 
@@ -339,25 +364,20 @@ class _Run:
             result.details["saved_stock_checkpoint"] = saved.stock
         self.clock.lap("save")
 
-    def release(self) -> None:
-        from twossp.device import release_memory
-
-        self.model = None
-        release_memory(self.device)
 
 
-class _Step(_Run):
-    """A shared step's steps: load -> calibrate -> compute (the run's own load and calibrate)."""
+@dataclass
+class _Step(_Loaded):
+    """A shared step's steps: load -> calibrate -> compute."""
+
+    spec: StepSpec
+    result: StepResult
 
     def execute(self) -> None:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        self.result.versions = versions()
+        self.begin()
         self.load()
         windows = self.calibrate()
         compute = SHARED_STEPS[self.spec.kind].compute.load()
-        self.result.payload = compute(self.model, self.adapter, windows, self.spec.params, self.device, self.progress,
-                                      self.batch)
+        self.result.payload = compute(self.context(windows), self.spec.params)
         self.clock.lap(self.spec.kind)
         self.release()
