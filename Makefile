@@ -9,19 +9,27 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install quickstart test
+.PHONY: install install-test quickstart test
 
+# The core: what twossp needs to prune, evaluate, store and show (all the quickstart uses).
 install: $(VENV)/.installed
+# The core, then what the tests use too: pytest, hypothesis, psycopg, and llama.cpp's binding.
+install-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) '$(TORCH)' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torch, transformers, ray, sqlalchemy, twossp"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 	@echo "installing llama-cpp-python (the first time pip builds llama.cpp from source: about 8 minutes)"
 	$(PIP) -e '.[gguf]' 2>&1 | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || echo "llama-cpp-python could not be built here:" \
 		"the tests that run GGUF exports in llama.cpp are skipped"
-	$(BIN)/python -c "import torch, transformers, ray, sqlalchemy, twossp"
+	$(BIN)/python -c "import pytest, hypothesis, psycopg"
 	touch $@
 
 quickstart: install
@@ -29,5 +37,5 @@ quickstart: install
 	$(BIN)/twossp leaderboard
 	$(BIN)/twossp dash show tradeoff
 
-test: install
+test: install-test
 	$(BIN)/pytest
