@@ -9,6 +9,13 @@ class TwosspError(Exception):
     """Base class of every error twossp raises on purpose."""
 
 
+def last_line(error: str | None, default: str = "") -> str:
+    """The last line of an error's text, for a one-line report: a stored traceback ends with the
+    exception and its message. ``default`` when the text is None, empty or only whitespace."""
+    lines = (error or "").strip().splitlines()
+    return lines[-1] if lines else default
+
+
 @dataclass(frozen=True)
 class SpecProblem:
     """One problem found in a sweep file, located by file and line."""
