@@ -356,132 +356,245 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, tensor_type: str = 
 
 def _write(model: Any, tokenizer: Any, path: Path, tensor_type: str, align: int,
            metadata: Mapping[str, Any] | None) -> GgufFile:
-    from twossp.families import adapter_for
+    """Write ``model`` as GGUF of ``tensor_type``, its FFNs padded to multiples of ``align`` (and of
+    ``FFN_ALIGN``), in phases: the model read (which blocks stay, which architecture), its tensors
+    planned (none made yet), their types chosen, the keys and the tokenizer added, then the tensors
+    written one at a time to a partial file that is renamed into place once whole."""
     from twossp.serve.vocab import add_tokenizer
 
-    gguf = gguf_module()
+    source = _read_source(model)
+    kind = TENSOR_TYPES[tensor_type]
+    planned = _plan_tensors(source, align)
+    types = _choose_types(planned, kind, tensor_type)
+    context = _context_length(model.config, planned.rewrites)
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")  # renamed into place once whole
+    writer = gguf_module().GGUFWriter(str(partial), source.arch)
+    _add_model_keys(writer, source, planned, kind, context)
+    for key, value in (metadata or {}).items():
+        _add_value(writer, key, value)
+    add_tokenizer(writer, tokenizer, source.vocab)
+    _write_tensors(writer, planned.tensors, partial, path)
+    return GgufFile(path, source.arch, tensor_type, len(source.kept), sum(1 for c in planned.kv_counts if c),
+                    planned.ffn_widths, source.dropped, planned.rewrites, types)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The pruned model as the file will hold it: which blocks stay, the architecture declared and
+    the shapes llama.cpp reads."""
+
+    model: Any
+    layout: Layout
+    adapter: Any
+    kept: list[tuple[int, Any, bool, bool]]  # (dense block index, layer, has attention, has an FFN), in order
+    dropped: list[int]                       # dense blocks with neither: left out of the file
+    plain: bool                              # every kept block whole, one FFN width: the family's architecture
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rope: dict[str, Any]
+
+    @property
+    def arch(self) -> str:
+        return self.layout.plain_arch if self.plain else "deci"
+
+    @property
+    def pair_rows(self) -> bool:
+        """Whether q and k rows are reordered for an architecture that rotates adjacent pairs."""
+        return not (self.plain and self.layout.plain_rotates_halves)
+
+    @property
+    def vocab(self) -> int:
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+
+def _read_source(model: Any) -> _Source:
+    """Sort ``model``'s blocks into kept and dropped and pick the architecture; raises
+    ``ExportUnsupported`` for a family llama.cpp cannot run pruned or a model with no block left."""
+    from twossp.families import adapter_for
+
     config = model.config
     layout = layout_for(config)
-    kind = TENSOR_TYPES[tensor_type]
-    block = kind.block
     adapter = adapter_for(config)
-    layers = adapter.layers(model)
     present = [(i, layer, adapter.is_attention_present(layer), adapter.is_ffn_present(layer))
-               for i, layer in enumerate(layers)]
+               for i, layer in enumerate(adapter.layers(model))]
     dropped = [i for i, _, attn, ffn in present if not attn and not ffn]
     kept = [p for p in present if p[2] or p[3]]
     if not kept:
         raise ExportUnsupported("cannot write GGUF: every block lost both its attention and its FFN")
     widths = {adapter.ffn_width(layer) for _, layer, _, ffn in kept if ffn}
     plain = all(attn and ffn for _, _, attn, ffn in kept) and len(widths) == 1
-    arch = layout.plain_arch if plain else "deci"
-    pair_rows = not (plain and layout.plain_rotates_halves)
-
     hidden = model.get_input_embeddings().embedding_dim
-    heads, kv_heads = int(config.num_attention_heads), int(config.num_key_value_heads)
-    head_dim = int(_get(config, "head_dim", 0) or hidden // heads)
-    rope = rope_settings(config)
-    rewrites: list[str] = []
-    norm_attn, norm_ffn = adapter.attention_norm_attrs[0], adapter.ffn_norm_attrs[0]
+    heads = int(config.num_attention_heads)
+    return _Source(model, layout, adapter, kept, dropped, plain, hidden, heads, int(config.num_key_value_heads),
+                   int(_get(config, "head_dim", 0) or hidden // heads), rope_settings(config))
 
-    tensors: list[_Tensor] = [_Tensor("token_embd.weight", tuple(model.get_input_embeddings().weight.shape),
-                                      _of(model.get_input_embeddings().weight))]
-    if rope["rope_type"] == "llama3":
-        factors = llama3_rope_factors(rope, head_dim)
-        tensors.append(_Tensor("rope_freqs.weight", factors.shape, lambda: factors))
-    head_counts, kv_counts, ffn_widths = [], [], []
-    paddings: dict[tuple[int, int, int], list[int]] = {}  # (width, padded, block) -> dense block indices
-    zero_ffn: list[int] = []
-    for n, (i, layer, attn, ffn) in enumerate(kept):
-        prefix = f"blk.{n}"
-        if attn:
-            parts = layout.attention(adapter, layer)
-            head_counts.append(heads)
-            kv_counts.append(kv_heads)
-            tensors.append(_Tensor(f"{prefix}.attn_norm.weight", (hidden,), _of(getattr(layer, norm_attn).weight)))
-            for part, name in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("output", "attn_output")):
-                weight = parts[part]
-                n_heads = heads if part == "q" else kv_heads
-                transform = (lambda a, h=n_heads: _pair_rows(a, h)) if pair_rows and part in ("q", "k") else None
-                tensors.append(_Tensor(f"{prefix}.{name}.weight", tuple(weight.shape),
-                                       _of(weight, transform) if transform else _of(weight)))
-                bias = parts.get(f"{part}.bias")
-                if bias is not None:
-                    tensors.append(_Tensor(f"{prefix}.{name}.bias", tuple(bias.shape),
-                                           _of(bias, transform) if transform else _of(bias)))
-        elif n == 0:
-            head_counts.append(heads)
-            kv_counts.append(0)
-            tensors += [_Tensor(f"{prefix}.attn_norm.weight", (hidden,), _ones(hidden)),
-                        _Tensor(f"{prefix}.attn_output.weight", (hidden, hidden), _zeros(hidden, hidden))]
-            rewrites.append(f"block {i} has no attention; llama.cpp reads the head size from the first block, so it "
-                            "is written as a linear attention whose output matrix is zero (it adds exactly 0)")
-        else:
-            head_counts.append(0)
-            kv_counts.append(0)
+
+@dataclass
+class _Planned:
+    """The tensors of the file in order (none made yet), the per-block keys that describe them, and
+    the exact rewrites they took, in words."""
+
+    tensors: list[_Tensor] = field(default_factory=list)
+    head_counts: list[int] = field(default_factory=list)
+    kv_counts: list[int] = field(default_factory=list)
+    ffn_widths: list[int] = field(default_factory=list)     # as written (zero-padded where noted)
+    rewrites: list[str] = field(default_factory=list)
+    paddings: dict[tuple[int, int, int], list[int]] = field(default_factory=dict)  # (width, padded, whole) -> blocks
+    zero_ffn: list[int] = field(default_factory=list)      # dense blocks written with a zero FFN
+
+
+def _plan_tensors(source: _Source, align: int) -> _Planned:
+    """Every tensor of the file, in file order: the embedding (and Llama 3's RoPE factors), each kept
+    block's attention and FFN, the final norm and an untied head."""
+    planned = _Planned()
+    embedding = source.model.get_input_embeddings().weight
+    planned.tensors.append(_Tensor("token_embd.weight", tuple(embedding.shape), _of(embedding)))
+    if source.rope["rope_type"] == "llama3":
+        factors = llama3_rope_factors(source.rope, source.head_dim)
+        planned.tensors.append(_Tensor("rope_freqs.weight", factors.shape, lambda: factors))
+    for n, (i, layer, attn, ffn) in enumerate(source.kept):
+        _plan_attention(source, planned, n, i, layer, attn)
         if ffn:
-            parts = layout.ffn(adapter, layer)
-            width = int(parts["down"].shape[1])
-            whole = max(align, FFN_ALIGN)
-            padded = -(-width // whole) * whole
-            if padded != width:
-                paddings.setdefault((width, padded, whole), []).append(i)
-            tensors += [
-                _Tensor(f"{prefix}.ffn_norm.weight", (hidden,), _of(getattr(layer, norm_ffn).weight)),
-                _Tensor(f"{prefix}.ffn_gate.weight", (padded, hidden), _padded_rows(parts["gate"], padded)),
-                _Tensor(f"{prefix}.ffn_up.weight", (padded, hidden), _padded_rows(parts["up"], padded)),
-                _Tensor(f"{prefix}.ffn_down.weight", (hidden, padded), _padded_columns(parts["down"], padded)),
-            ]
+            _plan_ffn(source, planned, n, i, layer, align)
         else:
-            padded = ZERO_FFN_WIDTH
-            zero_ffn.append(i)
-            tensors += [_Tensor(f"{prefix}.ffn_norm.weight", (hidden,), _ones(hidden)),
+            _plan_zero_ffn(source, planned, n, i)
+    planned.rewrites += _block_rewrites(planned, source.dropped)
+    planned.tensors.append(_Tensor("output_norm.weight", (source.hidden,),
+                                   _of(source.adapter.final_norm(source.model).weight)))
+    head = source.model.get_output_embeddings()
+    if head.weight is not embedding:  # tied embeddings: llama.cpp reuses token_embd
+        planned.tensors.append(_Tensor("output.weight", tuple(head.weight.shape), _of(head.weight)))
+    return planned
+
+
+def _plan_attention(source: _Source, planned: _Planned, n: int, i: int, layer: Any, present: bool) -> None:
+    """Block ``n`` of the file (dense block ``i``): its attention, block 0's zero linear attention
+    where it has none (llama.cpp reads the head size from block 0), or no attention at all."""
+    hidden = source.hidden
+    if present:
+        planned.head_counts.append(source.heads)
+        planned.kv_counts.append(source.kv_heads)
+        planned.tensors += _attention_tensors(source, f"blk.{n}", layer)
+    elif n == 0:
+        planned.head_counts.append(source.heads)
+        planned.kv_counts.append(0)
+        planned.tensors += [_Tensor("blk.0.attn_norm.weight", (hidden,), _ones(hidden)),
+                            _Tensor("blk.0.attn_output.weight", (hidden, hidden), _zeros(hidden, hidden))]
+        planned.rewrites.append(f"block {i} has no attention; llama.cpp reads the head size from the first block, so "
+                                "it is written as a linear attention whose output matrix is zero (it adds exactly 0)")
+    else:
+        planned.head_counts.append(0)
+        planned.kv_counts.append(0)
+
+
+def _attention_tensors(source: _Source, prefix: str, layer: Any) -> list[_Tensor]:
+    """A kept attention's norm, q, k, v and output (and q/k/v biases), the q and k rows paired for
+    an architecture that rotates adjacent pairs (see the module docstring)."""
+    parts = source.layout.attention(source.adapter, layer)
+    norm = getattr(layer, source.adapter.attention_norm_attrs[0]).weight
+    tensors = [_Tensor(f"{prefix}.attn_norm.weight", (source.hidden,), _of(norm))]
+    for part, name in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("output", "attn_output")):
+        n_heads = source.heads if part == "q" else source.kv_heads
+        transform = (lambda a, h=n_heads: _pair_rows(a, h)) if source.pair_rows and part in ("q", "k") else None
+        for suffix, tensor in (("weight", parts[part]), ("bias", parts.get(f"{part}.bias"))):
+            if tensor is not None:
+                tensors.append(_Tensor(f"{prefix}.{name}.{suffix}", tuple(tensor.shape),
+                                       _of(tensor, transform) if transform else _of(tensor)))
+    return tensors
+
+
+def _plan_ffn(source: _Source, planned: _Planned, n: int, i: int, layer: Any, align: int) -> None:
+    """Block ``n``'s FFN (dense block ``i``), padded with zero neurons to whole blocks of
+    ``max(align, FFN_ALIGN)``."""
+    parts = source.layout.ffn(source.adapter, layer)
+    width = int(parts["down"].shape[1])
+    whole = max(align, FFN_ALIGN)
+    padded = -(-width // whole) * whole
+    if padded != width:
+        planned.paddings.setdefault((width, padded, whole), []).append(i)
+    hidden, prefix = source.hidden, f"blk.{n}"
+    norm = getattr(layer, source.adapter.ffn_norm_attrs[0]).weight
+    planned.tensors += [
+        _Tensor(f"{prefix}.ffn_norm.weight", (hidden,), _of(norm)),
+        _Tensor(f"{prefix}.ffn_gate.weight", (padded, hidden), _padded_rows(parts["gate"], padded)),
+        _Tensor(f"{prefix}.ffn_up.weight", (padded, hidden), _padded_rows(parts["up"], padded)),
+        _Tensor(f"{prefix}.ffn_down.weight", (hidden, padded), _padded_columns(parts["down"], padded)),
+    ]
+    planned.ffn_widths.append(padded)
+
+
+def _plan_zero_ffn(source: _Source, planned: _Planned, n: int, i: int) -> None:
+    """Block ``n`` (dense block ``i``) kept its attention but lost its FFN: an FFN of
+    ``ZERO_FFN_WIDTH`` zero neurons, since llama.cpp drops the attention of a block with FFN width 0."""
+    hidden, prefix, padded = source.hidden, f"blk.{n}", ZERO_FFN_WIDTH
+    planned.zero_ffn.append(i)
+    planned.tensors += [_Tensor(f"{prefix}.ffn_norm.weight", (hidden,), _ones(hidden)),
                         _Tensor(f"{prefix}.ffn_gate.weight", (padded, hidden), _zeros(padded, hidden)),
                         _Tensor(f"{prefix}.ffn_up.weight", (padded, hidden), _zeros(padded, hidden)),
                         _Tensor(f"{prefix}.ffn_down.weight", (hidden, padded), _zeros(hidden, padded))]
-        ffn_widths.append(padded)
-    rewrites += [f"{_blocks(blocks)}: FFN width {width} padded to {padded} with zero neurons, whole blocks of "
-                 f"{whole} for llama.cpp's kernels (exact)" for (width, padded, whole), blocks in paddings.items()]
-    if zero_ffn:
-        rewrites.append(f"{_blocks(zero_ffn)} kept attention but no FFN: written with a zero FFN {ZERO_FFN_WIDTH} wide "
-                        "(it adds exactly 0), since llama.cpp would drop the attention of a block with FFN width 0")
+    planned.ffn_widths.append(padded)
+
+
+def _block_rewrites(planned: _Planned, dropped: list[int]) -> list[str]:
+    """The block-level rewrites in words: FFNs padded, zero FFNs, blocks left out."""
+    rewrites = [f"{_blocks(blocks)}: FFN width {width} padded to {padded} with zero neurons, whole blocks of "
+                f"{whole} for llama.cpp's kernels (exact)"
+                for (width, padded, whole), blocks in planned.paddings.items()]
+    if planned.zero_ffn:
+        rewrites.append(f"{_blocks(planned.zero_ffn)} kept attention but no FFN: written with a zero FFN "
+                        f"{ZERO_FFN_WIDTH} wide (it adds exactly 0), since llama.cpp would drop the attention of a "
+                        "block with FFN width 0")
     if dropped:
         rewrites.append(f"{_blocks(dropped)} {'has' if len(dropped) == 1 else 'have'} neither attention nor FFN: "
                         "left out, the blocks after them renumbered")
-    tensors.append(_Tensor("output_norm.weight", (hidden,), _of(adapter.final_norm(model).weight)))
-    head = model.get_output_embeddings()
-    if head.weight is not model.get_input_embeddings().weight:  # tied embeddings: llama.cpp reuses token_embd
-        tensors.append(_Tensor("output.weight", tuple(head.weight.shape), _of(head.weight)))
+    return rewrites
 
-    for t in tensors:
+
+def _choose_types(planned: _Planned, kind: TensorType, tensor_type: str) -> dict[str, int]:
+    """Each tensor's GGML type: f32 for norms and biases, f16 for a matrix whose rows do not divide
+    into ``kind``'s blocks (noted in the rewrites), ``kind`` otherwise; returns type -> tensor count."""
+    gguf = gguf_module()
+    for t in planned.tensors:
         if len(t.shape) == 1:
             t.ggml = gguf.GGMLQuantizationType.F32
-        elif t.shape[-1] % block:
+        elif t.shape[-1] % kind.block:
             t.ggml = gguf.GGMLQuantizationType.F16
-            rewrites.append(f"{t.name} stays f16: its rows ({t.shape[-1]}) do not divide into {tensor_type} blocks")
+            planned.rewrites.append(f"{t.name} stays f16: its rows ({t.shape[-1]}) do not divide into {tensor_type} "
+                                    "blocks")
         else:
             t.ggml = kind.quantization
-    types = dict(Counter(t.ggml.name for t in tensors))
+    return dict(Counter(t.ggml.name for t in planned.tensors))
 
+
+def _context_length(config: Any, rewrites: list[str]) -> int:
+    """The context length declared: the model's, or its sliding window where that is shorter (noted
+    in ``rewrites``), since llama.cpp's Llama layout attends to the whole context."""
     context = int(_get(config, "max_position_embeddings", 2048))
     window = _get(config, "sliding_window", None)
     if window and int(window) < context and _get(config, "use_sliding_window", True):
         context = int(window)
         rewrites.append(f"context length set to the sliding window ({context} tokens): llama.cpp's Llama layout "
                         "attends to the whole context, which equals the window up to that length")
+    return context
 
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")  # renamed into place once whole
-    writer = gguf.GGUFWriter(str(partial), arch)
+
+def _add_model_keys(writer: Any, source: _Source, planned: _Planned, kind: TensorType, context: int) -> None:
+    """The keys llama.cpp needs to run the file, in the writer's order: a plain architecture takes one
+    head count and FFN width, ``deci`` one per block."""
+    gguf = gguf_module()
+    plain, rope, head_dim = source.plain, source.rope, source.head_dim
     writer.add_file_type(int(gguf.LlamaFileType[kind.file_type]))
-    if block > 1:
+    if kind.block > 1:
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(context)
-    writer.add_embedding_length(hidden)
-    writer.add_block_count(len(kept))
-    writer.add_feed_forward_length(ffn_widths[0] if plain else ffn_widths)
-    writer.add_head_count(heads if plain else head_counts)
-    writer.add_head_count_kv(kv_heads if plain else kv_counts)
+    writer.add_embedding_length(source.hidden)
+    writer.add_block_count(len(source.kept))
+    writer.add_feed_forward_length(planned.ffn_widths[0] if plain else planned.ffn_widths)
+    writer.add_head_count(source.heads if plain else planned.head_counts)
+    writer.add_head_count_kv(source.kv_heads if plain else planned.kv_counts)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)
@@ -489,12 +602,15 @@ def _write(model: Any, tokenizer: Any, path: Path, tensor_type: str, align: int,
     if rope["rope_type"] == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_vocab_size(int(model.get_input_embeddings().num_embeddings))
-    for key, value in (metadata or {}).items():
-        _add_value(writer, key, value)
-    add_tokenizer(writer, tokenizer, int(model.get_input_embeddings().num_embeddings))
+    writer.add_layer_norm_rms_eps(float(source.model.config.rms_norm_eps))
+    writer.add_vocab_size(source.vocab)
 
+
+def _write_tensors(writer: Any, tensors: list[_Tensor], partial: Path, path: Path) -> None:
+    """Write the header, the keys and ``tensors`` to ``partial``, each tensor made and encoded when
+    its turn comes (one in memory at a time), then rename ``partial`` to ``path``; a failure leaves
+    no partial file behind."""
+    gguf = gguf_module()
     for t in tensors:
         nbytes = int(np.prod(gguf.quants.quant_shape_to_byte_shape(t.shape, t.ggml)))
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes, raw_dtype=t.ggml)
@@ -508,5 +624,3 @@ def _write(model: Any, tokenizer: Any, path: Path, tensor_type: str, align: int,
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
-    return GgufFile(path, arch, tensor_type, len(kept), sum(1 for c in kv_counts if c), ffn_widths, dropped,
-                    rewrites, types)
