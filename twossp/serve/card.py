@@ -102,8 +102,17 @@ def render_card(provenance: Provenance, written: Any, engine: dict[str, Any] | N
     """The model card (Markdown) of ``written`` (a ``serve.gguf.GgufFile``). ``engine`` adds the
     figures llama.cpp measured on the file (``twossp export --evaluate``)."""
     p = provenance
+    lines = [*_introduction(p, written), *_pruned(p, written), *_scores(p), *_engine_figures(engine)]
+    if p.removed_blocks() and written.rewrites:
+        lines += ["Below, blocks are numbered as in the pruned model, whose whole blocks removed are gone.", ""]
+    lines += [*_how_written(written), *_use_it(written), *_provenance(p, written)]
+    return "\n".join(lines)
+
+
+def _introduction(p: Provenance, written: Any) -> list[str]:
+    """The title and what the file is: its format, size and where the removed parts went."""
     size = written.size / 2**20
-    lines = [
+    return [
         f"# {p.title}",
         "",
         f"`{written.path.name}`: one GGUF file ({written.tensor_type}, {size:,.1f} MiB) for llama.cpp and the tools "
@@ -111,13 +120,19 @@ def render_card(provenance: Provenance, written: Any, engine: dict[str, Any] | N
         "the file: a removed attention has no weights, and no KV cache when llama.cpp runs with flash attention "
         "(`-fa on`; without it llama.cpp pads every block's V cache to one size).",
         "",
+    ]
+
+
+def _pruned(p: Provenance, written: Any) -> list[str]:
+    """"What was pruned": the dense model, the method, the sparsities and what each block lost."""
+    options = f" ({', '.join(f'{k} {v}' for k, v in p.options.items())})" if p.options else ""
+    return [
         "## What was pruned",
         "",
         "| | |",
         "|---|---|",
         f"| dense model | {p.model} (`{p.source}`) |",
-        f"| method | {p.method_name}" + (f" ({', '.join(f'{k} {v}' for k, v in p.options.items())})"
-                                         if p.options else "") + " |",
+        f"| method | {p.method_name}{options} |",
         f"| sparsity target | {p.target_sparsity:g} |" if p.target_sparsity is not None else "| sparsity target | - |",
         f"| sparsity achieved | {p.achieved_sparsity:.4f} of the decoder-layer parameters |"
         if p.achieved_sparsity is not None else "| sparsity achieved | - |",
@@ -130,33 +145,52 @@ def render_card(provenance: Provenance, written: Any, engine: dict[str, Any] | N
         "Blocks are numbered as in the dense model.",
         "",
     ]
-    if p.scores:
-        lines += ["## Scores of the run", "", "Measured by twossp on the pruned model (PyTorch, Hugging Face "
-                  "transformers) when the run was computed.", "", "| dataset | metric | value |", "|---|---|---:|"]
-        lines += [f"| {d} | {m} | {v:.6g} |" for d, m, v in sorted(p.scores)]
-        lines.append("")
-    if engine:
-        lines += ["## Measured in llama.cpp", "", "| figure | value |", "|---|---:|"]
-        lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in engine.items()]
-        lines.append("")
+
+
+def _scores(p: Provenance) -> list[str]:
+    """The scores twossp stored for the run, if any."""
+    if not p.scores:
+        return []
+    return ["## Scores of the run", "", "Measured by twossp on the pruned model (PyTorch, Hugging Face "
+            "transformers) when the run was computed.", "", "| dataset | metric | value |", "|---|---|---:|",
+            *[f"| {d} | {m} | {v:.6g} |" for d, m, v in sorted(p.scores)], ""]
+
+
+def _engine_figures(engine: dict[str, Any] | None) -> list[str]:
+    """What llama.cpp measured on the file, if it was asked to."""
+    if not engine:
+        return []
+    return ["## Measured in llama.cpp", "", "| figure | value |", "|---|---:|",
+            *[f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in engine.items()], ""]
+
+
+def _how_written(written: Any) -> list[str]:
+    """The architecture declared, the tensor types and every exact rewrite the file took."""
     counts = ", ".join(f"{n} {t}" for t, n in sorted(written.types.items()))
-    if p.removed_blocks() and written.rewrites:
-        lines += ["Below, blocks are numbered as in the pruned model, whose whole blocks removed are gone.", ""]
-    lines += ["## How the file is written", "",
-              f"- llama.cpp architecture `{written.architecture}`"
-              + (" (its architecture for blocks that differ: per-block head counts and FFN widths)"
-                 if written.architecture == "deci" else "") + ".",
-              f"- Tensors: {counts}.",
-              *[f"- {r[0].upper()}{r[1:]}." for r in written.rewrites],
-              "", "## Use it", "",
-              "```sh", f"llama-server -m {written.path.name}", f"llama-cli -m {written.path.name} -p 'Hello'", "```",
-              "", "```python", "from llama_cpp import Llama", f"llm = Llama(model_path={written.path.name!r})", "```",
-              "", "## Provenance", "",
-              f"- Run key `{p.run_key}`; twossp {p.versions.get('twossp') or 'unknown'} computed it"
-              + (f" (git {p.versions['git']})" if p.versions.get("git") else "")
-              + (f", torch {p.versions['torch']}, transformers {p.versions['transformers']}"
-                 if p.versions.get("torch") else "") + ".",
-              f"- Exported by twossp {twossp_version()}; `twossp show {p.run_key}` shows the run, "
-              f"`twossp export {p.run_key} DIR --format gguf --type {written.tensor_type}` writes this file again.",
-              ""]
-    return "\n".join(lines)
+    deci = " (its architecture for blocks that differ: per-block head counts and FFN widths)"
+    return ["## How the file is written", "",
+            f"- llama.cpp architecture `{written.architecture}`" + (deci if written.architecture == "deci" else "")
+            + ".",
+            f"- Tensors: {counts}.",
+            *[f"- {r[0].upper()}{r[1:]}." for r in written.rewrites],
+            ""]
+
+
+def _use_it(written: Any) -> list[str]:
+    """How to run the file: llama.cpp's tools and its Python binding."""
+    name = written.path.name
+    return ["## Use it", "",
+            "```sh", f"llama-server -m {name}", f"llama-cli -m {name} -p 'Hello'", "```",
+            "", "```python", "from llama_cpp import Llama", f"llm = Llama(model_path={name!r})", "```", ""]
+
+
+def _provenance(p: Provenance, written: Any) -> list[str]:
+    """Which run and versions computed the model, and the command that writes this file again."""
+    git = f" (git {p.versions['git']})" if p.versions.get("git") else ""
+    libraries = (f", torch {p.versions['torch']}, transformers {p.versions['transformers']}"
+                 if p.versions.get("torch") else "")
+    return ["## Provenance", "",
+            f"- Run key `{p.run_key}`; twossp {p.versions.get('twossp') or 'unknown'} computed it{git}{libraries}.",
+            f"- Exported by twossp {twossp_version()}; `twossp show {p.run_key}` shows the run, "
+            f"`twossp export {p.run_key} DIR --format gguf --type {written.tensor_type}` writes this file again.",
+            ""]
