@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,47 +63,23 @@ def measure_speed(model: nn.Module, window: torch.Tensor, prompt: torch.Tensor, 
     of torch's allocator (tensors only). On the CPU the times are host wall-clock and the memory
     is the process's peak resident set (weights, activations and the interpreter; the lifetime
     peak where the OS cannot reset it; see ``twossp.device.peak_memory``)."""
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if new_tokens < 1:
-        raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
-    for name, ids in (("window", window), ("prompt", prompt)):
-        if ids.dim() != 1 or ids.numel() == 0:
-            raise ValueError(f"{name} must be a non-empty 1-D tensor of token ids, got shape {tuple(ids.shape)}")
-
+    _check_arguments(window, prompt, new_tokens, warmup, repeats)
     window_ids = window.to(device)[None]
     prompt_ids = prompt.to(device)[None]
 
     def prefill() -> None:
         model(window_ids, use_cache=False)  # the output is dropped so repeats do not hold two sets of logits
 
-    generated: list[torch.Tensor] = []
-
-    def decode_steps(cache, token: torch.Tensor) -> None:
-        steps = []
-        for _ in range(new_tokens):
-            steps.append(token)
-            out = model(token, cache=cache, use_cache=True)
-            cache = out.cache
-            # the argmax stays on the device: a host read would synchronise every step
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-        generated[:] = steps
-
-    def decode() -> float:
-        out = model(prompt_ids, use_cache=True)
-        first = out.logits[:, -1].argmax(-1, keepdim=True)
-        return elapsed(device, lambda: decode_steps(out.cache, first))
-
     with torch.inference_mode():
         for _ in range(warmup):
             prefill()
         reset_peak_memory(device)
         prefill_times = [elapsed(device, prefill) for _ in range(repeats)]
-        for _ in range(warmup):
-            decode()
-        rates = [new_tokens / decode() for _ in range(repeats)]
+        rates = []
+        for run in range(warmup + repeats):  # the first ``warmup`` decode runs are not counted
+            seconds, generated = _decode(model, prompt_ids, new_tokens, device)
+            if run >= warmup:
+                rates.append(new_tokens / seconds)
         memory = peak_memory(device)
 
     return Speed(
@@ -115,3 +92,39 @@ def measure_speed(model: nn.Module, window: torch.Tensor, prompt: torch.Tensor, 
         memory=memory,
         tokens=torch.cat(generated, dim=1)[0].cpu(),
     )
+
+
+def _check_arguments(window: torch.Tensor, prompt: torch.Tensor, new_tokens: int, warmup: int, repeats: int) -> None:
+    """``ValueError`` for counts out of range or token ids that are not a non-empty 1-D tensor."""
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if new_tokens < 1:
+        raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
+    for name, ids in (("window", window), ("prompt", prompt)):
+        if ids.dim() != 1 or ids.numel() == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D tensor of token ids, got shape {tuple(ids.shape)}")
+
+
+def _decode(model: nn.Module, prompt_ids: torch.Tensor, new_tokens: int,
+            device: torch.device) -> tuple[float, list[torch.Tensor]]:
+    """One greedy decode run: an untimed forward of the prompt fills the cache and predicts the
+    first token, then ``new_tokens`` one-token forwards are timed. Returns their seconds and the
+    (1, 1) token fed to each step (the last step's prediction is dropped)."""
+    out = model(prompt_ids, use_cache=True)
+    first = out.logits[:, -1].argmax(-1, keepdim=True)
+    steps: list[torch.Tensor] = []
+    return elapsed(device, lambda: _decode_steps(model, out.cache, first, new_tokens, steps)), steps
+
+
+def _decode_steps(model: nn.Module, cache: Any, token: torch.Tensor, new_tokens: int,
+                  steps: list[torch.Tensor]) -> None:
+    """``new_tokens`` one-token forwards from ``cache``, each fed the previous argmax (appended to
+    ``steps``)."""
+    for _ in range(new_tokens):
+        steps.append(token)
+        out = model(token, cache=cache, use_cache=True)
+        cache = out.cache
+        # the argmax stays on the device: a host read would synchronise every step
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
