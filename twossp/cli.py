@@ -31,7 +31,7 @@ from rich.text import Text
 from twossp.contracts import GGUF_TYPES
 from twossp.dash.render import FORMATS
 from twossp.errors import (CheckpointError, DatabaseError, EngineUnavailable, PlanError, QueryError, SchemaOutdated,
-                           SpecError, TwosspError, UnknownName, ViewError)
+                           SpecError, TwosspError, UnknownName, ViewError, last_line)
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -169,7 +169,6 @@ def _raise_plan_problems(reports: Iterable[Any], remote_ok: bool = True) -> None
 def plan(file: str, db_url: str | None, address: str | None, remote_files: bool) -> None:
     from twossp.db import store
     from twossp.db.versioning import database_exists
-    from twossp.methods import SHARED_STEPS, method_of
     from twossp.plan import SharedPlan, estimate_work, plan_shared
 
     [(_, spec, runs, report)] = _load_and_check([file], remote_files=remote_files, resolve=True)
@@ -179,7 +178,22 @@ def plan(file: str, db_url: str | None, address: str | None, remote_files: bool)
             statuses = store.run_statuses(session, [r.key for r in runs])
     shared = plan_shared(runs) if spec.runtime.share else SharedPlan()
     work = estimate_work(runs, shared, report.counts)
-    table = Table(title=Text(f"sweep {spec.name}: {len(runs)} runs"))
+    console.print(_runs_table(spec.name, runs, statuses, report, shared, work))
+    if shared.steps:
+        console.print(_steps_table(shared, work))
+    _say_work(runs, statuses, report, work)
+    unplaceable = _unplaceable(runs, address)
+    _raise_plan_problems([report])
+    if unplaceable:
+        sys.exit(2)
+
+
+def _runs_table(name: str, runs: list[Any], statuses: dict[str, str], report: Any, shared: Any, work: Any) -> Table:
+    """``sweep plan``'s table: one row per run, what it will remove, its estimated layer forwards,
+    the shared step it takes and its state in the database."""
+    from twossp.methods import method_of
+
+    table = Table(title=Text(f"sweep {name}: {len(runs)} runs"))
     for col in ("key", "model", "method", "sparsity", "calib", "seed", "will remove", "layer forwards", "shares",
                 "in database"):
         table.add_column(col)
@@ -195,19 +209,29 @@ def plan(file: str, db_url: str | None, address: str | None, remote_files: bool)
                       f"{sum(forwards):,}" if forwards is not None else
                       ("-" if method_of(run.method).work is None else "?"),
                       shared.needs.get(run.key, "-"), Text(status, style=colours.get(status, "yellow")))
-    console.print(table)
-    if shared.steps:
-        count = len(shared.steps)
-        steps = Table(title=Text(f"{count} shared step{'s' if count != 1 else ''}, each computed once for the runs "
-                                 "that share it"))
-        for col in ("key", "step", "runs", "layer forwards", "computes"):
-            steps.add_column(col)
-        for key, step in shared.steps.items():
-            forwards = work.steps.get(key)
-            steps.add_row(key, Text(step.label), str(len(shared.dependents(key))),
-                          f"{forwards:,}" if forwards is not None else "?",
-                          Text(SHARED_STEPS[step.kind].description))
-        console.print(steps)
+    return table
+
+
+def _steps_table(shared: Any, work: Any) -> Table:
+    """``sweep plan``'s shared steps: each computed once for the runs that share it."""
+    from twossp.methods import SHARED_STEPS
+
+    count = len(shared.steps)
+    steps = Table(title=Text(f"{count} shared step{'s' if count != 1 else ''}, each computed once for the runs "
+                             "that share it"))
+    for col in ("key", "step", "runs", "layer forwards", "computes"):
+        steps.add_column(col)
+    for key, step in shared.steps.items():
+        forwards = work.steps.get(key)
+        steps.add_row(key, Text(step.label), str(len(shared.dependents(key))),
+                      f"{forwards:,}" if forwards is not None else "?",
+                      Text(SHARED_STEPS[step.kind].description))
+    return steps
+
+
+def _say_work(runs: list[Any], statuses: dict[str, str], report: Any, work: Any) -> None:
+    """``sweep plan``'s summary: runs already done, the pruning work with and without sharing, and
+    why some runs have no estimate or no preview."""
     done = sum(1 for s in statuses.values() if s == "completed")
     say(f"{done} of {len(runs)} runs already completed")
     if work.estimated:
@@ -221,10 +245,6 @@ def plan(file: str, db_url: str | None, address: str | None, remote_files: bool)
     if report.unknown:
         say(("will remove: shown once a model's config.json is local (path:, the hub cache, or a builtin/GGUF "
              "model after its first run)", "dim"))
-    unplaceable = _unplaceable(runs, address)
-    _raise_plan_problems([report])
-    if unplaceable:
-        sys.exit(2)
 
 
 def _unplaceable(runs: list[Any], address: str | None) -> int:
@@ -299,7 +319,7 @@ def run(file: str, db_url: str | None, executor: str, address: str | None, rerun
     for retried_run, reason in outcome.retried:
         say(("retried", "yellow"), f" {retried_run.label} ({retried_run.key}): {reason}", stderr=True)
     for failed_run, error in outcome.failed:
-        say(("failed", "red"), f" {failed_run.label} ({failed_run.key}): {error.strip().splitlines()[-1]}",
+        say(("failed", "red"), f" {failed_run.label} ({failed_run.key}): {last_line(error, '?')}",
             stderr=True)
     if outcome.skipped_failed:
         say(f"{len(outcome.skipped_failed)} run(s) failed in an earlier sweep run and were skipped; "
@@ -321,7 +341,7 @@ def _say_shared(outcome: Any) -> None:
             "database")
     for step, result in failed:
         say(("shared step failed", "red"), f" {step.label} ({step.key}): "
-            f"{(result.error or '?').strip().splitlines()[-1]}", stderr=True)
+            f"{last_line(result.error, '?')}", stderr=True)
 
 
 @sweep.command("tasks", help="Write the lm-eval configs (and the converted task data) a sweep's runs evaluate "
@@ -498,7 +518,7 @@ def runs_cmd(db_url: str | None, status: str | None, show_scores: bool) -> None:
     for col in ("key", "model", "method", "target", "achieved", "status", "tries", "error"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        error = r.error.strip().splitlines()[-1] if r.error and r.error.strip() else ""
+        error = last_line(r.error)
         table.add_row(r.key, Text(r.model), r.method, f"{r.target_sparsity:g}",
                       f"{r.achieved_sparsity:.4f}" if r.achieved_sparsity is not None else "-", str(r.status),
                       str(r.attempts), Text(error))

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from twossp.contracts import RunResult
 from twossp.dash.frame import STATE_STYLES
+from twossp.errors import last_line
 from twossp.plan import RunSpec
 
 
@@ -54,7 +55,7 @@ class LiveSweep:
             row["phase"] = ""
             row["note"] = "  ".join(f"{d} ppl {v:.2f}" for d, m, v in result.scores if m == "perplexity")
         else:
-            row["note"] = (result.error or "").strip().splitlines()[-1][:120]
+            row["note"] = last_line(result.error)[:120]
         elapsed = (result.finished_at - result.started_at).total_seconds() if result.started_at and result.finished_at else 0
         message = Text.assemble((str(result.status), STATE_STYLES.get(result.status, "")), f" {run.label} ",
                                 (f"({run.key}, {elapsed:.0f}s)", "dim"), f" {row['note']}")

@@ -31,7 +31,7 @@ from twossp.contracts import RunResult, RunStatus, StepResult
 from twossp.db import store
 from twossp.db.models import utcnow
 from twossp.db.database import Database
-from twossp.errors import SweepCancelled
+from twossp.errors import SweepCancelled, last_line
 from twossp.plan import RunSpec, StepSpec, plan_shared, plan_sweep
 from twossp.runtime.executors import Executor, SharedWork
 from twossp.spec import SweepSpec
@@ -197,7 +197,7 @@ class SweepDriver:
         self.outcome.steps_computed.append((step, result))
         if result.status != RunStatus.COMPLETED:
             log.warning("shared step %s (%s) failed; the runs that need it fail with its error: %s", step.label,
-                        step.key, (result.error or "?").strip().splitlines()[-1])
+                        step.key, last_line(result.error, "?"))
         with self.db.session() as session:
             store.add_shared_step(session, step, result)
 
