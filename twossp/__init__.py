@@ -1,4 +1,6 @@
-"""twossp: structured pruning of LLMs with 2SSP (arXiv 2501.17771), run as declarative sweeps."""
+"""twossp: structured pruning of LLMs with 2SSP (arXiv 2501.17771) and the methods it is compared
+with, run as declarative sweeps whose results land in a database. This package root is the public
+facade: ``load_pruned`` reloads a model twossp saved; ``twossp.cli`` is the command line."""
 
 __version__ = "0.1.0"
 

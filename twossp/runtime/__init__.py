@@ -1,1 +1,4 @@
-"""Running runs: device resolution, model loading, the worker entry point and the executors."""
+"""Running sweeps: the driver (plan, claim, execute, store; the only writer of the database), the
+executors (Ray, or in-process), the worker entry point that runs one run, model loading, the
+preflight checks made from local files before any work, and ``twossp export`` (``export``).
+Devices are named in ``twossp.device`` alone."""
