@@ -5,8 +5,11 @@ one lm-eval task (from task files the tests write), speed and a greedy generatio
 ``twossp sweep run --executor local``.
 
 Snapshots need what a sweep measures of the machine to be fixed: after the sweep, and only in this
-copy of its database, times, hosts, versions and the speed figures are set to constants. Scores,
-masks, removal orders, generations and keys are the sweep's own."""
+copy of its database, times, hosts, versions and the speed figures are set to constants, and the
+session's folders in the stored sweep and run specs get fixed names (``<checkpoint>``, ``<views>``),
+so that a table is as wide wherever and however often the suite ran. Scores, masks, removal orders,
+generations and keys are the sweep's own (the keys hash the real paths: the snapshot tests replace
+them by placeholders of their width)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -37,23 +41,40 @@ class Swept:
     db_file: Path       # the normalised database the views read
     root: Path          # the sweep's folder
     sweep_file: Path
-    tmp: Path           # the session's temporary root: paths under it appear in specs (snapshots replace it)
+    tmp: Path           # the session's temporary root: normalise() leaves no path under it in the database
 
     @property
     def url(self) -> str:
         return f"sqlite:///{self.db_file}"
 
 
-def normalise(db_file: Path) -> None:
-    """Fix what depends on the machine and the clock (see the module's docstring)."""
+def fixed_folders(value: Any, folders: dict[str, str]) -> Any:
+    """``value`` (a path, or a value read from JSON) with each folder of ``folders`` replaced by its
+    fixed name."""
+    if isinstance(value, str):
+        for folder, name in folders.items():
+            value = value.replace(folder, name)
+        return value
+    if isinstance(value, dict):
+        return {k: fixed_folders(v, folders) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fixed_folders(v, folders) for v in value]
+    return value
+
+
+def normalise(db_file: Path, folders: dict[str, str]) -> None:
+    """Fix what depends on the machine, the clock and the session's folders (``folders``: each folder
+    and the fixed name it gets; see the module's docstring)."""
     with Database(str(db_file), create=False) as db:
         with db.session() as session:
             for sweep in session.scalars(select(Sweep)):
                 sweep.created_at = sweep.updated_at = T0
+                sweep.path, sweep.spec = fixed_folders(sweep.path, folders), fixed_folders(sweep.spec, folders)
             for i, run in enumerate(session.scalars(select(Run).order_by(Run.id))):
                 run.created_at = run.started_at = T0 + timedelta(minutes=i)
                 run.finished_at = run.heartbeat_at = run.started_at + timedelta(seconds=10 + i)
                 run.host, run.device, run.owner = "test-host", "cpu", OWNER
+                run.spec, run.details = fixed_folders(run.spec, folders), fixed_folders(run.details, folders)
                 run.versions = {"twossp": "0.1.0", "torch": "2", "transformers": "5", "python": "3"}
             for timing in session.scalars(select(Timing)):
                 timing.seconds = 1.0 + 0.25 * (timing.id % 4)
@@ -84,5 +105,5 @@ def views_db(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Swept
     assert result.exit_code == 0, result.output
     db_file = root / "views.db"
     shutil.copy(raw, db_file)
-    normalise(db_file)
+    normalise(db_file, {str(tiny_checkpoint.calibration.parent): "<checkpoint>", str(root): "<views>"})
     return Swept(db_file, root, sweep_file, tmp_path_factory.getbasetemp())

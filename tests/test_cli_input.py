@@ -9,9 +9,11 @@ import logging
 import shutil
 from datetime import timedelta
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
+from rich.console import Console
 from sqlalchemy import select, update
 
 from twossp import cli
@@ -20,6 +22,19 @@ from twossp.db.models import Run, utcnow
 from twossp.db.session import Database
 
 SECTION = "[bold red]x[/]"  # rich markup, which must be printed as it is
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fixed_terminal() -> Iterator[None]:
+    """A terminal of 300 columns and 50 lines, whatever the suite runs in: the CLI's consoles that
+    wide and without colour (rich reads COLUMNS once, when twossp.cli is imported: an env given to
+    CliRunner comes too late), and COLUMNS and LINES for what asks on each call (plotext's charts)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLUMNS", str(300))
+        mp.setenv("LINES", "50")
+        mp.setattr(cli, "console", Console(width=300, highlight=False, color_system=None))
+        mp.setattr(cli, "err", Console(width=300, stderr=True, highlight=False, color_system=None))
+        yield
 
 
 def invoke(*args: object) -> Result:

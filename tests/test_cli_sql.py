@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from rich.console import Console
 from sqlalchemy import text
 
 from stored_runs import claim, record, tiny_sweep
@@ -23,6 +25,19 @@ from twossp.plan import plan_sweep
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLES = ("sweeps", "runs", "scores", "timings", "layer_masks", "generations", "exports", "export_scores",
           "shared_steps")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fixed_terminal() -> Iterator[None]:
+    """A terminal of 200 columns and 50 lines, whatever the suite runs in: the CLI's consoles that
+    wide and without colour (rich reads COLUMNS once, when twossp.cli is imported: an env given to
+    CliRunner comes too late), and COLUMNS and LINES for what asks on each call (plotext's charts)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLUMNS", str(200))
+        mp.setenv("LINES", "50")
+        mp.setattr(cli, "console", Console(width=200, highlight=False, color_system=None))
+        mp.setattr(cli, "err", Console(width=200, stderr=True, highlight=False, color_system=None))
+        yield
 
 
 def invoke(*args: object) -> Result:

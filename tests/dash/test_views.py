@@ -13,21 +13,35 @@ import re
 import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
+from rich.console import Console
 
 from twossp import cli
 from twossp.dash.views import view_files
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
-WIDTH = "160"
+WIDTH = 160
 PACKAGED = ["ablation", "compare", "leaderboard", "run", "status", "tasks", "tradeoff"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def fixed_terminal() -> Iterator[None]:
+    """A terminal of WIDTH columns and 50 lines, whatever the suite runs in: the CLI's consoles that
+    wide and without colour (rich reads COLUMNS once, when twossp.cli is imported: an env given to
+    CliRunner comes too late), and COLUMNS and LINES for what asks on each call (plotext's charts)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLUMNS", str(WIDTH))
+        mp.setenv("LINES", "50")
+        mp.setattr(cli, "console", Console(width=WIDTH, highlight=False, color_system=None))
+        mp.setattr(cli, "err", Console(width=WIDTH, stderr=True, highlight=False, color_system=None))
+        yield
+
+
 def invoke(*args: object, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False,
-                              env={"COLUMNS": WIDTH, **(env or {})})
+    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False, env=env)
 
 
 def ok(result: Result) -> str:
@@ -55,9 +69,10 @@ def view_args(views_db, name: str) -> list[str]:
 
 
 def stable(views_db, out: str) -> str:
-    """Output without what depends on where the session's files are: their folder, and the run and
-    evaluation keys (which hash the sweep's file paths), each replaced by a placeholder of its width."""
-    text = out.replace(str(views_db.tmp), "<tmp>")
+    """Output without the run and evaluation keys, which hash the sweep's file paths (the session's
+    folder): each replaced by a placeholder of its width, so that no column's width changes. The
+    paths themselves have fixed names in the database the views read (tests/swept_views.py)."""
+    text = out
     for i, (key,) in enumerate(sql(views_db, "select key from runs order by id"), start=1):
         text = text.replace(key, f"run#{i:02d}".ljust(len(key), "."))
     for i, (key,) in enumerate(sql(views_db, "select distinct evaluation_key from runs order by evaluation_key"), start=1):
@@ -71,6 +86,14 @@ def test_the_sweep_filled_every_table(views_db) -> None:
                       ("shortgpt", "completed", 4)]
     for table in ("scores", "timings", "layer_masks", "generations"):
         assert sql(views_db, f"select count(distinct run_id) from {table}") == [(13,)], table
+
+
+def test_the_views_read_no_path_of_the_session(views_db) -> None:
+    """What the views show cannot depend on where the suite ran: no text in the database names the
+    session's folder (the snapshots would change width with its length)."""
+    with sqlite3.connect(views_db.db_file) as conn:
+        dump = "\n".join(conn.iterdump())
+    assert str(views_db.tmp) not in dump and "<checkpoint>/calib.jsonl" in dump
 
 
 def test_every_packaged_view_has_a_snapshot() -> None:
