@@ -15,7 +15,7 @@ import twossp
 #: The README's order, bottom first. A module's layer is its longest matching prefix.
 LAYERS: list[tuple[str, ...]] = [
     ("twossp.errors", "twossp.contracts", "twossp.registry", "twossp.budget", "twossp.cache", "twossp.fingerprint",
-     "twossp.device", "twossp.tasks"),
+     "twossp.device", "twossp.tasks", "twossp.strict"),
     ("twossp.methods",),
     ("twossp.spec",),
     ("twossp.plan",),

@@ -646,12 +646,12 @@ def test_deep_nesting_in_a_sweep_file() -> None:
 
 
 def test_a_recursion_error_anywhere_is_still_one_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    import twossp.spec
+    import twossp.spec.sweep_file
 
     def recurse(*args: Any) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(twossp.spec, "_cross_checks", recurse)
+    monkeypatch.setattr(twossp.spec.sweep_file, "cross_checks", recurse)
     [problem] = problems_in(MINIMAL)
     assert "nested more than" in problem.message
 

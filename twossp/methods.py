@@ -21,19 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from twossp.budget import blocks_to_remove, ceil_share, two_stage_budget
 from twossp.contracts import BlockCounts
 from twossp.errors import BudgetError
 from twossp.registry import Lazy, Registry
-
-
-class Strict(BaseModel):
-    """Sweep-file models: unknown keys, type coercions (``yes`` for a number, ``"1"`` for a flag)
-    and non-finite numbers are refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+from twossp.strict import Strict
 
 
 #: Integers stored in the database's INTEGER columns (and so in every run key) fit in 32 bits.
@@ -262,5 +256,5 @@ def method_of(spec: MethodSpec) -> Method:
     return METHODS[spec.name]
 
 
-__all__ = ["METHODS", "MAX_INT", "Method", "MethodSpec", "SHARED_STEPS", "SharedStep", "Strict", "Work", "method_of",
+__all__ = ["METHODS", "MAX_INT", "Method", "MethodSpec", "SHARED_STEPS", "SharedStep", "Work", "method_of",
            *(entry.spec.__name__ for entry in _ENTRIES)]

@@ -18,8 +18,9 @@ from twossp.contracts import BlockCounts
 from twossp.errors import BudgetError, DataUnavailable
 from twossp.fingerprint import fingerprint_file
 from twossp.methods import SHARED_STEPS, method_of
-from twossp.spec import AnyMethod, EvaluationSpec, ModelSpec, RuntimeSpec, Strict, SweepSpec, TaskSpec, TextSource
+from twossp.spec import AnyMethod, EvaluationSpec, ModelSpec, RuntimeSpec, SweepSpec, TaskSpec, TextSource
 from twossp.spec import source_key
+from twossp.strict import Strict
 from twossp.tasks import locate
 
 

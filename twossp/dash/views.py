@@ -23,11 +23,16 @@ from twossp.dash.frame import Column, Frame, Param, check_format, plain_value, s
 from twossp.dash.queries import QUERIES
 from twossp.dash.render import tables
 from twossp.errors import SpecError, SpecProblem, UnknownName, ViewError
-from twossp.methods import Strict
-from twossp.spec import finished, partial, read_text, read_yaml, validated
+from twossp.spec.fields import partial
+from twossp.spec.yaml_file import finished, read_text, read_yaml, validated
+from twossp.strict import Strict
 
 USER_DIR = Path("~/.config/twossp/dashboards")
 ENV = "TWOSSP_DASHBOARDS"
+
+#: Pydantic's tag for the ``str`` member of the smart unions ``default`` and ``series`` (``str |
+#: list[str]``): dropped from reported paths (``chart.series``, not ``chart.series.str``), as for sweeps.
+_UNION_TAGS = frozenset({"str"})
 
 
 class ParamSpec(Strict):
@@ -254,7 +259,7 @@ def parse_view(text: str, file: str) -> ViewSpec:
     problems, data, node = read_yaml(text, file, "a view file is a YAML mapping (title:, sql: or query:, ...)")
     if data is None:
         raise SpecError(finished(problems))
-    errors, spec = validated(ViewSpec, data, node, file)
+    errors, spec = validated(ViewSpec, data, node, file, union_tags=_UNION_TAGS)
     problems += errors + _problems(spec if spec is not None else partial(ViewSpec, data), set(data), _key_lines(node),
                                   file)
     if problems or spec is None:
