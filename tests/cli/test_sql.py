@@ -22,7 +22,7 @@ from twossp.db.session import Database
 from twossp.db.store import add_export
 from twossp.plan import plan_sweep
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 TABLES = ("sweeps", "runs", "scores", "timings", "layer_masks", "generations", "exports", "export_scores",
           "shared_steps")
 

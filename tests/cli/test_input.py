@@ -1,6 +1,6 @@
 """Input a new user gets wrong, through the real CLI: one specific message, the README's exit code,
 no traceback, no password, and nothing written. One test per class of mistake (the sweep-file
-classes themselves are in test_spec.py and test_spec_property.py)."""
+classes themselves are in tests/test_spec.py and tests/test_spec_property.py)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from twossp import cli
 from twossp.db.models import Run
 from twossp.db.session import Database, alembic_config, head_revision, upgrade
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GOOD_SWEEPS = [p for p in (REPO / "sweeps" / "quickstart.yaml", REPO / "sweeps" / "llama.yaml") if p.exists()]
 TWOSSP = Path(sys.executable).with_name("twossp")  # the console script of this environment
 
