@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, replace
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import Field, field_validator
 from sqlalchemy import text
@@ -122,92 +123,165 @@ def _sql_params(sql: str) -> list[str]:
     return list(text(sql).compile().params)
 
 
-def _problems(spec: Any, given: set[str], tree_lines: dict[str, Any], file: str) -> list[SpecProblem]:
-    """What a well-typed view file can still get wrong: the query, its parameters, the columns that
-    sort, group, chart, spread and bar refer to, formats and colours. ``spec`` may be a partial
-    one (``spec.partial``: an invalid field None), so these run in the same round as type errors."""
-    problems: list[SpecProblem] = []
-    params = spec.params or {}
-    columns = [c for c in spec.columns or [] if c is not None]
-    complete = len(columns) == len(spec.columns or [])
+@dataclass
+class _ViewFile:
+    """What the view rules read: a view (a ``ViewSpec``, or what validates of an invalid one, see
+    ``fields.partial``: an invalid field None), the keys the file gives, the line of each key path
+    (``_key_lines``) and the file's name."""
 
-    def add(where: str, message: str) -> None:
-        problems.append(SpecProblem(file, tree_lines.get(where) or tree_lines.get(where.split(".")[0]) or 1,
-                                    where, message))
+    spec: Any
+    given: set[str]
+    lines: dict[str, Any]
+    file: str
 
-    if ("sql" in given) == ("query" in given):
-        add("sql" if "sql" in given else "query", "a view has exactly one of sql: (a SELECT with :parameters) and query: "
-                                            f"(a built-in query: {', '.join(QUERIES)})")
-    known: set[str] | None = None
-    if spec.query is not None:
-        try:
-            builtin = QUERIES[spec.query]
-            for name, declared in params.items():
-                if name not in builtin.params:
-                    add(f"params.{name}", f"the built-in query {spec.query!r} takes no parameter {name!r}; it takes: "
-                                          f"{', '.join(builtin.params)}")
-                elif "type" in declared.model_fields_set and declared.type != builtin.params[name].type:
-                    add(f"params.{name}", f"the built-in query {spec.query!r} takes {name!r} as "
-                                          f"{builtin.params[name].type}, not {declared.type}")
+    def problem(self, where: str, message: str) -> SpecProblem:
+        """A problem at ``where`` (``columns[2].format``), on its line or its top-level key's."""
+        return SpecProblem(self.file, self.lines.get(where) or self.lines.get(where.split(".")[0]) or 1, where, message)
+
+    @property
+    def params(self) -> dict[str, ParamSpec]:
+        return self.spec.params or {}
+
+    @property
+    def columns(self) -> list[ColumnSpec]:
+        """The valid declared columns."""
+        return [c for c in self.spec.columns or [] if c is not None]
+
+    @cached_property
+    def known(self) -> set[str] | None:
+        """The columns the view's rows have, where the file says: a built-in query's (unless its
+        columns depend on the data), or the columns an SQL view declares. None when unknown, or when
+        a column is invalid (reported already: what refers to it is not guessed at)."""
+        known: set[str] | None = None
+        if self.spec.query in QUERIES:
+            builtin = QUERIES[self.spec.query]
             known = None if builtin.dynamic else {c for cols in builtin.columns.values() for c in cols}
-        except UnknownName as exc:
-            add("query", str(exc))
-    if spec.sql is not None:
-        used = _sql_params(spec.sql)
-        for name in used:
-            if name not in params and spec.params is not None:
-                add("sql", f"the SQL uses :{name}, which params: does not declare")
-        for name in params:
-            if name not in used:
-                add(f"params.{name}", f"parameter {name!r} is declared but the SQL never uses :{name}")
-        if columns:
-            known = {c.name for c in columns}
-    if not complete:
-        known = None  # an invalid column is reported already; what refers to it is not guessed at
-    for i, col in enumerate(spec.columns or []):
+        if self.spec.sql is not None and self.columns:
+            known = {c.name for c in self.columns}
+        return known if len(self.columns) == len(self.spec.columns or []) else None
+
+    def column_exists(self, where: str, name: str) -> Iterator[SpecProblem]:
+        """A reference to a column (in ``sort``, ``group_by``, ``chart``) names one of the view's."""
+        if self.known is not None and name not in self.known:
+            yield self.problem(where, f"no column {name!r}; columns: {', '.join(sorted(self.known))}")
+
+
+def _one_query(view: _ViewFile) -> Iterator[SpecProblem]:
+    """A view runs exactly one query: its own SQL or a built-in one."""
+    if ("sql" in view.given) == ("query" in view.given):
+        yield view.problem("sql" if "sql" in view.given else "query", "a view has exactly one of sql: (a SELECT "
+                           f"with :parameters) and query: (a built-in query: {', '.join(QUERIES)})")
+
+
+def _builtin_query_takes_the_params(view: _ViewFile) -> Iterator[SpecProblem]:
+    """A built-in query exists, and the parameters the file declares for it are its own, with its types."""
+    query = view.spec.query
+    if query is None:
+        return
+    try:
+        builtin = QUERIES[query]
+    except UnknownName as exc:
+        yield view.problem("query", str(exc))
+        return
+    for name, declared in view.params.items():
+        if name not in builtin.params:
+            yield view.problem(f"params.{name}", f"the built-in query {query!r} takes no parameter {name!r}; it "
+                                                 f"takes: {', '.join(builtin.params)}")
+        elif "type" in declared.model_fields_set and declared.type != builtin.params[name].type:
+            yield view.problem(f"params.{name}", f"the built-in query {query!r} takes {name!r} as "
+                                                 f"{builtin.params[name].type}, not {declared.type}")
+
+
+def _sql_params_are_declared(view: _ViewFile) -> Iterator[SpecProblem]:
+    """The SQL's ``:name`` parameters and ``params:`` are the same names: one undeclared could not be
+    bound, one unused would be a ``--param`` that changes nothing."""
+    if view.spec.sql is None:
+        return
+    used = _sql_params(view.spec.sql)
+    for name in used:
+        if name not in view.params and view.spec.params is not None:
+            yield view.problem("sql", f"the SQL uses :{name}, which params: does not declare")
+    for name in view.params:
+        if name not in used:
+            yield view.problem(f"params.{name}", f"parameter {name!r} is declared but the SQL never uses :{name}")
+
+
+def _column_settings_are_valid(view: _ViewFile) -> Iterator[SpecProblem]:
+    """Each column's number format and colours parse, and its ``spread`` and ``bar`` name columns the
+    view has: a mistake there would only show when the view is drawn."""
+    for i, col in enumerate(view.spec.columns or []):
         if col is None:
             continue
         if col.format is not None and (why := check_format(col.format)):
-            add(f"columns[{i}].format", why)
+            yield view.problem(f"columns[{i}].format", why)
         for value, style in col.colors.items():
             try:
                 Style.parse(style)
             except StyleSyntaxError:
-                add(f"columns[{i}].colors", f"{style!r} (for {value!r}) is not a colour or style (red, bold green, ...)")
+                yield view.problem(f"columns[{i}].colors",
+                                   f"{style!r} (for {value!r}) is not a colour or style (red, bold green, ...)")
         for ref in ("spread", "bar"):
             target = getattr(col, ref)
-            if target is not None and known is not None and target not in known:
-                add(f"columns[{i}].{ref}", f"{ref} names the column {target!r}, which the view does not have; "
-                                           f"columns: {', '.join(sorted(known))}")
+            if target is not None and view.known is not None and target not in view.known:
+                yield view.problem(f"columns[{i}].{ref}", f"{ref} names the column {target!r}, which the view does "
+                                                          f"not have; columns: {', '.join(sorted(view.known))}")
 
-    def check_column(where: str, name: str) -> None:
-        if known is not None and name not in known:
-            add(where, f"no column {name!r}; columns: {', '.join(sorted(known))}")
 
-    for i, key in enumerate(spec.sort or []):
-        check_column(f"sort[{i}]", key.removeprefix("-"))
-    for i, key in enumerate(spec.group_by or []):
-        check_column(f"group_by[{i}]", key)
-    if spec.chart is not None:
-        check_column("chart.x", spec.chart.x)
-        for i, y in enumerate(spec.chart.y):
-            check_column(f"chart.y[{i}]", y)
-        for i, name in enumerate([spec.chart.series] if isinstance(spec.chart.series, str) else spec.chart.series):
-            check_column(f"chart.series[{i}]" if not isinstance(spec.chart.series, str) else "chart.series", name)
-        for i, y in enumerate(spec.chart.log):
-            if y not in spec.chart.y:
-                add(f"chart.log[{i}]", f"{y!r} is not one of the chart's y columns ({', '.join(spec.chart.y)})")
-    for name, param in params.items():
-        builtin_param = QUERIES[spec.query].params.get(name) if spec.query in QUERIES else None
+def _sort_and_group_columns_exist(view: _ViewFile) -> Iterator[SpecProblem]:
+    """``sort`` and ``group_by`` name columns the view has."""
+    for i, key in enumerate(view.spec.sort or []):
+        yield from view.column_exists(f"sort[{i}]", key.removeprefix("-"))
+    for i, key in enumerate(view.spec.group_by or []):
+        yield from view.column_exists(f"group_by[{i}]", key)
+
+
+def _chart_columns_exist(view: _ViewFile) -> Iterator[SpecProblem]:
+    """The chart's x, y and series name columns the view has, and its log axes are among its y."""
+    chart = view.spec.chart
+    if chart is None:
+        return
+    yield from view.column_exists("chart.x", chart.x)
+    for i, y in enumerate(chart.y):
+        yield from view.column_exists(f"chart.y[{i}]", y)
+    one_series = isinstance(chart.series, str)
+    for i, name in enumerate([chart.series] if one_series else chart.series):
+        yield from view.column_exists("chart.series" if one_series else f"chart.series[{i}]", name)
+    for i, y in enumerate(chart.log):
+        if y not in chart.y:
+            yield view.problem(f"chart.log[{i}]", f"{y!r} is not one of the chart's y columns ({', '.join(chart.y)})")
+
+
+def _param_defaults_fit_their_types(view: _ViewFile) -> Iterator[SpecProblem]:
+    """A parameter's default is of its type (the file's, or else the built-in query's)."""
+    for name, param in view.params.items():
+        builtin_param = QUERIES[view.spec.query].params.get(name) if view.spec.query in QUERIES else None
         kind = param.type if "type" in param.model_fields_set or builtin_param is None else builtin_param.type
         if param.default is not None and (why := _type_problem(kind, param.default)):
-            add(f"params.{name}", f"default {why}")
-    if spec.query is not None and known is not None:  # columns restyled by name: the names must exist
-        for i, col in enumerate(columns):
-            if col.name not in known:
-                add(f"columns[{i}].name", f"the built-in query {spec.query!r} has no column {col.name!r}; columns: "
-                                          f"{', '.join(sorted(known))}")
-    return problems
+            yield view.problem(f"params.{name}", f"default {why}")
+
+
+def _restyled_columns_exist(view: _ViewFile) -> Iterator[SpecProblem]:
+    """The columns a built-in query's view restyles by name are columns of that query."""
+    if view.spec.query is None or view.known is None:
+        return
+    for i, col in enumerate(view.columns):
+        if col.name not in view.known:
+            yield view.problem(f"columns[{i}].name", f"the built-in query {view.spec.query!r} has no column "
+                                                     f"{col.name!r}; columns: {', '.join(sorted(view.known))}")
+
+
+#: What a well-typed view file can still get wrong, in the order its problems are reported.
+_VIEW_RULES = (_one_query, _builtin_query_takes_the_params, _sql_params_are_declared, _column_settings_are_valid,
+               _sort_and_group_columns_exist, _chart_columns_exist, _param_defaults_fit_their_types,
+               _restyled_columns_exist)
+
+
+def _problems(spec: Any, given: set[str], tree_lines: dict[str, Any], file: str) -> list[SpecProblem]:
+    """What a well-typed view file can still get wrong: the query, its parameters, the columns that
+    sort, group, chart, spread and bar refer to, formats and colours. ``spec`` may be a partial
+    one (``fields.partial``: an invalid field None), so these run in the same round as type errors."""
+    view = _ViewFile(spec, given, tree_lines, file)
+    return [problem for rule in _VIEW_RULES for problem in rule(view)]
 
 
 def _boolean(text: str) -> bool:

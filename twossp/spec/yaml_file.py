@@ -142,7 +142,7 @@ def _yaml_problem(exc: yaml.YAMLError, text: str, file: str) -> SpecProblem:
 
 
 class _Refused(Exception):
-    def __init__(self, line: int | None, message: str):
+    def __init__(self, line: int | None, message: str) -> None:
         super().__init__(message)
         self.line, self.message = line, message
 
@@ -284,7 +284,7 @@ def _key(node: yaml.Node) -> Any:
 class Located:
     """A YAML node tree reduced to (line, children) so Pydantic error locations map to lines."""
 
-    def __init__(self, node: yaml.Node):
+    def __init__(self, node: yaml.Node) -> None:
         self.line = node.start_mark.line + 1
         self.is_mapping = isinstance(node, yaml.MappingNode)
         self.children: dict[Any, Located] = {}
