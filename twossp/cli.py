@@ -17,6 +17,7 @@ An unexpected internal error (a bug) prints its traceback with a request to repo
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -97,7 +98,10 @@ def _open(db_url: str | None, create: bool = False):  # noqa: ANN202 - a twossp.
 @click.group(cls=TwosspGroup, help="twossp: structured pruning of LLMs with 2SSP, run as declarative sweeps.")
 @click.version_option(package_name="twossp")
 def main() -> None:
-    pass
+    # twossp reports its own progress: the libraries' bars (transformers' "Loading weights" and
+    # "Writing model shards", the hub's downloads) would break into it. Set before any of them is
+    # imported; the Ray workers a sweep starts inherit it. HF_HUB_DISABLE_PROGRESS_BARS=0 keeps them.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 # ---------------------------------------------------------------------------------- sweep

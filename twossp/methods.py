@@ -1,17 +1,18 @@
 """The pruning methods a sweep can name: one registry, one entry per method.
 
 An entry holds everything twossp needs to know about a method: its sweep spec (a Pydantic model,
-validated in sweep files), its runner (a ``Lazy`` reference to the function that prunes in place,
-imported only by the worker), its plan preview (what it will remove, from parameter counts alone,
-raising ``BudgetError`` where the run could not succeed), whether ``twossp export`` can rebuild it
-from the stored layer masks, and its description (the spec's docstring). Nothing else in twossp
-branches on method names: adding a method is its runner module plus one entry here.
+validated in sweep files), its runner (a ``Lazy`` reference to a ``prune.context.Runner``: a
+function that takes one ``PruneContext`` and prunes its model in place, imported only by the
+worker), its plan preview (what it will remove, from parameter counts alone, raising
+``BudgetError`` where the run could not succeed), whether ``twossp export`` can rebuild it from the
+stored layer masks, and its description (the spec's docstring). Nothing else in twossp branches on
+method names: adding a method is its runner module plus one entry here.
 
 An entry may also name a shared step (``SHARED_STEPS``): work that every run of the method on one
 model and calibration repeats whatever its target (2SSP's stage-1 neuron scores, the block states
 ShortGPT and the window method rank, BlockPruner's greedy path). The planner groups the runs that
 need the same step, the executor computes it once and hands its result to each of them, and the
-runner takes it instead of computing it (``shared=``).
+runner takes it instead of computing it (``PruneContext.shared``).
 
 Torch-free: ``twossp sweep validate`` and ``twossp list methods`` import this module.
 """
@@ -167,8 +168,8 @@ class SharedStep:
     """Work several runs share (see the module docstring)."""
 
     kind: str
-    #: (model, adapter, calibration windows, params, device, progress, batch) -> the result: tensors
-    #: (on the CPU), lists and numbers, what the methods' runners take as ``shared=``
+    #: a ``prune.context.StepComputation``: (ModelContext, params) -> the result (tensors on the CPU,
+    #: lists and numbers), what the methods' runners take as ``PruneContext.shared``
     compute: Lazy
     description: str
     #: the method's fields that change the result (its other fields, and the sparsity, do not)
@@ -198,7 +199,7 @@ class Method:
     """One registered method (see the module docstring)."""
 
     spec: type[MethodSpec]
-    run: Lazy | None                    # (model, adapter, calibration, sparsity, spec, device, progress) -> PruneOutcome
+    run: Lazy | None                    # a ``prune.context.Runner``: PruneContext -> PruneOutcome; None: dense
     preview: Preview | None = None
     export_refusal: str | None = None   # why ``twossp export`` cannot rebuild it from masks; None: it can
     gguf_refusal: str | None = None     # why its models cannot be written as GGUF for llama.cpp; None: they can
@@ -209,8 +210,6 @@ class Method:
     shared: str | None = None
     #: estimated decoder-layer forwards of a run (``Work``); None: not estimated
     work: Work | None = None
-    #: its runner scores candidate removals several per forward (``runtime.batch``), same choices
-    batched: bool = False
 
     @property
     def name(self) -> str:
@@ -231,13 +230,13 @@ _ENTRIES = (
     Method(DenseMethod, run=None, preview=lambda method, sparsity, counts: "-",
            work=lambda method, sparsity, counts, samples: (0, 0)),
     Method(TwoSSPMethod, Lazy("twossp.prune.two_stage:run"), _two_ssp_preview, shared="ffn scores",
-           work=_two_ssp_work, batched=True),
+           work=_two_ssp_work),
     Method(ShortGPTMethod, Lazy("twossp.prune.blocks:run_shortgpt"), _whole_blocks_preview, shared="block states",
            work=_whole_blocks_work),
     Method(WindowMethod, Lazy("twossp.prune.blocks:run_window"), _whole_blocks_preview, shared="block states",
            work=_whole_blocks_work),
     Method(BlockPrunerMethod, Lazy("twossp.prune.blockpruner:run"), _submodules_preview, prefix_search=True,
-           shared="blockpruner path", work=_blockpruner_work, batched=True),
+           shared="blockpruner path", work=_blockpruner_work),
     Method(EvoPressMethod, Lazy("twossp.prune.evopress:run"), _whole_blocks_preview),
     Method(SliceGPTMethod, Lazy("twossp.prune.slicegpt:run"), _slicegpt_preview,
            export_refusal="its PCA rotations are not layer masks and are not stored in the database, so it "

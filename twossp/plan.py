@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import Field
@@ -57,25 +58,60 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-class RunSpec(Strict):
-    """Everything a worker needs to execute one run; JSON-serialisable for Ray and the database."""
+class FrozenPrompts(Strict):
+    """A sweep's generation prompts as read at plan time."""
 
-    sweep: str
+    file: str | None   # the prompts file's fingerprint (``missing:PATH`` where it could not be read); None: no file
+    texts: list[str]   # the inline prompts, then the file's
+
+
+class _Keyed(Strict):
+    """A planned unit of work on one model's weights (a run, a shared step), keyed by a hash of what
+    determines its numbers (``identity``). Everything the key covers is frozen at plan time, so the
+    key is computed once and never changes under a run."""
+
     model: ModelSpec
-    method: AnyMethod
-    sparsity: float | None = None
-    calibration: CalibrationRun | None = None
-    evaluation: EvaluationSpec
     runtime: RuntimeSpec
-    save_to: str | None = None  # where the pruned model goes (not in the key: it changes no number)
-    save_format: Literal["safetensors", "gguf"] = "safetensors"
-    save_type: str = "f16"      # the GGUF tensor type (``GGUF_TYPES``)
     #: The weights as planned (``ModelSpec.identity``: a content fingerprint, a hub commit), frozen
     #: here so the key never changes under a run, and the worker and ``export`` can tell whether the
     #: weights they find are still these.
     weights: dict[str, Any] | None = None
+
+    def identity(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @cached_property
+    def key(self) -> str:
+        return _digest(self.identity())
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
+        """A copy with ``update`` applied, keyed by its own content (not by the original's cached key)."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("key", None)
+        return copy
+
+    def weights_changed(self) -> bool:
+        """Whether the model's weights are no longer the ones this was planned on."""
+        return self.weights is not None and self.model.identity != self.weights
+
+
+class RunSpec(_Keyed):
+    """Everything a worker needs to execute one run; JSON-serialisable for Ray and the database."""
+
+    sweep: str
+    method: AnyMethod
+    sparsity: float | None = None
+    calibration: CalibrationRun | None = None
+    evaluation: EvaluationSpec
+    save_to: str | None = None  # where the pruned model goes (not in the key: it changes no number)
+    save_format: Literal["safetensors", "gguf"] = "safetensors"
+    save_type: str = "f16"      # the GGUF tensor type (``GGUF_TYPES``)
     #: Each task's data as planned (``task_data_identity``), frozen like ``weights``.
     task_data: dict[str, Any] | None = None
+    #: The generation prompts as planned (``frozen_prompts``): the prompts file's fingerprint and every
+    #: prompt, frozen like ``weights``, so editing the file while a sweep runs changes neither the key
+    #: nor what is asked; None: read when needed (a spec built by hand).
+    prompts: FrozenPrompts | None = None
 
     def evaluation_identity(self) -> dict[str, Any]:
         """What determines how a run is evaluated, and nothing else: the order datasets and tasks are
@@ -99,8 +135,9 @@ class RunSpec(Strict):
             ident["speed"] = evaluation.speed.model_dump()
         if evaluation.generate:
             generate = evaluation.generate
+            prompts = self.prompts or frozen_prompts(evaluation)
             ident["generate"] = {"prompts": generate.prompts, "max_new_tokens": generate.max_new_tokens,
-                                 "file": _file_identity(generate.file) if generate.file else None}
+                                 "file": prompts.file if prompts else None}
         return ident
 
     def identity(self) -> dict[str, Any]:
@@ -117,10 +154,6 @@ class RunSpec(Strict):
         return ident
 
     @property
-    def key(self) -> str:
-        return _digest(self.identity())
-
-    @property
     def evaluation_key(self) -> str:
         return _digest(self.evaluation_identity())
 
@@ -134,9 +167,10 @@ class RunSpec(Strict):
             parts.append(f"seed={self.calibration.seed}")
         return " ".join(parts)
 
-    def weights_changed(self) -> bool:
-        """Whether the model's weights are no longer the ones this run was planned on."""
-        return self.weights is not None and self.model.identity != self.weights
+    def generation_prompts(self) -> list[str]:
+        """The prompts the run answers: those frozen at plan time, else read now."""
+        assert self.evaluation.generate is not None
+        return self.prompts.texts if self.prompts else self.evaluation.generate.read_prompts()
 
     def preview(self, counts: BlockCounts) -> str:
         """What this run will remove, from the dense model's parameter counts alone (its method's
@@ -145,6 +179,19 @@ class RunSpec(Strict):
         if self.sparsity is None or entry.preview is None:
             return "-"
         return entry.preview(self.method, self.sparsity, counts)
+
+
+def frozen_prompts(evaluation: EvaluationSpec) -> FrozenPrompts | None:
+    """The generation prompts to freeze into a sweep's runs (None: no generation, or a prompts file
+    that cannot be read now: the run reads it and fails as it would have)."""
+    generate = evaluation.generate
+    if generate is None:
+        return None
+    file = _file_identity(generate.file) if generate.file else None
+    try:
+        return FrozenPrompts(file=file, texts=generate.read_prompts())
+    except DataUnavailable:
+        return None
 
 
 def plan_task_data(evaluation: EvaluationSpec) -> dict[str, Any]:
@@ -173,6 +220,7 @@ def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
     """Expand the grid. The dense run takes no sparsity, calibration or seed: one per model."""
     evaluation = spec.evaluation.model_copy(update={"seq_len": spec.eval_seq_len})
     task_data = plan_task_data(evaluation) if evaluation.tasks else None
+    prompts = frozen_prompts(evaluation)
     identities: dict[int, Any] = {}  # a model's weights are fingerprinted once
     runs: list[RunSpec] = []
     save = ({"save_to": spec.save_to.path, "save_format": spec.save_to.format, "save_type": spec.save_to.type or "f16"}
@@ -181,20 +229,18 @@ def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
         if id(model) not in identities:
             identities[id(model)] = model.identity
         runs.append(RunSpec(sweep=spec.name, model=model, method=method, evaluation=evaluation, runtime=spec.runtime,
-                            **save, weights=identities[id(model)], task_data=task_data, sparsity=sparsity,
+                            **save, weights=identities[id(model)], task_data=task_data, prompts=prompts,
+                            sparsity=sparsity,
                             calibration=calibration))
     return runs
 
 
-class StepSpec(Strict):
+class StepSpec(_Keyed):
     """A shared step (``methods.SharedStep``) as planned: everything a worker needs to compute it,
     keyed, like a run, by what determines its result: the model's weights, the dtype, the calibration
     windows and the parameters that matter."""
 
     kind: str
-    model: ModelSpec
-    weights: dict[str, Any] | None = None
-    runtime: RuntimeSpec
     calibration: CalibrationRun
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -205,17 +251,11 @@ class StepSpec(Strict):
                 "params": self.params}
 
     @property
-    def key(self) -> str:
-        return _digest(self.identity())
-
-    @property
     def label(self) -> str:
         params = " ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
                           for name, value in sorted(self.params.items()))
         return " ".join(part for part in (self.model.label, self.kind, f"n={self.calibration.samples}",
                                           f"seed={self.calibration.seed}", params) if part)
-
-    weights_changed = RunSpec.weights_changed  # the same check: the worker's load step asks it of both
 
 
 @dataclass
@@ -303,5 +343,5 @@ def estimate_work(runs: list[RunSpec], shared: SharedPlan, counts: dict[str, Blo
     return estimate
 
 
-__all__ = ["CalibrationRun", "RunSpec", "SharedPlan", "StepSpec", "WorkEstimate", "estimate_work", "grid", "plan_shared", "plan_sweep",
-           "plan_task_data", "task_data_identity"]
+__all__ = ["CalibrationRun", "FrozenPrompts", "RunSpec", "SharedPlan", "StepSpec", "WorkEstimate", "estimate_work",
+           "frozen_prompts", "grid", "plan_shared", "plan_sweep", "plan_task_data", "task_data_identity"]
