@@ -230,9 +230,11 @@ def _column_settings_are_valid(view: _ViewFile) -> Iterator[SpecProblem]:
 def _sort_and_group_columns_exist(view: _ViewFile) -> Iterator[SpecProblem]:
     """``sort`` and ``group_by`` name columns the view has."""
     for i, key in enumerate(view.spec.sort or []):
-        yield from view.column_exists(f"sort[{i}]", key.removeprefix("-"))
+        if key is not None:  # an invalid item (None in a partial spec) was reported with its type
+            yield from view.column_exists(f"sort[{i}]", key.removeprefix("-"))
     for i, key in enumerate(view.spec.group_by or []):
-        yield from view.column_exists(f"group_by[{i}]", key)
+        if key is not None:
+            yield from view.column_exists(f"group_by[{i}]", key)
 
 
 def _chart_columns_exist(view: _ViewFile) -> Iterator[SpecProblem]:
@@ -247,8 +249,9 @@ def _chart_columns_exist(view: _ViewFile) -> Iterator[SpecProblem]:
     for i, name in enumerate([chart.series] if one_series else chart.series):
         yield from view.column_exists("chart.series" if one_series else f"chart.series[{i}]", name)
     for i, y in enumerate(chart.log):
-        if y not in chart.y:
-            yield view.problem(f"chart.log[{i}]", f"{y!r} is not one of the chart's y columns ({', '.join(chart.y)})")
+        if y is not None and y not in chart.y:
+            yield view.problem(f"chart.log[{i}]", f"{y!r} is not one of the chart's y columns "
+                               f"({', '.join(str(column) for column in chart.y)})")
 
 
 def _param_defaults_fit_their_types(view: _ViewFile) -> Iterator[SpecProblem]:
