@@ -29,7 +29,8 @@ from sqlalchemy import select
 from test_spec import BAD_SWEEPS, expected_problems
 from twossp import cli
 from twossp.db.models import Run
-from twossp.db.session import Database, alembic_config, head_revision, upgrade
+from twossp.db.database import Database
+from twossp.db.versioning import alembic_config, head_revision, upgrade
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD_SWEEPS = [p for p in (REPO / "sweeps" / "quickstart.yaml", REPO / "sweeps" / "llama.yaml") if p.exists()]
@@ -54,12 +55,8 @@ def sha256(path: Path) -> str:
 
 
 def rows(db_file: Path) -> dict[str, Run]:
-    db = Database(f"sqlite:///{db_file}")
-    try:
-        with db.session() as session:
-            return {r.key: r for r in session.scalars(select(Run))}
-    finally:
-        db.close()
+    with Database(f"sqlite:///{db_file}") as db, db.session() as session:
+        return {r.key: r for r in session.scalars(select(Run))}
 
 
 # ------------------------------------------------------------------------------------- help
@@ -356,13 +353,9 @@ def test_leaderboard_shows_methods_against_dense(swept) -> None:
 
 
 def rows_with_scores(db_file: Path) -> Iterator[tuple[str, float, float]]:
-    db = Database(f"sqlite:///{db_file}")
-    try:
-        with db.session() as session:
-            for r in session.scalars(select(Run)):
-                yield r.method, r.target_sparsity, next(s.value for s in r.scores if s.metric == "perplexity")
-    finally:
-        db.close()
+    with Database(f"sqlite:///{db_file}") as db, db.session() as session:
+        for r in session.scalars(select(Run)):
+            yield r.method, r.target_sparsity, next(s.value for s in r.scores if s.metric == "perplexity")
 
 
 def test_leaderboard_filters_by_sweep(swept) -> None:

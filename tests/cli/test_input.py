@@ -13,32 +13,25 @@ from typing import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
-from rich.console import Console
 from sqlalchemy import select, update
 
+from tests.support.consoles import fixed_terminal
 from twossp import cli
 from twossp.contracts import RunStatus
 from twossp.db.models import Run, utcnow
-from twossp.db.session import Database
+from twossp.db.database import Database
 
 SECTION = "[bold red]x[/]"  # rich markup, which must be printed as it is
 
 
 @pytest.fixture(autouse=True, scope="module")
-def fixed_terminal() -> Iterator[None]:
-    """A terminal of 300 columns and 50 lines, whatever the suite runs in: the CLI's consoles that
-    wide and without colour (rich reads COLUMNS once, when twossp.cli is imported: an env given to
-    CliRunner comes too late), and COLUMNS and LINES for what asks on each call (plotext's charts)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("COLUMNS", str(300))
-        mp.setenv("LINES", "50")
-        mp.setattr(cli, "console", Console(width=300, highlight=False, color_system=None))
-        mp.setattr(cli, "err", Console(width=300, stderr=True, highlight=False, color_system=None))
+def terminal() -> Iterator[None]:
+    with fixed_terminal(300):
         yield
 
 
 def invoke(*args: object) -> Result:
-    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "300"})
+    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
 
 
 def assert_clean(result: Result, code: int) -> str:
@@ -101,7 +94,7 @@ def test_no_command_prints_a_postgres_password(postgres_password_url, tiny_check
     outputs.append(invoke("leaderboard", "--db", empty))
     from alembic import command
 
-    from twossp.db.session import alembic_config
+    from twossp.db.versioning import alembic_config
 
     command.downgrade(alembic_config(url), "0002")  # an outdated schema: the upgrade hint names the URL
     outdated = invoke("leaderboard", "--db", url)
@@ -215,10 +208,8 @@ def test_a_key_prefix_is_literal_text_not_a_like_pattern(swept, tmp_path: Path) 
 
 def test_export_refuses_a_non_empty_directory_unless_overwrite(swept, tmp_path: Path) -> None:
     _, db_file = swept
-    db = Database(db_file)
-    with db.session() as session:
+    with Database(db_file) as db, db.session() as session:
         key = session.scalars(select(Run.key).where(Run.method == "2ssp")).first()
-    db.close()
     target = tmp_path / "out"
     target.mkdir()
     (target / "model.safetensors.index.json").write_text("{}")  # an earlier, sharded checkpoint
@@ -233,10 +224,8 @@ def test_a_rerun_that_skips_failed_runs_says_how_to_rerun_them(tiny_checkpoint, 
     sweep_file = tiny_checkpoint.write_sweep(tmp_path / "s.yaml", "skips")
     db_file = tmp_path / "r.db"
     assert_clean(invoke("sweep", "run", sweep_file, "--executor", "local", "--db", db_file), 0)
-    db = Database(db_file)
-    with db.session() as session:
+    with Database(db_file) as db, db.session() as session:
         session.execute(update(Run).where(Run.method == "2ssp").values(status=RunStatus.FAILED, error="x"))
-    db.close()
     flat = assert_clean(invoke("sweep", "run", sweep_file, "--executor", "local", "--db", db_file), 0)
     assert "2 run(s) failed in an earlier sweep run and were skipped; re-run them with --rerun-failed" in flat
 
@@ -253,19 +242,15 @@ def test_a_run_held_by_a_dead_driver_of_this_host_is_taken_over_at_once(tiny_che
     assert_clean(invoke("sweep", "run", sweep_file, "--executor", "local", "--db", db_file), 0)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_owner = f"{platform.node()}:{gone.stdout.strip()}:deadbeef"
-    db = Database(db_file)
-    with db.session() as session:
+    with Database(db_file) as db, db.session() as session:
         key = session.scalars(select(Run.key).where(Run.method == "2ssp")).first()
         session.execute(update(Run).where(Run.key == key).values(
             status=RunStatus.RUNNING, owner=dead_owner, heartbeat_at=utcnow() + timedelta(hours=1)))
-    db.close()
     flat = assert_clean(invoke("sweep", "run", sweep_file, "--executor", "local", "--db", db_file), 0)
     assert "1 completed, 0 failed, 2 skipped" in flat
-    db = Database(db_file)
-    with db.session() as session:
+    with Database(db_file) as db, db.session() as session:
         row = session.scalars(select(Run).where(Run.key == key)).one()
         assert row.status == RunStatus.COMPLETED and row.owner != dead_owner and row.attempts == 2
-    db.close()
 
 
 def test_new_weights_in_the_same_folder_are_new_runs_and_old_masks_are_not_exported(tiny_checkpoint,
@@ -281,10 +266,8 @@ def test_new_weights_in_the_same_folder_are_new_runs_and_old_masks_are_not_expor
     db_file = tmp_path / "r.db"
     assert "3 completed, 0 failed, 0 skipped" in assert_clean(
         invoke("sweep", "run", sweep_file, "--executor", "local", "--db", db_file), 0)
-    db = Database(db_file)
-    with db.session() as session:
+    with Database(db_file) as db, db.session() as session:
         old = session.scalars(select(Run.key).where(Run.method == "2ssp")).first()
-    db.close()
     weights = model / "model.safetensors"
     tensors = load_file(weights)
     save_file({name: (t * 1.01 if t.is_floating_point() else t).contiguous() for name, t in tensors.items()},

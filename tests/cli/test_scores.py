@@ -12,7 +12,7 @@ from rich.console import Console
 from stored_runs import T0, claim, record, tiny_sweep
 from twossp import cli
 from twossp.contracts import RunResult, RunStatus
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.plan import plan_sweep
 
 SCORES = [("mmlu_anatomy", "acc", 0.3125), ("arc_easy", "acc_norm", 0.4375), ("arc_easy", "acc", 0.46875),
@@ -26,13 +26,10 @@ def db_file(tmp_path: Path) -> Path:
     path = tmp_path / "results.db"
     spec = tiny_sweep("scores")
     dense, pruned = plan_sweep(spec)
-    db = Database(f"sqlite:///{path}")
-    try:
+    with Database(f"sqlite:///{path}") as db:
         assert claim(db, spec, dense, pruned)
         record(db, pruned, RunResult(key=pruned.key, status=RunStatus.COMPLETED, started_at=T0, finished_at=T0,
                                      achieved_sparsity=0.5, scores=SCORES))
-    finally:
-        db.close()
     return path
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from stored_runs import claim, record, tiny_sweep
 from twossp import cli
 from twossp.contracts import LayerMask, RunResult, RunStatus
-from twossp.db.session import Database
+from twossp.db.database import Database
 from twossp.db.store import add_export
 from twossp.plan import plan_sweep
 

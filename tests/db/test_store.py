@@ -367,8 +367,7 @@ def test_concurrent_claims_never_give_a_run_twice(db_url: str, spec) -> None:
         database.close()
     claimed = [key for keys in won.values() for key in keys]
     assert sorted(claimed) == sorted(r.key for r in many)  # every run exactly once
-    with Database(db_url) as check:
-        with check.session() as session:
-            owners = dict(session.execute(select(Run.key, Run.owner)).tuples().all())
-            assert all(session.scalars(select(Run.attempts)).all()) and set(session.scalars(select(Run.attempts))) == {1}
+    with Database(db_url) as check, check.session() as session:
+        owners = dict(session.execute(select(Run.key, Run.owner)).tuples().all())
+        assert all(session.scalars(select(Run.attempts)).all()) and set(session.scalars(select(Run.attempts))) == {1}
     assert all(owners[key] == d for d, keys in won.items() for key in keys)

@@ -34,12 +34,11 @@ def _windows(spec, model_dir: Path):
 
 
 def _runs(db_url: str) -> dict[str, Run]:
-    with Database(db_url) as db:
-        with db.session() as session:
-            rows = session.scalars(select(Run)).all()
-            for r in rows:
-                _ = r.scores, r.layer_masks
-            return {r.method: r for r in rows}
+    with Database(db_url) as db, db.session() as session:
+        rows = session.scalars(select(Run)).all()
+        for r in rows:
+            _ = r.scores, r.layer_masks
+        return {r.method: r for r in rows}
 
 
 def _gguf_field(path: Path, key: str):
@@ -151,11 +150,10 @@ def test_export_evaluate_stores_what_llama_cpp_measured_beside_the_run(swept, tm
     plain = CliRunner().invoke(cli.main, ["export", run.key, str(tmp_path / "hf"), "--db", db_url])
     assert plain.exit_code == 0, plain.output
 
-    with Database(db_url) as db:
-        with db.session() as session:
-            exports = session.scalars(select(Export).where(Export.run_id == run.id).order_by(Export.id)).all()
-            rows = [(e.format, e.tensor_type, e.architecture, e.path, e.size_bytes, e.sha256, e.engine,
-                     {(s.dataset, s.metric): s.value for s in e.scores}) for e in exports]
+    with Database(db_url) as db, db.session() as session:
+        exports = session.scalars(select(Export).where(Export.run_id == run.id).order_by(Export.id)).all()
+        rows = [(e.format, e.tensor_type, e.architecture, e.path, e.size_bytes, e.sha256, e.engine,
+                 {(s.dataset, s.metric): s.value for s in e.scores}) for e in exports]
     gguf_row, hf_row = rows[-2:]
     (path,) = out.glob("*.gguf")
     import hashlib
