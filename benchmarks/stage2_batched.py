@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prune_smollm2 import Log, read_texts, tokenize  # noqa: E402 - the same data, read the same way
+from prune_smollm2 import Log, read_texts, tokenize
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

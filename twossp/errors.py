@@ -33,7 +33,7 @@ class SpecProblem:
 class SpecError(TwosspError):
     """A sweep file is invalid; carries every problem found, not just the first."""
 
-    def __init__(self, problems: list[SpecProblem]):
+    def __init__(self, problems: list[SpecProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
@@ -59,7 +59,7 @@ class UnknownName(TwosspError, KeyError):
     """A name looked up in a registry (methods, families) is not registered; the message lists the
     registered ones and the closest match."""
 
-    def __init__(self, kind: str, name: str, known: list[str]):
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
         import difflib
 
         self.kind, self.name, self.known = kind, name, known
@@ -106,7 +106,7 @@ class PlanError(TwosspError):
     """Runs of a valid sweep that could not succeed (an unsupported architecture, an infeasible
     budget, a model config that cannot be read), found from local files before any work."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
 

@@ -16,7 +16,7 @@ T = TypeVar("T")
 class Lazy:
     """A ``"package.module:attribute"`` reference, imported when ``load`` is first called."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         module, _, attribute = path.partition(":")
         if not module or not attribute:
             raise ValueError(f"a lazy reference is 'module:attribute', got {path!r}")
@@ -36,7 +36,7 @@ class Lazy:
 class Registry(Mapping[str, T], Generic[T]):
     """Name -> entry, in registration order. ``registry[name]`` raises ``UnknownName``."""
 
-    def __init__(self, kind: str, entries: Mapping[str, T]):
+    def __init__(self, kind: str, entries: Mapping[str, T]) -> None:
         self.kind = kind
         self._entries = dict(entries)
 

@@ -18,7 +18,7 @@ from twossp.plan import RunSpec
 
 
 class LiveSweep:
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console()
         self.rows: dict[str, dict] = {}
         self.live: Live | None = None

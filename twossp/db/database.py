@@ -51,7 +51,7 @@ class Database:
 
     ``with Database(url) as db:`` closes it at the end of the block, however the block ends."""
 
-    def __init__(self, url: str | None = None, *, create: bool = True, read_only: bool = False):
+    def __init__(self, url: str | None = None, *, create: bool = True, read_only: bool = False) -> None:
         if read_only and create:
             raise ValueError("Database(read_only=True) cannot create a database or its schema: give create=False")
         self.read_only = read_only

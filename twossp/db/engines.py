@@ -131,7 +131,7 @@ def _sqlite_authorizer(action: int, arg1: str | None, arg2: str | None, _db: str
     return sqlite3.SQLITE_OK
 
 
-def _execute_one_statement(cursor, statement: str, parameters, context) -> bool | None:
+def _execute_one_statement(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
     """The ``do_execute`` hook of a read-only psycopg engine: ``Database.query``'s statement goes as
     one prepared statement (PostgreSQL's extended protocol), which the server refuses to hold more
     than one command. Left to itself, psycopg sends a statement without parameters through the

@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -187,7 +187,7 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[TaskSpec], task_data:
 
 
 @contextlib.contextmanager
-def _quiet():
+def _quiet() -> Iterator[None]:
     """The harness's progress bars and INFO logging would bury the sweep's own progress, and the
     ``git describe`` it runs for its report prints "fatal: not a git repository" outside a checkout:
     its output (Python's stderr and file descriptor 2) goes to a scratch file for the duration."""

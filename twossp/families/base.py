@@ -17,7 +17,7 @@ class RemovedAttention(nn.Module):
     """Stands where a pruned attention submodule was: owns no weights and adds nothing to the
     residual stream (the block keeps its residual path and FFN, docs/method.md, Stage 2)."""
 
-    def __init__(self, layer_idx: int):
+    def __init__(self, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
 

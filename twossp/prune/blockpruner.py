@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import ContextManager
 
 import torch
 from torch import nn
@@ -54,7 +55,7 @@ def target_params(layer_params: int, sparsity: float) -> int:
     return ceil_share(sparsity, layer_params)
 
 
-def _bypassed(adapter: FamilyAdapter, layer: nn.Module, kind: str):
+def _bypassed(adapter: FamilyAdapter, layer: nn.Module, kind: str) -> ContextManager[None]:
     return adapter.attention_bypassed(layer) if kind == ATTENTION else adapter.ffn_bypassed(layer)
 
 

@@ -63,14 +63,14 @@ def shortgpt_blocks(states: torch.Tensor, count: int) -> list[int]:
 def window_similarity(states: torch.Tensor, count: int) -> torch.Tensor:
     """cos(h_l, h_{l+n}) at the last token, averaged over samples, for every start l. (N - n + 1,)"""
     n_layers = states.shape[1] - 1
-    return torch.stack([F.cosine_similarity(states[:, l], states[:, l + count], dim=-1).mean()
-                        for l in range(n_layers - count + 1)])
+    return torch.stack([F.cosine_similarity(states[:, start], states[:, start + count], dim=-1).mean()
+                        for start in range(n_layers - count + 1)])
 
 
 def most_similar_window(similarity: torch.Tensor, count: int) -> list[int]:
     """The ``count`` consecutive blocks starting where input and output are most similar (ties: the
     earliest start)."""
-    start = max(range(similarity.numel()), key=lambda l: (float(similarity[l]), -l))
+    start = max(range(similarity.numel()), key=lambda i: (float(similarity[i]), -i))
     return list(range(start, start + count))
 
 

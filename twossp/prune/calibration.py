@@ -98,7 +98,7 @@ class BlockInputs:
     """Every block's input and call arguments for each calibration window, from one real forward,
     and the scorer of candidate removals built on them (module docstring)."""
 
-    def __init__(self, model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, device: torch.device):
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, device: torch.device) -> None:
         self.model, self.adapter, self.windows = model, adapter, windows
         self.layers = adapter.layers(model)
         self.norm = adapter.final_norm(model)

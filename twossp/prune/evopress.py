@@ -102,7 +102,7 @@ class _Fitness:
     """KL(dense || candidate) per (configuration, window), computed once."""
 
     def __init__(self, model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, device: torch.device,
-                 cache_bytes: int):
+                 cache_bytes: int) -> None:
         self.model, self.adapter = model, adapter
         self.layers = adapter.layers(model)
         self.norm = adapter.final_norm(model)

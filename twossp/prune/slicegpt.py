@@ -66,7 +66,7 @@ class RMSNormalize(nn.Module):
     """RMS normalisation without a scale (fused into the next linears), dividing the sum of squares
     by the dense width ``dense_size`` whatever the width of its input."""
 
-    def __init__(self, dense_size: int, eps: float):
+    def __init__(self, dense_size: int, eps: float) -> None:
         super().__init__()
         self.dense_size = dense_size
         self.eps = eps
@@ -89,7 +89,7 @@ class SlicedDecoderLayer(nn.Module):
 
     def __init__(self, self_attn: nn.Module, mlp: nn.Module, input_layernorm: nn.Module,
                  post_attention_layernorm: nn.Module, attn_shortcut: nn.Module, mlp_shortcut: nn.Module,
-                 attention_type: str | None = None):
+                 attention_type: str | None = None) -> None:
         super().__init__()
         self.self_attn = self_attn
         self.mlp = mlp

@@ -107,7 +107,7 @@ class _Heartbeat(threading.Thread):
     """Refreshes the heartbeat of the runs this driver holds; on a cancellation request, interrupts
     the driver's main thread (as Ctrl-C would)."""
 
-    def __init__(self, db: Database, owner: str, sweep_id: int, interval: float):
+    def __init__(self, db: Database, owner: str, sweep_id: int, interval: float) -> None:
         super().__init__(name="twossp-heartbeat", daemon=True)
         self.db, self.owner, self.sweep_id, self.interval = db, owner, sweep_id, interval
         self.halt = threading.Event()
@@ -139,7 +139,7 @@ class SweepDriver:
 
     def __init__(self, spec: SweepSpec, db: Database, executor: Executor, *, path: str | None = None,
                  rerun_failed: bool = False, display: Display | None = None, stale_after: float = STALE_AFTER,
-                 share: bool = True):
+                 share: bool = True) -> None:
         self.spec, self.db, self.executor, self.path = spec, db, executor, path
         self.rerun_failed, self.stale_after = rerun_failed, stale_after
         self.share = share and spec.runtime.share

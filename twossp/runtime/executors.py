@@ -201,12 +201,12 @@ class RayExecutor:
     #: seconds between checks that every waiting run can still be placed (the cluster may shrink)
     recheck_every = 5.0
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, max_retries: int = MAX_RETRIES):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, max_retries: int = MAX_RETRIES) -> None:
         self.address, self.num_cpus, self.max_retries = address, num_cpus, max_retries
         self._ray = None
         self._initialized = False  # whether this executor called ray.init (and so shuts it down)
 
-    def _connect(self):
+    def _connect(self) -> Any:
         """Start (or attach to) Ray on first use, so a sweep with nothing to run starts nothing."""
         if self._ray is not None:
             return self._ray
@@ -323,7 +323,7 @@ class _RayBatch:
     node died is re-submitted like a run, and so are the runs that were waiting for it."""
 
     def __init__(self, executor: RayExecutor, source: Iterator[RunSpec], first: RunSpec, on_progress: OnProgress,
-                 on_retry: OnRetry | None, shared: SharedWork):
+                 on_retry: OnRetry | None, shared: SharedWork) -> None:
         self.executor, self.ray = executor, executor._ray
         self.source, self.on_progress, self.on_retry, self.shared = source, on_progress, on_retry, shared
         self.board = executor._board_cls.remote()

@@ -64,7 +64,7 @@ def versions() -> dict[str, Any]:
 class Stopwatch:
     """Wall time per phase, the device synchronised at each lap so GPU timings are honest."""
 
-    def __init__(self, device: Any, timings: dict[str, float]):
+    def __init__(self, device: Any, timings: dict[str, float]) -> None:
         self.device, self.timings = device, timings
         self._tick = time.perf_counter()
 

@@ -111,7 +111,7 @@ class Engine:
     a fifth to a third slower. Its CPU kernel works in f16, so ``f32_cache`` turns it off."""
 
     def __init__(self, path: str | Path, context: int, all_logits: bool = True, threads: int | None = None,
-                 f32_cache: bool = False, flash_attention: bool = False):
+                 f32_cache: bool = False, flash_attention: bool = False) -> None:
         self.threads = threads or os.cpu_count() or 1
         self.all_logits = all_logits
         self.extra_buffers = extra_buffers()
