@@ -1,7 +1,9 @@
 # The two commands of the README:
 #   make quickstart   set up .venv, run sweeps/quickstart.yaml (offline SmolLM2, local Ray, SQLite), show the leaderboard
 #                     and the trade-off chart
-#   make test         set up .venv, run the whole test suite
+#   make test         set up .venv, run the whole test suite (what CI runs), naming the 25 slowest tests
+# and, for the inner loop while changing code:
+#   make test-fast    every test not marked slow (no real SmolLM2, no Ray cluster)
 PYTHON ?= python3
 VENV ?= .venv
 # A CPU build of torch for this machine class; override on GPU hosts, e.g. make TORCH='torch>=2.4' quickstart
@@ -9,7 +11,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install install-test quickstart test
+.PHONY: install install-test quickstart test test-fast
 
 # The core: what twossp needs to prune, evaluate, store and show (all the quickstart uses).
 install: $(VENV)/.installed
@@ -38,4 +40,7 @@ quickstart: install
 	$(BIN)/twossp dash show tradeoff
 
 test: install-test
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
+
+test-fast: install-test
+	$(BIN)/pytest -m "not slow"

@@ -29,7 +29,7 @@ from rich.console import Console
 from sqlalchemy import create_engine, insert, text
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the throwaway Postgres server of the test suite
+sys.path.insert(0, str(ROOT))  # the throwaway Postgres server of the test suite (tests/support)
 
 from twossp.dash.render import tables  # noqa: E402
 from twossp.dash.views import find_view, parse_params, run_view  # noqa: E402
@@ -139,7 +139,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             results["sqlite"] = measure(f"sqlite:///{tmp}/bench.db", args.runs, args.repeat)
     if args.backend in ("postgresql", "both"):
-        from pg_server import postgres_server, unavailable_reason
+        from tests.support.pg_server import postgres_server, unavailable_reason
 
         reason = unavailable_reason()
         if reason:

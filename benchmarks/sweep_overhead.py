@@ -22,9 +22,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the tiny on-disk checkpoint of the test suite
+sys.path.insert(0, str(ROOT))  # the tiny on-disk checkpoint of the test suite (tests/support)
 
-from tiny_checkpoint import build  # noqa: E402
+from tests.support.tiny_checkpoint import build  # noqa: E402
 
 from twossp.db.database import Database  # noqa: E402
 from twossp.runtime.driver import run_sweep  # noqa: E402

@@ -1,118 +1,26 @@
-"""Shared fixtures: tiny deterministic Llama-layout models built from real transformers configs.
+"""The suite's fixtures; the helpers behind them are in ``tests/support`` (one copy each).
 
-Weights are re-drawn from a seeded generator after construction (norm scales and biases included),
-so that every parameter is non-trivial: biases that transformers initialises to zero and norm
-weights initialised to one would otherwise hide slicing or counting mistakes.
+- ``apart_from_the_users_setup`` (every test): no view folder or database of the developer's.
+- ``tiny``, ``cpu``: tiny deterministic models of every family (``tests.support.models``) and the
+  CPU device.
+- ``tiny_checkpoint``: a tiny checkpoint on disk with its text and sweep files, built once per
+  session (``tests.support.tiny_checkpoint``).
+- ``views_db``: a database a real small sweep filled, once per session (``tests.support.swept_views``).
+- ``postgres_admin_url``, ``postgres_password_url``: throwaway PostgreSQL servers for the session
+  (``tests.support.pg_server``); ``db_url`` and ``db``: an empty database on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import pytest
 import torch
-from transformers import (
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Phi3Config,
-    Phi3ForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
-
-_CLASSES = {
-    "llama": (LlamaConfig, LlamaForCausalLM),
-    "mistral": (MistralConfig, MistralForCausalLM),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
-    "phi3": (Phi3Config, Phi3ForCausalLM),
-    "gemma2": (Gemma2Config, Gemma2ForCausalLM),
-    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM),
-}
-
-#: Gemma's defaults (head_dim 256, windows of 4096 tokens) are far too wide for these models. A window
-#: of 4 makes the sliding layers really slide in short tests; caps of 3 (final) and 5 (attention,
-#: Gemma 2) really bend the logits; Gemma 3 gets a full layer every 3rd (not 6th) so small models
-#: mix both types.
-_GEMMA = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=4, final_logit_softcapping=3.0)
-_EXTRA = {"gemma2": {**_GEMMA, "attn_logit_softcapping": 5.0}, "gemma3": {**_GEMMA, "sliding_window_pattern": 3}}
-
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=128,
-    max_position_embeddings=256,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
-)
-
-
-def tiny_config(family: str = "llama", num_layers: int = 4, **overrides):
-    config_cls, model_cls = _CLASSES[family]
-    kwargs = {**TINY, "num_hidden_layers": num_layers, **overrides}
-    if family == "qwen3":
-        kwargs.setdefault("head_dim", 16)  # Qwen3Config defaults to 128, far too wide for hidden 64
-    kwargs = {**_EXTRA.get(family, {}), **kwargs}
-    config = config_cls(**kwargs)
-    config.architectures = [model_cls.__name__]
-    return config
-
-
-def tiny_model(family: str = "llama", num_layers: int = 4, seed: int = 0, **overrides) -> torch.nn.Module:
-    """A tiny fp32 model in eval mode whose weights depend only on ``seed``."""
-    config = tiny_config(family, num_layers, **overrides)
-    torch.manual_seed(seed)
-    model = _CLASSES[family][1](config).to(torch.float32).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or "layernorm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                # larger than the usual 0.02 so that logits are far from uniform and the greedy
-                # attention search has clear (non-tied) winners
-                p.copy_(0.15 * torch.randn(p.shape, generator=gen))
-    return model
-
-
-def random_tokens(n: int, length: int, vocab: int = TINY["vocab_size"], seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (n, length), generator=gen)
-
-
-@pytest.fixture
-def tiny() -> SimpleNamespace:
-    """The helpers above, for test modules (which should not import ``conftest``)."""
-    return SimpleNamespace(config=tiny_config, model=tiny_model, tokens=random_tokens, families=FAMILIES)
-
-
-@pytest.fixture
-def cpu() -> torch.device:
-    return torch.device("cpu")
-
-
-# --------------------------------------------------------------------------------------------
-# On-disk fixtures for the CLI, database and driver tests (appended; see tests/tiny_checkpoint.py)
-# --------------------------------------------------------------------------------------------
-
-from pg_server import (  # noqa: E402
+from tests.support import models
+from tests.support.pg_server import (
     drop_database,
     new_database,
     password_unavailable_reason,
@@ -120,13 +28,50 @@ from pg_server import (  # noqa: E402
     postgres_server,
     unavailable_reason,
 )
-from tiny_checkpoint import tiny_checkpoint  # noqa: E402,F401  (session-scoped fixture)
-from swept_views import views_db  # noqa: E402,F401  (session-scoped fixture: a real sweep for the views)
+from tests.support.swept_views import Swept, sweep_for_views
+from tests.support.tiny_checkpoint import TinyCheckpoint, build
+from twossp.db.database import Database
+
+
+@pytest.fixture(autouse=True, scope="session")
+def apart_from_the_users_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite sees none of the developer's own setup: no view of theirs (``TWOSSP_DASHBOARDS``,
+    ``~/.config/twossp/dashboards``) replaces a packaged one in the view tests and snapshots, and no
+    command reaches their database through ``TWOSSP_DB``. A test that wants either sets it itself."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TWOSSP_DASHBOARDS", str(tmp_path_factory.mktemp("no-user-views")))
+        mp.delenv("TWOSSP_DB", raising=False)
+        yield
+
+
+@pytest.fixture
+def tiny() -> SimpleNamespace:
+    """The tiny models' helpers by name: ``config``, ``model``, ``tokens`` and ``families``
+    (``tests.support.models``; a test module may import them from there as well)."""
+    return SimpleNamespace(config=models.tiny_config, model=models.tiny_model, tokens=models.random_tokens,
+                           families=models.FAMILIES)
+
+
+@pytest.fixture
+def cpu() -> torch.device:
+    return torch.device("cpu")
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url() -> str:
-    """A throwaway PostgreSQL server on 127.0.0.1 for the whole session (see tests/pg_server.py)."""
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
+    """Built once per session (about a second)."""
+    return build(tmp_path_factory.mktemp("tiny-checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def views_db(tiny_checkpoint: TinyCheckpoint, tmp_path_factory: pytest.TempPathFactory) -> Swept:
+    """The views' sweep, run once per test session (about a minute), its database normalised."""
+    return sweep_for_views(tiny_checkpoint, tmp_path_factory.mktemp("views"), tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on 127.0.0.1 for the whole session (see tests/support/pg_server.py)."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
@@ -135,9 +80,9 @@ def postgres_admin_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_password_url() -> SimpleNamespace:
+def postgres_password_url() -> Iterator[SimpleNamespace]:
     """A throwaway PostgreSQL server that requires a password (scram-sha-256) of every connection,
-    for the whole session (see tests/pg_server.py):
+    for the whole session (see tests/support/pg_server.py):
 
     - ``url``: its admin URL with the password in it
       (``postgresql+psycopg://twossp:PASSWORD@127.0.0.1:PORT/postgres``; the superuser),
@@ -164,7 +109,7 @@ def postgres_password_url() -> SimpleNamespace:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of an empty database: a SQLite file in ``tmp_path``, or a fresh Postgres database."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'results.db'}"
@@ -178,9 +123,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
 
 
 @pytest.fixture
-def db(db_url: str):  # noqa: ANN201 - a twossp.db.database.Database
+def db(db_url: str) -> Iterator[Database]:
     """An open ``Database`` on ``db_url`` (SQLite, and PostgreSQL where the test server runs)."""
-    from twossp.db.database import Database
-
     with Database(db_url) as database:
         yield database

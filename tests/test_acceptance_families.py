@@ -11,27 +11,21 @@ import copy
 import pytest
 import torch
 
+from tests.support.models import FAMILIES, layer_numel, tiny_model
 from twossp.checkpoint import load_pruned, save_pruned
 from twossp.errors import UnsupportedArchitecture
 from twossp.families import adapter_for
 from twossp.prune import PruneContext, prune
 from twossp.methods import METHODS
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
 #: each method with settings small enough for 6-block models (EvoPress: a short search)
 SPECS = {name: METHODS[name].spec(**({"generations": 4, "offspring": 4, "initial_candidates": 4}
                                  if name == "evopress" else {}))
          for name in METHODS if name != "dense"}
 
 
-def _layer_numel(model: torch.nn.Module) -> int:
-    return sum(t.numel() for k, t in model.state_dict().items() if ".layers." in k)
-
-
 @pytest.fixture(scope="module")
 def dense_models(request):
-    from conftest import tiny_model
-
     return {family: tiny_model(family, num_layers=6) for family in FAMILIES}
 
 
@@ -42,7 +36,7 @@ def test_prune_generate_save_reload(dense_models, tiny, cpu, tmp_path, family, m
     model = copy.deepcopy(dense_models[family])
     adapter = adapter_for(model.config)
     dense_params = adapter.block_counts(model).layer_params
-    dense_numel = _layer_numel(model)
+    dense_numel = layer_numel(model)
     calibration = tiny.tokens(4, 24, seed=11)
     if method == "slicegpt" and family.startswith("gemma"):
         with pytest.raises(UnsupportedArchitecture):
@@ -53,7 +47,7 @@ def test_prune_generate_save_reload(dense_models, tiny, cpu, tmp_path, family, m
                        device=cpu))
 
     recorded = 1 - adapter.block_counts(model).layer_params / dense_params  # what the worker stores
-    assert recorded == pytest.approx(1 - _layer_numel(model) / dense_numel, abs=1e-12)
+    assert recorded == pytest.approx(1 - layer_numel(model) / dense_numel, abs=1e-12)
     assert recorded >= sparsity - 0.02, recorded  # methods meet the target (2SSP to within a rounding)
 
     tokens = tiny.tokens(2, 12, seed=5)

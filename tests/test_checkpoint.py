@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from sqlalchemy import select
 from transformers import AutoModelForCausalLM
 
+from tests.support.models import logits
 from twossp import cli
 from twossp.checkpoint import REMOVED_KEY, load_pruned, save_pruned
 from twossp.errors import CheckpointError
@@ -21,11 +22,6 @@ from twossp.contracts import LayerMask
 from twossp.prune.masks import apply_masks
 from twossp.prune.two_stage import prune_2ssp
 from twossp.prune.width import prune_width, top_neurons
-
-
-def logits(model, tokens):
-    with torch.no_grad():
-        return model(tokens).logits
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "phi3"])

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 a run failed; 2 invalid sweep file or usage; 3 database schema out of date.
 Most tests drive ``twossp.cli.main`` through click's ``CliRunner``; a few run the real console script.
-The sweeps run in-process (``--executor local``) on the tiny on-disk checkpoint (tests/tiny_checkpoint.py).
+The sweeps run in-process (``--executor local``) on the tiny on-disk checkpoint (tests/support/tiny_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import click
 import pytest
 from alembic import command
 from click.testing import CliRunner, Result
-from rich.console import Console
 from sqlalchemy import select
 
-from test_spec import BAD_SWEEPS, expected_problems
+from tests.support.consoles import fixed_terminal
+from tests.test_spec import BAD_SWEEPS, expected_problems
 from twossp import cli
 from twossp.db.models import Run
 from twossp.db.database import Database
@@ -40,9 +40,7 @@ TWOSSP = Path(sys.executable).with_name("twossp")  # the console script of this 
 @pytest.fixture(autouse=True, scope="module")
 def wide_consoles() -> Iterator[None]:
     """Rich would wrap and ellipsise tables at CliRunner's default 80 columns."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "console", Console(width=400, color_system=None))
-        mp.setattr(cli, "err", Console(width=400, color_system=None, stderr=True))
+    with fixed_terminal(400):
         yield
 
 
@@ -346,7 +344,7 @@ def test_leaderboard_shows_methods_against_dense(swept) -> None:
     assert f"{dense:.2f}" in out
     for method, sparsity, ppl in stored:
         if method == "2ssp":
-            line = next(l for l in out.splitlines() if "2ssp" in l and f" {sparsity:.3g} " in l)
+            line = next(row for row in out.splitlines() if "2ssp" in row and f" {sparsity:.3g} " in row)
             assert f"{ppl:.2f}" in line
             change = (ppl / dense - 1) * 100
             assert (f"{change:+.0f}%" if abs(change) >= 100 else f"{change:+.1f}%") in line
@@ -427,7 +425,7 @@ def test_an_outdated_database_is_refused_with_the_upgrade_command(args, tiny_swe
 
 def test_a_database_at_an_unknown_revision_is_refused(tmp_path: Path) -> None:
     db_file = tmp_path / "future.db"
-    url = _stamped_unknown(db_file)
+    _stamped_unknown(db_file)
     result = invoke("leaderboard", "--db", db_file)
     assert result.exit_code == 3
     assert "is at schema ffffffffffff, which this version of twossp does not know" in result.output

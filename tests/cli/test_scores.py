@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from stored_runs import T0, claim, record, tiny_sweep
+from tests.support.stored_runs import T0, claim, record, tiny_sweep
 from twossp import cli
 from twossp.contracts import RunResult, RunStatus
 from twossp.db.database import Database

@@ -12,10 +12,10 @@ from typing import Iterator
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from rich.console import Console
 from sqlalchemy import text
 
-from stored_runs import claim, record, tiny_sweep
+from tests.support.consoles import fixed_terminal
+from tests.support.stored_runs import claim, record, tiny_sweep
 from twossp import cli
 from twossp.contracts import LayerMask, RunResult, RunStatus
 from twossp.db.database import Database
@@ -28,20 +28,13 @@ TABLES = ("sweeps", "runs", "scores", "timings", "layer_masks", "generations", "
 
 
 @pytest.fixture(autouse=True, scope="module")
-def fixed_terminal() -> Iterator[None]:
-    """A terminal of 200 columns and 50 lines, whatever the suite runs in: the CLI's consoles that
-    wide and without colour (rich reads COLUMNS once, when twossp.cli is imported: an env given to
-    CliRunner comes too late), and COLUMNS and LINES for what asks on each call (plotext's charts)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("COLUMNS", str(200))
-        mp.setenv("LINES", "50")
-        mp.setattr(cli, "console", Console(width=200, highlight=False, color_system=None))
-        mp.setattr(cli, "err", Console(width=200, stderr=True, highlight=False, color_system=None))
+def terminal() -> Iterator[None]:
+    with fixed_terminal(200):
         yield
 
 
 def invoke(*args: object) -> Result:
-    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "200"})
+    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
 
 
 def readme_queries() -> list[str]:

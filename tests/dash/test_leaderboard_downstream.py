@@ -9,7 +9,7 @@ import statistics
 from rich.console import Console
 from rich.text import Text
 
-from stored_runs import T0, claim, record, tiny_sweep
+from tests.support.stored_runs import T0, claim, record, tiny_sweep
 from twossp.contracts import RunResult, RunStatus
 from twossp.dash.render import tables
 from twossp.dash.views import find_view, parse_params, run_view

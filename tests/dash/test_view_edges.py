@@ -10,9 +10,9 @@ from typing import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
-from rich.console import Console
 
-from stored_runs import OWNER, T0, record, tiny_sweep
+from tests.support.consoles import fixed_terminal
+from tests.support.stored_runs import OWNER, T0, record, tiny_sweep
 from twossp import cli
 from twossp.contracts import RunResult, RunStatus
 from twossp.dash.charts import Chart, panels
@@ -23,15 +23,8 @@ from twossp.plan import plan_sweep
 
 
 @pytest.fixture(autouse=True, scope="module")
-def fixed_terminal() -> Iterator[None]:
-    """A terminal of 160 columns and 50 lines, whatever the suite runs in: the CLI's consoles that
-    wide and without colour (rich reads COLUMNS once, when twossp.cli is imported: an env given to
-    CliRunner comes too late), and COLUMNS and LINES for what asks on each call (plotext's charts)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("COLUMNS", str(160))
-        mp.setenv("LINES", "50")
-        mp.setattr(cli, "console", Console(width=160, highlight=False, color_system=None))
-        mp.setattr(cli, "err", Console(width=160, stderr=True, highlight=False, color_system=None))
+def terminal() -> Iterator[None]:
+    with fixed_terminal(160):
         yield
 
 

@@ -1,4 +1,4 @@
-"""Every packaged view rendered from a database a real sweep filled (tests/swept_views.py), at a
+"""Every packaged view rendered from a database a real sweep filled (tests/support/swept_views.py), at a
 fixed console width, against stored snapshots (``TWOSSP_UPDATE_SNAPSHOTS=1`` rewrites them after a
 deliberate change; review the diff); every output format; JSON against the database; the figures
 a chart view writes; view files found, overridden and refused with every problem."""
@@ -17,8 +17,8 @@ from typing import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
-from rich.console import Console
 
+from tests.support.consoles import fixed_terminal
 from twossp import cli
 from twossp.dash.views import view_files
 
@@ -28,15 +28,8 @@ PACKAGED = ["ablation", "compare", "leaderboard", "run", "status", "tasks", "tra
 
 
 @pytest.fixture(autouse=True, scope="module")
-def fixed_terminal() -> Iterator[None]:
-    """A terminal of WIDTH columns and 50 lines, whatever the suite runs in: the CLI's consoles that
-    wide and without colour (rich reads COLUMNS once, when twossp.cli is imported: an env given to
-    CliRunner comes too late), and COLUMNS and LINES for what asks on each call (plotext's charts)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("COLUMNS", str(WIDTH))
-        mp.setenv("LINES", "50")
-        mp.setattr(cli, "console", Console(width=WIDTH, highlight=False, color_system=None))
-        mp.setattr(cli, "err", Console(width=WIDTH, stderr=True, highlight=False, color_system=None))
+def terminal() -> Iterator[None]:
+    with fixed_terminal(WIDTH):
         yield
 
 
@@ -71,7 +64,7 @@ def view_args(views_db, name: str) -> list[str]:
 def stable(views_db, out: str) -> str:
     """Output without the run and evaluation keys, which hash the sweep's file paths (the session's
     folder): each replaced by a placeholder of its width, so that no column's width changes. The
-    paths themselves have fixed names in the database the views read (tests/swept_views.py)."""
+    paths themselves have fixed names in the database the views read (tests/support/swept_views.py)."""
     text = out
     for i, (key,) in enumerate(sql(views_db, "select key from runs order by id"), start=1):
         text = text.replace(key, f"run#{i:02d}".ljust(len(key), "."))

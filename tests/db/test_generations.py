@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from stored_runs import T0, claim, record, tiny_sweep
+from tests.support.stored_runs import T0, claim, record, tiny_sweep
 from twossp.contracts import RunResult, RunStatus
 from twossp.db.database import Database
 from twossp.plan import RunSpec, plan_sweep

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL
 
-from stored_runs import T0, claim, record, tiny_sweep
+from tests.support.stored_runs import T0, claim, record, tiny_sweep
 from twossp.contracts import RunResult, RunStatus
 from twossp.db.models import Run, Sweep
 from twossp.db.database import Database, QueryResult

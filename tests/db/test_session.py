@@ -345,7 +345,7 @@ def test_no_privilege_to_create_the_schema_is_reported_at_once(postgres_admin_ur
     import time
     import uuid
 
-    from pg_server import drop_database, new_database
+    from tests.support.pg_server import drop_database, new_database
 
     url = new_database(postgres_admin_url)
     role = f"reader_{uuid.uuid4().hex[:8]}"

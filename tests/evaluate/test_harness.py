@@ -14,15 +14,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.support.task_files import write_task_files
 from twossp.errors import DataUnavailable, SpecError
 from twossp.evaluate import harness_data
 from twossp.evaluate.harness import evaluate_tasks, prepare_tasks
 from twossp.plan import plan_sweep
 from twossp.spec import TaskSpec, parse_sweep
 from twossp.tasks import TASKS, locate
-
-sys.path.insert(0, str(Path(__file__).parent))
-from task_files import write_task_files  # noqa: E402
 
 ALL = [TaskSpec(name=n) for n in ("arc_easy", "arc_challenge", "piqa", "winogrande", "hellaswag")] + \
       [TaskSpec(name="mmlu", subjects=["anatomy", "astronomy"])]

@@ -11,6 +11,8 @@ import torch
 from torch.nn import functional as F
 from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3Config, Gemma3ForCausalLM, Gemma3TextConfig
 
+from tests.support.models import layer_call, layer_numel, logits, param_count
+from tests.support.searches import naive_attention_search
 from twossp.checkpoint import load_pruned, save_pruned
 from twossp.errors import UnsupportedArchitecture
 from twossp.evaluate.perplexity import perplexity
@@ -29,20 +31,6 @@ GENERATE = dict(do_sample=False, max_new_tokens=10, min_new_tokens=10, pad_token
                 return_dict_in_generate=True, output_scores=True)
 
 
-def _params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _layer_numel(model: torch.nn.Module) -> int:
-    """Parameters inside the decoder layers, counted from the state dict's shapes alone."""
-    return sum(t.numel() for k, t in model.state_dict().items() if ".layers." in k)
-
-
-def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(ids).logits
-
-
 def _assert_cache_equals_no_cache(model: torch.nn.Module, prompt: torch.Tensor) -> None:
     with torch.no_grad():
         cached = model.generate(prompt, use_cache=True, **GENERATE)
@@ -51,21 +39,6 @@ def _assert_cache_equals_no_cache(model: torch.nn.Module, prompt: torch.Tensor) 
     assert torch.equal(cached.sequences, uncached.sequences)
     for a, b in zip(cached.scores, uncached.scores):  # -inf (min_new_tokens) compares equal
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
-def _layer_call(model, layer, ids):
-    """The input, call arguments and output of ``layer`` in a forward of ``model`` on ``ids``."""
-    captured = {}
-    handle = layer.register_forward_hook(
-        lambda mod, args, kwargs, out: captured.update(inp=args[0] if args else kwargs["hidden_states"],
-                                                       kwargs=kwargs, out=out),
-        with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(ids)
-    finally:
-        handle.remove()
-    return captured["inp"], captured["kwargs"], captured["out"]
 
 
 # --- registry and counting -------------------------------------------------------------------
@@ -93,9 +66,9 @@ def test_config_counts_equal_model_counts(tiny, family, num_layers):
     counts = adapter.block_counts(model)
     assert config_block_counts(model.config) == counts
     assert config_block_counts(model.config.to_dict()) == counts  # config.json as a plain dict
-    assert counts.layer_params == _layer_numel(model)
+    assert counts.layer_params == layer_numel(model)
     layer = adapter.layers(model)[0]
-    assert counts.attn_params == _params(layer.self_attn)  # Gemma 3's q/k norms included
+    assert counts.attn_params == param_count(layer.self_attn)  # Gemma 3's q/k norms included
     assert counts.layer_params == num_layers * (counts.attn_params + counts.mlp_params + 4 * 64)
 
 
@@ -112,7 +85,7 @@ def test_config_counts_of_real_sizes(arch, config_cls, model_cls, extra, total):
     config_json = dict(architectures=[arch], num_hidden_layers=26, head_dim=256, **extra)
     with torch.device("meta"):  # shapes only, no memory
         model = model_cls(config_cls(**{k: v for k, v in config_json.items() if k != "architectures"}))
-    assert _params(model) == total
+    assert param_count(model) == total
     assert config_block_counts(config_json) == adapter_for(config_json).block_counts(model)
     d = extra["hidden_size"]
     # everything but the embeddings and the final norm
@@ -126,7 +99,7 @@ def test_adapter_logits_are_the_models_soft_capped_logits(tiny, cpu, family):
     model = tiny.model(family, num_layers=4)
     adapter = adapter_for(model.config)
     ids = tiny.tokens(2, 12)
-    expected = _logits(model, ids)
+    expected = logits(model, ids)
     cap = model.config.final_logit_softcapping
     with torch.no_grad():
         hidden = adapter.decoder(model)(input_ids=ids, use_cache=False).last_hidden_state
@@ -134,7 +107,7 @@ def test_adapter_logits_are_the_models_soft_capped_logits(tiny, cpu, family):
         assert model.lm_head(hidden).abs().max() > cap > expected.abs().max()  # the cap really bites
         # the route of stage 2: the last block's output, the adapter's final norm, the adapter's logits
         last = adapter.layers(model)[-1]
-        _, _, out = _layer_call(model, last, ids)
+        _, _, out = layer_call(model, last, ids)
         torch.testing.assert_close(adapter.logits(model, adapter.final_norm(model)(out)), expected, rtol=0, atol=0)
     # perplexity through the adapter equals perplexity from model.forward's logits
     nll = F.cross_entropy(expected[:, :-1].reshape(-1, expected.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
@@ -148,7 +121,7 @@ def test_decoder_input_is_the_scaled_embedding(tiny, family):
     model = tiny.model(family, num_layers=2)
     adapter = adapter_for(model.config)
     ids = tiny.tokens(1, 8)
-    inp, _, _ = _layer_call(model, adapter.layers(model)[0], ids)
+    inp, _, _ = layer_call(model, adapter.layers(model)[0], ids)
     torch.testing.assert_close(inp, model.model.embed_tokens.weight[ids] * math.sqrt(64))
 
 
@@ -169,14 +142,14 @@ def test_removed_attention_owns_nothing_and_block_is_residual_plus_ffn(tiny, fam
     model = tiny.model(family, num_layers=4)
     adapter = adapter_for(model.config)
     layer = adapter.layers(model)[1]
-    attn_params = _params(layer.self_attn) + _params(layer.input_layernorm) + _params(layer.post_attention_layernorm)
-    before = _params(layer)
+    attn_params = sum(map(param_count, (layer.self_attn, layer.input_layernorm, layer.post_attention_layernorm)))
+    before = param_count(layer)
     adapter.remove_attention(model, 1)
     assert isinstance(layer.self_attn, RemovedAttention)
-    assert _params(layer) == before - attn_params
-    assert _params(layer) == _params(layer.mlp) + 2 * 64  # the FFN and its two norms
+    assert param_count(layer) == before - attn_params
+    assert param_count(layer) == param_count(layer.mlp) + 2 * 64  # the FFN and its two norms
     assert model.config.twossp_removed_attention == [1]
-    h, _, out = _layer_call(model, layer, tiny.tokens(1, 8))
+    h, _, out = layer_call(model, layer, tiny.tokens(1, 8))
     with torch.no_grad():
         ffn = layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
     torch.testing.assert_close(out, h + ffn, rtol=0, atol=0)
@@ -187,12 +160,12 @@ def test_removed_ffn_owns_nothing_and_block_is_residual_plus_attention(tiny, fam
     model = tiny.model(family, num_layers=4)
     adapter = adapter_for(model.config)
     layer = adapter.layers(model)[2]
-    ffn_params = sum(map(_params, (layer.mlp, layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm)))
-    before = _params(layer)
+    ffn_params = sum(map(param_count, (layer.mlp, layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm)))
+    before = param_count(layer)
     adapter.remove_ffn(model, 2)
     assert isinstance(layer.mlp, RemovedFFN) and adapter.is_attention_present(layer)
-    assert _params(layer) == before - ffn_params
-    h, kwargs, out = _layer_call(model, layer, tiny.tokens(1, 8))
+    assert param_count(layer) == before - ffn_params
+    h, kwargs, out = layer_call(model, layer, tiny.tokens(1, 8))
     attn_kwargs = {k: v for k, v in kwargs.items() if k in ("attention_mask", "position_embeddings")}
     with torch.no_grad():
         attn, _ = layer.self_attn(layer.input_layernorm(h), **attn_kwargs)
@@ -204,7 +177,7 @@ def test_the_sliding_window_really_slides(tiny, family):
     # guard for the generation tests: prompts longer than the 4-token window change the logits
     ids = tiny.tokens(1, 12)
     wide = tiny.model(family, 6, sliding_window=64)
-    assert not torch.allclose(_logits(tiny.model(family, 6), ids), _logits(wide, ids))
+    assert not torch.allclose(logits(tiny.model(family, 6), ids), logits(wide, ids))
 
 
 @pytest.mark.parametrize("family,removed", [
@@ -240,14 +213,14 @@ def test_every_sliding_attention_removed(tiny, tmp_path, family, removed):
         [k for k, t in enumerate(model.config.layer_types) if t == "full_attention"][:6 - len(removed)]
     _assert_cache_equals_no_cache(model, tiny.tokens(1, 9, seed=4))
     ids = tiny.tokens(2, 12, seed=9)
-    expected = _logits(model, ids)
+    expected = logits(model, ids)
     rebuilt = copy.deepcopy(dense)
     apply_masks(rebuilt, adapter, list(reversed(layer_masks(6, 128, None, removed))))
     assert rebuilt.config.layer_types == model.config.layer_types
-    torch.testing.assert_close(_logits(rebuilt, ids), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(rebuilt, ids), expected, rtol=0, atol=0)
     save_pruned(model, None, tmp_path)
     reloaded = load_pruned(tmp_path)
-    torch.testing.assert_close(_logits(reloaded, ids), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(reloaded, ids), expected, rtol=0, atol=0)
     _assert_cache_equals_no_cache(reloaded, tiny.tokens(1, 9, seed=4))
 
 
@@ -280,25 +253,11 @@ def test_stage1_scores_are_the_ffn_activations_by_hand(tiny, cpu, family):
         torch.testing.assert_close(got, torch.stack(want).mean(dim=0), rtol=1e-5, atol=1e-5)
 
 
-def _brute_force_depth(model, adapter, windows, steps):
-    """The naive stage 2 from the protocol, with perplexity from ``model.forward``'s own (soft-capped)
-    logits: every step, every candidate on a copy; ties to the lowest index."""
-    model = copy.deepcopy(model)
-    removed = []
-    for _ in range(steps):
-        best = None
-        for i, layer in enumerate(adapter.layers(model)):
-            if not adapter.is_attention_present(layer):
-                continue
-            candidate = copy.deepcopy(model)
-            adapter.remove_attention(candidate, i)
-            logits = _logits(candidate, windows)
-            nll = float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)))
-            if best is None or nll < best[0]:
-                best = (nll, i)
-        adapter.remove_attention(model, best[1])
-        removed.append(best[1])
-    return removed
+def _nll(model, windows) -> float:
+    """The loss the naive stage 2 ranks candidates by here: perplexity's logarithm from
+    ``model.forward``'s own (soft-capped) logits, not from twossp's perplexity code."""
+    out = logits(model, windows)
+    return float(F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]), windows[:, 1:].reshape(-1)))
 
 
 @pytest.mark.parametrize("family", GEMMAS)
@@ -316,27 +275,28 @@ def test_2ssp_end_to_end(tiny, cpu, tmp_path, family, sparsity):
     # stage 2 chose what the naive search on the width-pruned model chooses
     width_only = copy.deepcopy(dense)
     apply_masks(width_only, adapter, layer_masks(n, 128, outcome.kept_ffn, []))
-    assert _brute_force_depth(width_only, adapter, calibration[:1], len(outcome.removed_attention)) == \
+    steps = len(outcome.removed_attention)
+    assert naive_attention_search(width_only, adapter, steps, lambda m: _nll(m, calibration[:1]))[0] == \
         outcome.removed_attention
     # achieved sparsity from the state dict's shapes equals the adapter's count
-    achieved = 1 - _layer_numel(model) / _layer_numel(dense)
+    achieved = 1 - layer_numel(model) / layer_numel(dense)
     counted = 1 - adapter.block_counts(model).layer_params / adapter.block_counts(dense).layer_params
     assert achieved == pytest.approx(counted)
     assert abs(achieved - sparsity) < 0.05
 
     ids = tiny.tokens(2, 12, seed=9)
-    expected = _logits(model, ids)
+    expected = logits(model, ids)
     assert torch.isfinite(expected).all()
     _assert_cache_equals_no_cache(model, tiny.tokens(1, 9, seed=4))
 
     rebuilt = copy.deepcopy(dense)
     apply_masks(rebuilt, adapter, layer_masks(n, 128, outcome.kept_ffn, outcome.removed_attention))
-    torch.testing.assert_close(_logits(rebuilt, ids), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(rebuilt, ids), expected, rtol=0, atol=0)
 
     saved = save_pruned(model, None, tmp_path)
     assert not saved.stock and saved.removed_attention == sorted(outcome.removed_attention)
     reloaded = load_pruned(tmp_path)
-    torch.testing.assert_close(_logits(reloaded, ids), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(reloaded, ids), expected, rtol=0, atol=0)
     assert reloaded.state_dict().keys() == model.state_dict().keys()
     _assert_cache_equals_no_cache(reloaded, tiny.tokens(1, 9, seed=4))
 
@@ -356,20 +316,20 @@ def test_block_methods_end_to_end(tiny, cpu, tmp_path, family, method):
     kept = [i for i in range(8) if i not in outcome.removed_blocks]
     assert model.config.layer_types == [dense.config.layer_types[i] for i in kept]
     assert config_block_counts(model.config) == adapter.block_counts(model)
-    assert 1 - _layer_numel(model) / _layer_numel(dense) == pytest.approx(3 / 8)
+    assert 1 - layer_numel(model) / layer_numel(dense) == pytest.approx(3 / 8)
 
     ids = tiny.tokens(2, 12, seed=9)
-    expected = _logits(model, ids)
+    expected = logits(model, ids)
     assert torch.isfinite(expected).all()
     _assert_cache_equals_no_cache(model, tiny.tokens(1, 9, seed=4))
 
     rebuilt = copy.deepcopy(dense)
     apply_masks(rebuilt, adapter, layer_masks(8, 128, None, [], outcome.removed_blocks))
-    torch.testing.assert_close(_logits(rebuilt, ids), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(rebuilt, ids), expected, rtol=0, atol=0)
     assert save_pruned(model, None, tmp_path).stock
     stock = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    torch.testing.assert_close(_logits(stock, ids), expected, rtol=0, atol=0)
-    torch.testing.assert_close(_logits(load_pruned(tmp_path), ids), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(stock, ids), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(load_pruned(tmp_path), ids), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family", GEMMAS)
@@ -384,10 +344,10 @@ def test_submodule_removal_through_masks_and_checkpoint(tiny, tmp_path, family):
         adapter.remove_ffn(model, i)
     _assert_cache_equals_no_cache(model, tiny.tokens(1, 9, seed=4))
     ids = tiny.tokens(2, 12, seed=9)
-    expected = _logits(model, ids)
+    expected = logits(model, ids)
     rebuilt = copy.deepcopy(dense)
     apply_masks(rebuilt, adapter, layer_masks(6, 128, None, [0, 4], removed_ffn=[0, 2]))
     assert len(adapter.layers(rebuilt)) == 5  # block 0 became the identity and was deleted
-    torch.testing.assert_close(_logits(rebuilt, ids), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(rebuilt, ids), expected, rtol=0, atol=0)
     save_pruned(rebuilt, None, tmp_path)
-    torch.testing.assert_close(_logits(load_pruned(tmp_path), ids), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(load_pruned(tmp_path), ids), expected, rtol=0, atol=0)

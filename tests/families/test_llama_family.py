@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, LlamaConfig
 
+from tests.support.models import layer_call, layer_numel, param_count
 from twossp.errors import UnsupportedArchitecture
 from twossp.families import adapter_for, supported_architectures
 from twossp.families.base import RemovedAttention
@@ -15,15 +16,6 @@ from twossp.families.llama import LlamaAdapter, MistralAdapter, Phi3Adapter, Qwe
 from twossp.prune.width import prune_width
 
 FAMILIES = ["llama", "mistral", "qwen2"]
-
-
-def _params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _layer_numel(model: torch.nn.Module) -> int:
-    """Parameters inside the decoder layers, counted from the state dict's shapes alone."""
-    return sum(t.numel() for k, t in model.state_dict().items() if ".layers." in k)
 
 
 # --- registry --------------------------------------------------------------------------------
@@ -92,17 +84,17 @@ def test_removed_attention_owns_nothing_and_is_recorded(tiny, family):
     model = tiny.model(family, num_layers=4)
     adapter = adapter_for(model.config)
     layer = adapter.layers(model)[1]
-    mlp_before = _params(layer.mlp)
-    attn_params = _params(layer.self_attn) + _params(layer.input_layernorm)
+    mlp_before = param_count(layer.mlp)
+    attn_params = param_count(layer.self_attn) + param_count(layer.input_layernorm)
 
     adapter.remove_attention(model, 1)
     adapter.remove_attention(model, 3)
 
     assert isinstance(layer.self_attn, RemovedAttention)
-    assert _params(layer.self_attn) == 0 and _params(layer.input_layernorm) == 0
+    assert param_count(layer.self_attn) == 0 and param_count(layer.input_layernorm) == 0
     # what is left of the block: its FFN and the norm feeding it
-    assert _params(layer) == mlp_before + _params(layer.post_attention_layernorm)
-    assert _params(layer) == _params(adapter.layers(model)[0]) - attn_params
+    assert param_count(layer) == mlp_before + param_count(layer.post_attention_layernorm)
+    assert param_count(layer) == param_count(adapter.layers(model)[0]) - attn_params
     assert model.config.twossp_removed_attention == [1, 3]
     assert [adapter.is_attention_present(x) for x in adapter.layers(model)] == [True, False, True, False]
     with pytest.raises(ValueError, match="already removed"):
@@ -118,17 +110,8 @@ def test_removed_block_is_residual_plus_ffn(tiny):
     adapter = adapter_for(model.config)
     adapter.remove_attention(model, 1)
     layer = adapter.layers(model)[1]
-    captured = {}
-    handle = layer.register_forward_hook(
-        lambda mod, args, kwargs, out: captured.update(inp=args[0] if args else kwargs["hidden_states"], out=out),
-        with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(tiny.tokens(1, 8))
-    finally:
-        handle.remove()
-    h = captured["inp"]
-    out = captured["out"][0] if isinstance(captured["out"], tuple) else captured["out"]
+    h, _, out = layer_call(model, layer, tiny.tokens(1, 8))
+    out = out[0] if isinstance(out, tuple) else out
     with torch.no_grad():
         torch.testing.assert_close(out, h + layer.mlp(layer.post_attention_layernorm(h)))
 
@@ -170,20 +153,20 @@ def test_attention_bypassed_restores_even_on_error(tiny):
 def test_achieved_sparsity_counted_from_state_dict(tiny, family):
     dense = tiny.model(family, num_layers=4)
     adapter = adapter_for(dense.config)
-    dense_numel = _layer_numel(dense)
+    dense_numel = layer_numel(dense)
     pruned = copy.deepcopy(dense)
     prune_width(pruned, adapter, [torch.arange(0, 128, 3)] * 4)  # 43 of 128 neurons
     adapter.remove_attention(pruned, 0)
     adapter.remove_attention(pruned, 2)
 
-    achieved = 1 - _layer_numel(pruned) / dense_numel
+    achieved = 1 - layer_numel(pruned) / dense_numel
     assert achieved == pytest.approx(1 - adapter.block_counts(pruned).layer_params / adapter.block_counts(dense).layer_params)
     assert adapter.block_counts(dense).layer_params == dense_numel
     # and by hand: two attentions (with their norms) and 85 neurons of every FFN are gone
-    d, attn = 64, _params(adapter.attention(adapter.layers(dense)[0]))
+    d, attn = 64, param_count(adapter.attention(adapter.layers(dense)[0]))
     per_neuron = 3 * d  # a gate row, an up row, a down column (these models have no MLP biases)
     removed = 2 * (attn + d) + 4 * 85 * per_neuron
-    assert dense_numel - _layer_numel(pruned) == removed
+    assert dense_numel - layer_numel(pruned) == removed
 
 
 # --- FFN removal (BlockPruner removes attention and FFN submodules separately) ----------------
@@ -193,29 +176,19 @@ def test_removed_ffn_owns_nothing_and_block_is_residual_plus_attention(tiny, fam
     model = tiny.model(family, num_layers=3)
     adapter = adapter_for(model.config)
     layer = adapter.layers(model)[1]
-    before = _params(layer)
-    ffn_params = _params(layer.mlp) + _params(layer.post_attention_layernorm)
+    before = param_count(layer)
+    ffn_params = param_count(layer.mlp) + param_count(layer.post_attention_layernorm)
     adapter.remove_ffn(model, 1)
     assert not adapter.is_ffn_present(layer) and adapter.is_attention_present(layer)
-    assert _params(layer) == before - ffn_params
+    assert param_count(layer) == before - ffn_params
     assert model.config.twossp_removed_ffn == [1]
     with pytest.raises(ValueError, match="already removed"):
         adapter.remove_ffn(model, 1)
-    captured = {}
-    handle = layer.register_forward_hook(
-        lambda mod, args, kwargs, out: captured.update(inp=args[0] if args else kwargs["hidden_states"],
-                                                       kwargs=kwargs, out=out),
-        with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(tiny.tokens(1, 8))
-    finally:
-        handle.remove()
-    h = captured["inp"]
-    attn_kwargs = {k: v for k, v in captured["kwargs"].items() if k in ("attention_mask", "position_embeddings")}
+    h, kwargs, out = layer_call(model, layer, tiny.tokens(1, 8))
+    attn_kwargs = {k: v for k, v in kwargs.items() if k in ("attention_mask", "position_embeddings")}
     with torch.no_grad():
         attn, _ = layer.self_attn(layer.input_layernorm(h), **attn_kwargs)
-        torch.testing.assert_close(captured["out"], h + attn)
+        torch.testing.assert_close(out, h + attn)
 
 
 def test_ffn_bypassed_restores(tiny):

@@ -35,7 +35,7 @@ import yaml  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from tiny_checkpoint import paragraphs  # noqa: E402
+from tests.support.tiny_checkpoint import paragraphs  # noqa: E402
 from twossp.db import store  # noqa: E402
 from twossp.db.models import Run  # noqa: E402
 from twossp.db.database import Database  # noqa: E402

@@ -9,14 +9,13 @@ import copy
 import pytest
 import torch
 
+from tests.support.models import FAMILIES
 from twossp.device import batch_size
 from twossp.evaluate.perplexity import perplexity
 from twossp.families import adapter_for
 from twossp.prune.blockpruner import remove_submodules_greedy
 from twossp.prune.calibration import BlockInputs
 from twossp.prune.depth import remove_attention_greedy
-
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
+from tests.support.models import layer_numel
+from tests.support.searches import naive_submodule_search
 from twossp.errors import BudgetError
-from twossp.evaluate.perplexity import perplexity
 from twossp.families import adapter_for
 from twossp.prune.blockpruner import remove_submodules_greedy, split_removals, steps_for
 from twossp.contracts import layer_masks
@@ -19,45 +20,13 @@ from twossp.prune import PruneContext, prune
 from twossp.methods import BlockPrunerMethod
 
 
-def _layer_numel(model) -> int:
-    """Decoder-layer parameters from the state dict's shapes (independent of the adapter's counting)."""
-    return sum(v.numel() for k, v in model.state_dict().items() if ".layers." in k)
-
-
-def _brute_force(model, adapter, windows, sparsity, device):
-    """The naive search, from the paper: every step, every remaining submodule (attention first,
-    then FFN, each in block order) really removed on a deep copy, the full model's perplexity; the
-    first lowest wins; stop once the removed parameters reach ceil(s * P_layers)."""
-    model = copy.deepcopy(model)
-    dense = _layer_numel(model)
-    target = math.ceil(sparsity * dense)
-    order, ppls, removed = [], [], []
-    while not removed or removed[-1] < target:
-        best = None
-        for kind in ("attention", "ffn"):
-            for i, layer in enumerate(adapter.layers(model)):
-                present = adapter.is_attention_present if kind == "attention" else adapter.is_ffn_present
-                if not present(layer):
-                    continue
-                candidate = copy.deepcopy(model)
-                (adapter.remove_attention if kind == "attention" else adapter.remove_ffn)(candidate, i)
-                ppl = perplexity(candidate, adapter, windows, device).perplexity
-                if best is None or ppl < best[0]:
-                    best = (ppl, (kind, i))
-        (adapter.remove_attention if best[1][0] == "attention" else adapter.remove_ffn)(model, best[1][1])
-        order.append(best[1])
-        ppls.append(best[0])
-        removed.append(dense - _layer_numel(model))
-    return order, ppls, removed, model
-
-
 def test_greedy_equals_brute_force_on_every_family(tiny, cpu):
     n, sparsity = 5, 0.25
     windows = tiny.tokens(1, 12, seed=5)
     for family in tiny.families:
         model = tiny.model(family, num_layers=n, seed=11)
         adapter = adapter_for(model.config)
-        want_order, want_ppl, want_removed, want_model = _brute_force(model, adapter, windows, sparsity, cpu)
+        want_order, want_ppl, want_removed, want_model = naive_submodule_search(model, adapter, windows, sparsity, cpu)
         search = remove_submodules_greedy(model, adapter, windows, sparsity, cpu)
 
         assert search.removed == want_order, family
@@ -65,7 +34,7 @@ def test_greedy_equals_brute_force_on_every_family(tiny, cpu):
                                    torch.tensor(want_ppl, dtype=torch.float64), rtol=1e-5, atol=0)
         assert search.removed_params == want_removed
         # stopping rule: the target is reached, and one step fewer would not have reached it
-        assert search.target_params == math.ceil(sparsity * _layer_numel(tiny.model(family, n, seed=11)))
+        assert search.target_params == math.ceil(sparsity * layer_numel(tiny.model(family, n, seed=11)))
         assert search.removed_params[-1] >= search.target_params
         assert len(search.removed_params) == 1 or search.removed_params[-2] < search.target_params
         assert search.layer_forwards < search.naive_layer_forwards
@@ -79,7 +48,7 @@ def test_two_windows_and_forward_accounting(tiny, cpu):
     model = tiny.model("qwen2", num_layers=n, seed=11)
     adapter = adapter_for(model.config)
     windows = tiny.tokens(2, 16, seed=5)
-    want_order, want_ppl, _, _ = _brute_force(model, adapter, windows, 0.4, cpu)
+    want_order, want_ppl, _, _ = naive_submodule_search(model, adapter, windows, 0.4, cpu)
     search = remove_submodules_greedy(model, adapter, windows, 0.4, cpu)
     assert search.removed == want_order
     assert search.calibration_perplexity == pytest.approx(want_ppl, rel=1e-5)
@@ -140,9 +109,9 @@ def test_prune_every_family(tiny, cpu, sparsity):
             assert adapter.is_ffn_present(layer) == (old not in ffn), (family, old)
 
         # achieved sparsity, from state-dict shapes, equals the recorded one and meets the target
-        achieved = 1 - _layer_numel(model) / _layer_numel(dense)
+        achieved = 1 - layer_numel(model) / layer_numel(dense)
         assert achieved == pytest.approx(d["achieved_sparsity"], abs=1e-12)
-        assert _layer_numel(dense) - _layer_numel(model) == d["removed_params_after_each_removal"][-1]
+        assert layer_numel(dense) - layer_numel(model) == d["removed_params_after_each_removal"][-1]
         assert achieved >= sparsity
         assert len(order) == 1 or d["removed_params_after_each_removal"][-2] < d["target_params"]
         assert outcome.layer_forwards < outcome.naive_layer_forwards
@@ -167,7 +136,7 @@ def test_a_lower_sparsity_is_a_prefix_of_a_higher_ones_search(tiny, cpu):
     low_outcome = prune(PruneContext(model=low, adapter=adapter, calibration=calibration, sparsity=0.25,
                                      method=BlockPrunerMethod(), device=cpu))
     high_search = remove_submodules_greedy(high, adapter, calibration, 0.5, cpu)
-    steps = steps_for(high_search.removed_params, _layer_numel(dense), 0.25)
+    steps = steps_for(high_search.removed_params, layer_numel(dense), 0.25)
     assert high_search.removed[:steps] == low_outcome.removal_order
     assert len(high_search.seconds) == len(high_search.removed)
     assert high_search.seconds == sorted(high_search.seconds)
@@ -180,7 +149,7 @@ def test_a_lower_sparsity_is_a_prefix_of_a_higher_ones_search(tiny, cpu):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(tokens).logits, low(tokens).logits, rtol=0, atol=0)
     with pytest.raises(BudgetError, match="short of sparsity 0.75"):
-        steps_for(high_search.removed_params, _layer_numel(dense), 0.75)
+        steps_for(high_search.removed_params, layer_numel(dense), 0.75)
 
 
 def test_impossible_budget_is_refused(tiny, cpu):

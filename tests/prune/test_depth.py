@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
+from tests.support.searches import naive_attention_search
 from twossp.evaluate.perplexity import perplexity
 from twossp.families import adapter_for
 from twossp.prune.depth import naive_layer_forwards, remove_attention_greedy
-
-
-def _brute_force(model, adapter, windows, steps, device):
-    """The naive search, written from the protocol: every step, every candidate on a deep copy, the
-    full model's perplexity; ties go to the lowest index."""
-    model = copy.deepcopy(model)
-    removed, ppls = [], []
-    for _ in range(steps):
-        best = None
-        for i, layer in enumerate(adapter.layers(model)):
-            if not adapter.is_attention_present(layer):
-                continue
-            candidate = copy.deepcopy(model)
-            adapter.remove_attention(candidate, i)
-            ppl = perplexity(candidate, adapter, windows, device).perplexity
-            if best is None or ppl < best[0]:
-                best = (ppl, i)
-        adapter.remove_attention(model, best[1])
-        removed.append(best[1])
-        ppls.append(best[0])
-    return removed, ppls, model
 
 
 @pytest.mark.parametrize("family,num_windows", [("llama", 1), ("llama", 2), ("qwen2", 2), ("qwen3", 1), ("phi3", 1)])
@@ -40,7 +18,9 @@ def test_greedy_equals_brute_force(tiny, cpu, family, num_windows):
     adapter = adapter_for(model.config)
     windows = tiny.tokens(num_windows, 16, seed=5)
 
-    want_removed, want_ppl, want_model = _brute_force(model, adapter, windows, steps, cpu)
+    # the naive search, from the protocol: every candidate on a deep copy, the full model's perplexity
+    want_removed, want_ppl, want_model = naive_attention_search(
+        model, adapter, steps, lambda m: perplexity(m, adapter, windows, cpu).perplexity)
     search = remove_attention_greedy(model, adapter, windows, steps, cpu)
 
     assert search.removed == want_removed

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support.models import layer_numel
 from twossp.families import adapter_for
 from twossp.contracts import LayerMask, layer_masks, pack_indices
 from twossp.prune.masks import apply_masks
@@ -36,7 +37,6 @@ def test_masks_rebuild_a_2ssp_model(tiny, cpu, family):
 
     # achieved sparsity, counted on the pruned weights, is the target up to d_keep's rounding (half a
     # neuron of 3 d parameters per block) plus the norms that leave with removed attentions
-    layer_numel = lambda m: sum(t.numel() for k, t in m.state_dict().items() if ".layers." in k)  # noqa: E731
     removed, target = layer_numel(dense) - layer_numel(pruned), 0.5 * layer_numel(dense)
     d = dense.config.hidden_size
     assert abs(removed - target) <= n * (3 * d / 2 + 1) + len(outcome.removed_attention) * d

@@ -11,6 +11,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
 
+from tests.support.models import logits
 from twossp.checkpoint import load_pruned, save_pruned
 from twossp.errors import CheckpointError
 from twossp.data.tokens import token_stream
@@ -26,12 +27,7 @@ from twossp.methods import SliceGPTMethod
 from twossp.spec import parse_sweep
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
-HIDDEN = 64  # the tiny models' hidden size (tests/conftest.py)
-
-
-def logits(model, tokens):
-    with torch.no_grad():
-        return model(tokens).logits
+HIDDEN = 64  # the tiny models' hidden size (tests/support/models.py)
 
 
 def layer_state_params(model) -> int:

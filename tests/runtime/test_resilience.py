@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from tiny_checkpoint import paragraphs
+from tests.support.tiny_checkpoint import paragraphs
 from twossp.plan import plan_sweep
 from twossp.spec import load_sweep
 

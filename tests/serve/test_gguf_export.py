@@ -40,7 +40,7 @@ TOLERANCE = 1e-4  # f32: max |llama.cpp - twossp| / max |twossp| logit (measured
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from tiny_checkpoint import build_tokenizer
+    from tests.support.tiny_checkpoint import build_tokenizer
 
     return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
@@ -175,7 +175,7 @@ def test_llama3_rope_scaling_is_carried_as_frequency_factors(tiny, tokenizer, tm
 
 @pytest.fixture(scope="module")
 def pruned_llama(tokenizer):
-    from conftest import random_tokens, tiny_model
+    from tests.support.models import random_tokens, tiny_model
 
     model = tiny_model("llama", num_layers=6, vocab_size=320)
     prune(PruneContext(model=model, adapter=adapter_for(model.config),
@@ -302,7 +302,7 @@ def _bpe_tokenizer(directory: Path, pre_tokenizer, decoder=None, model_kwargs=No
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from tiny_checkpoint import EOS, paragraphs
+    from tests.support.tiny_checkpoint import EOS, paragraphs
 
     tok = Tokenizer(models.BPE(**(model_kwargs or {})))
     tok.pre_tokenizer = pre_tokenizer
@@ -359,7 +359,7 @@ def _sentencepiece_tokenizer(form: str = "normalizer"):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from tiny_checkpoint import paragraphs
+    from tests.support.tiny_checkpoint import paragraphs
 
     tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
     space = "\u2581"

@@ -6,7 +6,8 @@ the ``tokenizers`` library on deterministic English-like text and saved through
 ``PreTrainedTokenizerFast``. Calibration (JSONL) and evaluation (plain text) files are drawn from
 the same generator with different seeds, so they never share text.
 
-The fixtures are registered in ``tests/conftest.py``; test modules take them by name.
+``build`` makes them in a folder; the session fixture ``tiny_checkpoint`` (``tests/conftest.py``)
+builds them once per session.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 64, 128, 4, 4, 2
@@ -132,9 +132,3 @@ def build(root: Path) -> TinyCheckpoint:
     evaluation = root / "eval.txt"
     evaluation.write_text("\n\n".join(paragraphs(8, seed=2)) + "\n", encoding="utf-8")
     return TinyCheckpoint(model_dir, calibration, evaluation, len(tokenizer))
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
-    """Built once per session (about a second)."""
-    return build(tmp_path_factory.mktemp("tiny-checkpoint"))

@@ -1,5 +1,5 @@
-"""A database filled by a real small sweep, for the view tests (the session fixture ``views_db``,
-registered in tests/conftest.py): the tiny checkpoint pruned by 2SSP,
+"""A database filled by a real small sweep, for the view tests (``sweep_for_views``, run once per
+session by the fixture ``views_db`` in tests/conftest.py): the tiny checkpoint pruned by 2SSP,
 ShortGPT and BlockPruner at 0.5 with two calibration sizes and two seeds, evaluated on perplexity,
 one lm-eval task (from task files the tests write), speed and a greedy generation, run by
 ``twossp sweep run --executor local``.
@@ -14,23 +14,20 @@ them by placeholders of their width)."""
 from __future__ import annotations
 
 import shutil
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "evaluate"))  # tests/evaluate/task_files.py
-
-from stored_runs import OWNER, T0  # noqa: E402
-from task_files import write_task_files  # noqa: E402
-from twossp import cli  # noqa: E402
-from twossp.db.models import Run, Score, Sweep, Timing  # noqa: E402
-from twossp.db.database import Database  # noqa: E402
+from tests.support.stored_runs import OWNER, T0
+from tests.support.task_files import write_task_files
+from tests.support.tiny_checkpoint import TinyCheckpoint
+from twossp import cli
+from twossp.db.database import Database
+from twossp.db.models import Run, Score, Sweep, Timing
 
 #: speed figures per method, so speed-ups are known: (prefill seconds, decode tokens per second)
 SPEED = {"dense": (0.20, 100.0), "2ssp": (0.125, 150.0), "shortgpt": (0.10, 180.0), "blockpruner": (0.16, 120.0)}
@@ -84,10 +81,9 @@ def normalise(db_file: Path, folders: dict[str, str]) -> None:
                 score.value = {"prefill_seconds": prefill, "decode_tokens_per_second": decode}.get(score.metric, 1.0)
 
 
-@pytest.fixture(scope="session")
-def views_db(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Swept:
-    """The sweep, run once per test session (about a minute), its database normalised."""
-    root = tmp_path_factory.mktemp("views")
+def sweep_for_views(tiny_checkpoint: TinyCheckpoint, root: Path, tmp: Path) -> Swept:
+    """The sweep run in ``root`` (about a minute), its database copied and normalised; ``tmp`` is the
+    session's temporary root."""
     task_data = write_task_files(root / "task-data")
     sweep_file = tiny_checkpoint.write_sweep(
         root / "views.yaml", "views",
@@ -106,4 +102,4 @@ def views_db(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Swept
     db_file = root / "views.db"
     shutil.copy(raw, db_file)
     normalise(db_file, {str(tiny_checkpoint.calibration.parent): "<checkpoint>", str(root): "<views>"})
-    return Swept(db_file, root, sweep_file, tmp_path_factory.getbasetemp())
+    return Swept(db_file, root, sweep_file, tmp)
