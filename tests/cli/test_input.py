@@ -16,7 +16,6 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select, update
 
 from tests.support.consoles import fixed_terminal
-from tests.support.consoles import fixed_terminal
 from twossp import cli
 from twossp.contracts import RunStatus
 from twossp.db.models import Run, utcnow
