@@ -76,7 +76,7 @@ def test_editing_the_prompts_file_while_a_sweep_runs_changes_neither_key_nor_pro
     class EditsThePromptsFirst(LocalExecutor):
         """The prompts file is edited after the sweep was planned, before its runs execute."""
 
-        def execute(self, runs, on_progress, on_retry=None, shared=None):  # noqa: ANN001, ANN201
+        def execute(self, runs, on_progress, on_retry=None, shared=None):
             prompts.write_text("Something else entirely\n", encoding="utf-8")
             yield from super().execute(runs, on_progress, on_retry, shared)
 

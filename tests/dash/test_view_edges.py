@@ -129,6 +129,15 @@ def test_sql_parameters_are_found_as_the_database_binds_them(tmp_path: Path) -> 
     assert "the SQL uses :x, which params: does not declare" in flat  # text() binds it even inside quotes
 
 
+@pytest.mark.parametrize("lists", ["sort: [1, run]", "group_by: [run, 2]", "chart: {x: run, y: [ppl, 3], log: [4]}"])
+def test_an_invalid_item_in_a_list_of_columns_is_one_message(tmp_path: Path, lists: str) -> None:
+    view = tmp_path / "items.yaml"
+    view.write_text(f"title: items\nsql: select key as run, 1.0 as ppl from runs\n{lists}\n")
+    shown = invoke("dash", "show", view)
+    assert shown.exit_code != 0 and "Traceback" not in shown.output and "internal error" not in shown.output
+    assert "items.yaml:3" in shown.output, shown.output
+
+
 def test_a_figure_that_cannot_be_written_is_one_message(db: Database, tmp_path: Path) -> None:
     run_sweep_rows(db, "figures")
     result = invoke("dash", "show", "tradeoff", "--db", db.url, "--output", tmp_path / "no" / "such" / "f.png")

@@ -396,7 +396,7 @@ def test_evaluation_keys_are_recomputed_in_batches(db_url: str, monkeypatch) -> 
                  "evaluation_key": "old"} for r in runs])
         selects: list[str] = []
 
-        def count_selects(_conn, _cursor, statement: str, *_rest) -> None:  # noqa: ANN001
+        def count_selects(_conn, _cursor, statement: str, *_rest) -> None:
             if statement.lstrip().upper().startswith("SELECT"):
                 selects.append(statement)
 

@@ -32,7 +32,7 @@ def task_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tiny_checkpoint):  # noqa: ANN001, ANN201
+def tiny_lm(tiny_checkpoint):
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint.model_dir, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(tiny_checkpoint.model_dir)
 
@@ -157,13 +157,13 @@ def test_keys_change_with_what_determines_the_numbers_only(task_data: Path, tmp_
 
 
 @pytest.fixture(scope="module")
-def scores(tiny_lm, task_data: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+def scores(tiny_lm, task_data: Path, tmp_path_factory: pytest.TempPathFactory):
     model, tokenizer = tiny_lm
     return evaluate_tasks(model, tokenizer, ALL, str(task_data), torch.device("cpu"),
                           tmp_path_factory.mktemp("harness"))
 
 
-def test_every_task_reports_the_harness_metrics(scores) -> None:  # noqa: ANN001
+def test_every_task_reports_the_harness_metrics(scores) -> None:
     table = {(t, m): v for t, m, v in scores.scores}
     for task in ("arc_easy", "arc_challenge", "piqa", "hellaswag"):
         assert {(task, "acc"), (task, "acc_stderr"), (task, "acc_norm"), (task, "acc_norm_stderr")} <= set(table)
@@ -173,25 +173,25 @@ def test_every_task_reports_the_harness_metrics(scores) -> None:  # noqa: ANN001
     assert scores.details["mmlu"]["samples"] == 16
 
 
-def test_mmlu_aggregate_is_weighted_by_subject_size(scores) -> None:  # noqa: ANN001
+def test_mmlu_aggregate_is_weighted_by_subject_size(scores) -> None:
     table = {(t, m): v for t, m, v in scores.scores}
     assert table["mmlu", "acc"] == pytest.approx((table["mmlu_anatomy", "acc"] + table["mmlu_astronomy", "acc"]) / 2)
 
 
-def test_mean_accuracy_counts_each_sweep_task_once(scores) -> None:  # noqa: ANN001
+def test_mean_accuracy_counts_each_sweep_task_once(scores) -> None:
     table = {(t, m): v for t, m, v in scores.scores}
     top = ["arc_easy", "arc_challenge", "piqa", "winogrande", "hellaswag", "mmlu"]
     assert scores.mean_accuracy == pytest.approx(sum(table[t, "acc"] for t in top) / len(top))
 
 
-def test_limit_takes_the_first_documents(tiny_lm, task_data: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_limit_takes_the_first_documents(tiny_lm, task_data: Path, tmp_path: Path) -> None:
     model, tokenizer = tiny_lm
     limited = evaluate_tasks(model, tokenizer, [TaskSpec(name="mmlu", subjects=["anatomy"], limit=3)],
                              str(task_data), torch.device("cpu"), tmp_path)
     assert limited.details["mmlu_anatomy"]["samples"] == 3
 
 
-def test_same_numbers_as_the_lm_eval_command_line(tiny_checkpoint, scores, task_data: Path,  # noqa: ANN001
+def test_same_numbers_as_the_lm_eval_command_line(tiny_checkpoint, scores, task_data: Path,
                                                   tmp_path: Path) -> None:
     """The harness's own CLI on the saved model folder and the configs twossp writes."""
     prepare_tasks(ALL, str(task_data), tmp_path / "configs")

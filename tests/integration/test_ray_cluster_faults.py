@@ -21,29 +21,29 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import logging  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
 
-import pytest  # noqa: E402
-import ray  # noqa: E402
-import yaml  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-from sqlalchemy import select  # noqa: E402
+import pytest
+import ray
+import yaml
+from ray.cluster_utils import Cluster
+from sqlalchemy import select
 
-from tests.support.tiny_checkpoint import paragraphs  # noqa: E402
-from twossp.db import store  # noqa: E402
-from twossp.db.models import Run  # noqa: E402
-from twossp.db.database import Database  # noqa: E402
-from twossp.plan import RunSpec, plan_sweep  # noqa: E402
-from twossp.runtime.driver import SweepDriver, run_sweep  # noqa: E402
-from twossp.runtime.executors import LocalExecutor, RayExecutor  # noqa: E402
-from twossp.contracts import RunResult  # noqa: E402
-from twossp.spec import parse_sweep  # noqa: E402
+from tests.support.tiny_checkpoint import paragraphs
+from twossp.db import store
+from twossp.db.models import Run
+from twossp.db.database import Database
+from twossp.plan import RunSpec, plan_sweep
+from twossp.runtime.driver import SweepDriver, run_sweep
+from twossp.runtime.executors import LocalExecutor, RayExecutor
+from twossp.contracts import RunResult
+from twossp.spec import parse_sweep
 
 pytestmark = pytest.mark.slow
 

@@ -60,10 +60,10 @@ def test_block_states_and_scores_match_a_hand_computation(tiny, cpu, family):
     assert shortgpt_blocks(states, 2) == sorted(torch.argsort(by_hand)[:2].tolist())
 
     similarity = window_similarity(states, 2)
-    by_hand = [float(torch.stack([F.cosine_similarity(expected[s, l], expected[s, l + 2], dim=0)
-                                  for s in range(3)]).mean()) for l in range(5)]
+    by_hand = [float(torch.stack([F.cosine_similarity(expected[s, start], expected[s, start + 2], dim=0)
+                                  for s in range(3)]).mean()) for start in range(5)]
     assert similarity.shape == (5,)
-    best = max(range(5), key=lambda l: by_hand[l])
+    best = max(range(5), key=lambda start: by_hand[start])
     assert window_blocks(states, 2) == [best, best + 1]
 
 

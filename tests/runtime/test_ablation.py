@@ -12,7 +12,7 @@ from twossp.runtime.worker import execute_run
 from twossp.spec import parse_sweep
 
 
-def test_every_method_draws_other_calibration_windows_per_seed(tiny_checkpoint) -> None:  # noqa: ANN001
+def test_every_method_draws_other_calibration_windows_per_seed(tiny_checkpoint) -> None:
     methods = [{"name": name, **({"generations": 1, "offspring": 1, "initial_candidates": 2}
                                  if name == "evopress" else {})}
                for name, entry in METHODS.items() if entry.prunes]

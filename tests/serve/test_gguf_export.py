@@ -30,7 +30,7 @@ from twossp.serve.gguf import refusal, write_gguf
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'twossp[gguf]'; it builds "
                                         "llama.cpp from source): the GGUF engine tests need it")
-from twossp.serve.engine import Engine  # noqa: E402
+from twossp.serve.engine import Engine
 
 EXPORTABLE = ("llama", "mistral", "qwen2", "phi3")
 TEXT = ("The river opened the small garden slowly. A teacher carried the letter again! "

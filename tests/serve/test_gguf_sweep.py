@@ -19,7 +19,7 @@ from twossp.spec import parse_sweep
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'twossp[gguf]'; it builds "
                                         "llama.cpp from source): the GGUF engine tests need it")
-from twossp.serve.engine import Engine  # noqa: E402
+from twossp.serve.engine import Engine
 
 
 def _windows(spec, model_dir: Path):
