@@ -104,6 +104,7 @@ def terminal(frame: Frame, chart: Chart, width: int, height: int = 18) -> str:
             plt.yscale("log")
         plt.title(f"{panel.label}{' (log scale)' if panel.log else ''}")
         plt.xlabel(_x_label(frame, chart))
+        plt.limit_size(False, False)  # the size asked for, not shrunk to the terminal plotext finds
         plt.plotsize(width, height)
         plt.theme("clear")
         drawn.append(plt.build())
