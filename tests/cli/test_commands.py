@@ -22,10 +22,10 @@ from typing import Iterator
 import click
 import pytest
 from alembic import command
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy import select
 
-from tests.support.consoles import fixed_terminal
+from tests.support.consoles import fixed_terminal, invoke
 from tests.test_spec import BAD_SWEEPS, expected_problems
 from twossp import cli
 from twossp.db.models import Run
@@ -42,10 +42,6 @@ def wide_consoles() -> Iterator[None]:
     """Rich would wrap and ellipsise tables at CliRunner's default 80 columns."""
     with fixed_terminal(400):
         yield
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
 
 
 def sha256(path: Path) -> str:

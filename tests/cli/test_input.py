@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy import select, update
 
-from tests.support.consoles import fixed_terminal
-from twossp import cli
+from tests.support.consoles import fixed_terminal, invoke
 from twossp.contracts import RunStatus
 from twossp.db.models import Run, utcnow
 from twossp.db.database import Database
@@ -28,10 +27,6 @@ SECTION = "[bold red]x[/]"  # rich markup, which must be printed as it is
 def terminal() -> Iterator[None]:
     with fixed_terminal(300):
         yield
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
 
 
 def assert_clean(result: Result, code: int) -> str:

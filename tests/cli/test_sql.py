@@ -11,10 +11,10 @@ from typing import Iterator
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from sqlalchemy import text
 
-from tests.support.consoles import fixed_terminal
+from tests.support.consoles import fixed_terminal, invoke
 from tests.support.stored_runs import claim, record, tiny_sweep
 from twossp import cli
 from twossp.contracts import LayerMask, RunResult, RunStatus
@@ -31,10 +31,6 @@ TABLES = ("sweeps", "runs", "scores", "timings", "layer_masks", "generations", "
 def terminal() -> Iterator[None]:
     with fixed_terminal(200):
         yield
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
 
 
 def readme_queries() -> list[str]:

@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from click.testing import CliRunner, Result
 
-from tests.support.consoles import fixed_terminal
+from tests.support.consoles import fixed_terminal, invoke
 from tests.support.stored_runs import OWNER, T0, record, tiny_sweep
-from twossp import cli
 from twossp.contracts import RunResult, RunStatus
 from twossp.dash.charts import Chart, panels
 from twossp.dash.frame import Column, Frame
@@ -26,11 +24,6 @@ from twossp.plan import plan_sweep
 def terminal() -> Iterator[None]:
     with fixed_terminal(160):
         yield
-
-
-def invoke(*args: object, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False,
-                              env={"COLUMNS": "160", **(env or {})})
 
 
 def run_sweep_rows(db: Database, name: str, complete: int | None = None) -> list:

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from tests.support.consoles import fixed_terminal
-from twossp import cli
+from tests.support.consoles import fixed_terminal, invoke
 from twossp.dash.views import view_files
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -31,10 +30,6 @@ PACKAGED = ["ablation", "compare", "leaderboard", "run", "status", "tasks", "tra
 def terminal() -> Iterator[None]:
     with fixed_terminal(WIDTH):
         yield
-
-
-def invoke(*args: object, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False, env=env)
 
 
 def ok(result: Result) -> str:

@@ -49,6 +49,15 @@ def _model(tiny, family: str, layers: int = 6, **overrides):
     return tiny.model(family, num_layers=layers, vocab_size=320, **overrides)
 
 
+def _pruned(tiny, cpu, family: str, method: str):
+    """The family's tiny model pruned to 0.5 with ``method`` on fixed calibration tokens, and its outcome."""
+    model = _model(tiny, family)
+    outcome = prune(PruneContext(model=model, adapter=adapter_for(model.config),
+                                 calibration=tiny.tokens(4, 24, vocab=320, seed=11), sparsity=0.5,
+                                 method=METHODS[method].spec(), device=cpu))
+    return model, outcome
+
+
 def _greedy(model, ids: list[int], new_tokens: int) -> list[int]:
     """twossp's greedy continuation: the full forward at every step, argmax, no stop token."""
     out = list(ids)
@@ -95,10 +104,7 @@ def _field(path: Path, key: str):
 
 @pytest.mark.parametrize("family", EXPORTABLE)
 def test_2ssp_pruned_model_runs_in_llama_cpp_as_in_twossp(tiny, cpu, tokenizer, tmp_path, family) -> None:
-    model = _model(tiny, family)
-    outcome = prune(PruneContext(model=model, adapter=adapter_for(model.config),
-                                 calibration=tiny.tokens(4, 24, vocab=320, seed=11), sparsity=0.5,
-                                 method=METHODS["2ssp"].spec(), device=cpu))
+    model, outcome = _pruned(tiny, cpu, family, "2ssp")
     assert outcome.removed_attention and model.config.intermediate_size < 128  # attention gone, FFN narrowed
     path = tmp_path / "m.gguf"
     _check_in_llama_cpp(model, tokenizer, path)
@@ -117,10 +123,7 @@ def test_2ssp_pruned_model_runs_in_llama_cpp_as_in_twossp(tiny, cpu, tokenizer, 
 
 @pytest.mark.parametrize("family", EXPORTABLE)
 def test_whole_blocks_removed_is_the_plain_architecture(tiny, cpu, tokenizer, tmp_path, family) -> None:
-    model = _model(tiny, family)
-    outcome = prune(PruneContext(model=model, adapter=adapter_for(model.config),
-                                 calibration=tiny.tokens(4, 24, vocab=320, seed=11), sparsity=0.5,
-                                 method=METHODS["shortgpt"].spec(), device=cpu))
+    model, outcome = _pruned(tiny, cpu, family, "shortgpt")
     path = tmp_path / "m.gguf"
     _check_in_llama_cpp(model, tokenizer, path)
     arch = "qwen2" if family == "qwen2" else "llama"

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
+from click.testing import CliRunner, Result
 from rich.console import Console
 
 from twossp import cli
@@ -24,3 +25,9 @@ def fixed_terminal(width: int, lines: int = 50) -> Iterator[None]:
         mp.setattr(cli, "console", Console(width=width, highlight=False, color_system=None))
         mp.setattr(cli, "err", Console(width=width, stderr=True, highlight=False, color_system=None))
         yield
+
+
+def invoke(*args: object, env: dict[str, str] | None = None) -> Result:
+    """The CLI run in-process on ``args`` (each as text), its exceptions not caught: a traceback
+    fails the test rather than becoming an exit code."""
+    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False, env=env)
