@@ -37,10 +37,13 @@ from twossp.db.database import Database
 def apart_from_the_users_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The suite sees none of the developer's own setup: no view of theirs (``TWOSSP_DASHBOARDS``,
     ``~/.config/twossp/dashboards``) replaces a packaged one in the view tests and snapshots, and no
-    command reaches their database through ``TWOSSP_DB``. A test that wants either sets it itself."""
+    command reaches their database through ``TWOSSP_DB``. A test that wants either sets it itself.
+    The libraries' progress bars are off for the whole session, as the CLI turns them off (set here,
+    the CLI run in-process by a test leaves nothing behind it)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TWOSSP_DASHBOARDS", str(tmp_path_factory.mktemp("no-user-views")))
         mp.delenv("TWOSSP_DB", raising=False)
+        mp.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         yield
 
 

@@ -63,6 +63,18 @@ def test_runs_and_shared_steps_share_their_base_not_their_fields() -> None:
     assert "sparsity" not in StepSpec.model_fields and "kind" not in RunSpec.model_fields
 
 
+def test_a_prompts_file_unreadable_when_planned_is_keyed_as_it_is_and_read_by_the_run(tiny_checkpoint,
+                                                                                    tmp_path) -> None:
+    data = tiny_checkpoint.sweep("absent-prompts", methods=["dense"])
+    del data["sparsities"]
+    data["evaluation"]["generate"] = {"file": str(tmp_path / "absent.txt")}
+    run = plan_sweep(parse_sweep(yaml.safe_dump(data), "absent-prompts.yaml", check_files=False))[0]
+    assert run.prompts is not None and run.prompts.texts is None
+    assert run.identity()["evaluation"]["generate"]["file"] == f"missing:{tmp_path / 'absent.txt'}"
+    (tmp_path / "absent.txt").write_text("Found later\n", encoding="utf-8")
+    assert run.generation_prompts() == ["Found later"]
+
+
 def test_editing_the_prompts_file_while_a_sweep_runs_changes_neither_key_nor_prompts(tiny_checkpoint,
                                                                                       tmp_path) -> None:
     prompts = tmp_path / "prompts.txt"

@@ -135,13 +135,14 @@ class SearchKeys:
     order: str = "removal_order"           # [[kind, layer], ...] in order of removal
     layer_forwards: str = "layer_forwards"
     naive_layer_forwards: str = "naive_layer_forwards"
+    candidate_batch: str = "candidate_batch"  # stored only where it is above one
     #: the one kind every step removes, stored as bare layer indices (2SSP's stage 2: attention)
     only_kind: str | None = None
 
 
 #: 2SSP's stage 2, an attention-only search.
 STAGE2_KEYS = SearchKeys("removed_attention_order", "stage2_layer_forwards", "stage2_naive_layer_forwards",
-                         only_kind="attention")
+                         "stage2_candidate_batch", only_kind="attention")
 #: Every stored form, tried in this order when a run's details are read back.
 _SEARCH_KEYS = (STAGE2_KEYS, SearchKeys())
 
@@ -169,7 +170,7 @@ def removal_record(details: dict[str, Any] | None) -> RemovalRecord:
 
 
 #: ``runs.details`` keys that ``RemovalRecord`` reads (the run view shows them in its layer map).
-REMOVAL_DETAIL_KEYS = (CALIBRATION_PERPLEXITY_KEY, *{keys.order for keys in _SEARCH_KEYS})
+REMOVAL_DETAIL_KEYS = tuple(dict.fromkeys((CALIBRATION_PERPLEXITY_KEY, *(keys.order for keys in _SEARCH_KEYS))))
 
 
 @dataclass
@@ -186,6 +187,7 @@ class PruneOutcome:
     calibration_perplexity: list[float] = field(default_factory=list)  # after each step of ``removal_order``
     layer_forwards: int | None = None        # decoder-layer forwards the search ran
     naive_layer_forwards: int | None = None  # what rerunning the whole model for every candidate would have run
+    candidate_batch: int = 1                 # candidates the search scored per forward (``runtime.batch``)
     stored_as: SearchKeys = SearchKeys()
     details: dict = field(default_factory=dict)              # the method's own record for the database
     budget: "Budget | None" = None
@@ -196,17 +198,23 @@ class PruneOutcome:
                            self.removed_ffn)
 
     def stored_details(self) -> dict[str, Any]:
-        """``runs.details``: the method's own record, then the search's figures under ``stored_as``."""
-        record = dict(self.details)
+        """``runs.details``, under the names of ``stored_as`` and in the order runs have always been
+        stored in: the budget, the removal order and the calibration perplexity after each step, the
+        method's own record, then the search's counts."""
         keys = self.stored_as
+        record: dict[str, Any] = {}
+        if self.budget is not None:
+            record["budget"] = {"num_attention_removed": self.budget.num_attention_removed,
+                                "ffn_keep": self.budget.ffn_keep,
+                                "ffn_params_cut_per_block": self.budget.ffn_params_cut_per_block}
         if self.removal_order is not None:
             record[keys.order] = ([layer for _, layer in self.removal_order] if keys.only_kind
                                   else [[kind, layer] for kind, layer in self.removal_order])
             record[CALIBRATION_PERPLEXITY_KEY] = list(self.calibration_perplexity)
-        if self.layer_forwards is not None:
-            record[keys.layer_forwards] = self.layer_forwards
-        if self.naive_layer_forwards is not None:
-            record[keys.naive_layer_forwards] = self.naive_layer_forwards
+        record.update(self.details)
+        counts = ((keys.layer_forwards, self.layer_forwards), (keys.naive_layer_forwards, self.naive_layer_forwards),
+                  (keys.candidate_batch, self.candidate_batch if self.candidate_batch > 1 else None))
+        record.update({name: value for name, value in counts if value is not None})
         return record
 
 

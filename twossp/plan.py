@@ -61,21 +61,18 @@ def _digest(data: Any) -> str:
 class FrozenPrompts(Strict):
     """A sweep's generation prompts as read at plan time."""
 
-    file: str | None   # the prompts file's fingerprint (``missing:PATH`` where it could not be read); None: no file
-    texts: list[str]   # the inline prompts, then the file's
+    file: str | None           # the prompts file's fingerprint (``missing:PATH`` where it was absent); None: no file
+    texts: list[str] | None    # the inline prompts, then the file's; None: the file could not be read
 
 
 class _Keyed(Strict):
     """A planned unit of work on one model's weights (a run, a shared step), keyed by a hash of what
     determines its numbers (``identity``). Everything the key covers is frozen at plan time, so the
-    key is computed once and never changes under a run."""
-
-    model: ModelSpec
-    runtime: RuntimeSpec
-    #: The weights as planned (``ModelSpec.identity``: a content fingerprint, a hub commit), frozen
-    #: here so the key never changes under a run, and the worker and ``export`` can tell whether the
-    #: weights they find are still these.
-    weights: dict[str, Any] | None = None
+    key is computed once and never changes under a run. Each subclass declares its fields (the
+    order of ``runs.spec``'s JSON): ``model``, ``runtime`` and ``weights`` among them, the weights
+    as planned (``ModelSpec.identity``: a content fingerprint, a hub commit), frozen so the key never
+    changes under a run and the worker and ``export`` can tell whether the weights they find are
+    still these."""
 
     def identity(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -85,9 +82,10 @@ class _Keyed(Strict):
         return _digest(self.identity())
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
-        """A copy with ``update`` applied, keyed by its own content (not by the original's cached key)."""
+        """A copy with ``update`` applied, keyed by its own content (not by the original's cached keys)."""
         copy = super().model_copy(update=update, deep=deep)
-        copy.__dict__.pop("key", None)
+        for cached in ("key", "evaluation_key"):
+            copy.__dict__.pop(cached, None)
         return copy
 
     def weights_changed(self) -> bool:
@@ -99,13 +97,16 @@ class RunSpec(_Keyed):
     """Everything a worker needs to execute one run; JSON-serialisable for Ray and the database."""
 
     sweep: str
+    model: ModelSpec
     method: AnyMethod
     sparsity: float | None = None
     calibration: CalibrationRun | None = None
     evaluation: EvaluationSpec
+    runtime: RuntimeSpec
     save_to: str | None = None  # where the pruned model goes (not in the key: it changes no number)
     save_format: Literal["safetensors", "gguf"] = "safetensors"
     save_type: str = "f16"      # the GGUF tensor type (``GGUF_TYPES``)
+    weights: dict[str, Any] | None = None
     #: Each task's data as planned (``task_data_identity``), frozen like ``weights``.
     task_data: dict[str, Any] | None = None
     #: The generation prompts as planned (``frozen_prompts``): the prompts file's fingerprint and every
@@ -137,7 +138,7 @@ class RunSpec(_Keyed):
             generate = evaluation.generate
             prompts = self.prompts or frozen_prompts(evaluation)
             ident["generate"] = {"prompts": generate.prompts, "max_new_tokens": generate.max_new_tokens,
-                                 "file": prompts.file if prompts else None}
+                                 "file": prompts.file}
         return ident
 
     def identity(self) -> dict[str, Any]:
@@ -153,7 +154,7 @@ class RunSpec(_Keyed):
             ident["calibration"] = {**self.calibration.model_dump(), "source": source_key(self.calibration.source)}
         return ident
 
-    @property
+    @cached_property
     def evaluation_key(self) -> str:
         return _digest(self.evaluation_identity())
 
@@ -170,7 +171,9 @@ class RunSpec(_Keyed):
     def generation_prompts(self) -> list[str]:
         """The prompts the run answers: those frozen at plan time, else read now."""
         assert self.evaluation.generate is not None
-        return self.prompts.texts if self.prompts else self.evaluation.generate.read_prompts()
+        if self.prompts is not None and self.prompts.texts is not None:
+            return self.prompts.texts
+        return self.evaluation.generate.read_prompts()  # a spec built by hand, or a file unreadable when planned
 
     def preview(self, counts: BlockCounts) -> str:
         """What this run will remove, from the dense model's parameter counts alone (its method's
@@ -182,16 +185,18 @@ class RunSpec(_Keyed):
 
 
 def frozen_prompts(evaluation: EvaluationSpec) -> FrozenPrompts | None:
-    """The generation prompts to freeze into a sweep's runs (None: no generation, or a prompts file
-    that cannot be read now: the run reads it and fails as it would have)."""
+    """The generation prompts to freeze into a sweep's runs (None: no generation). A prompts file
+    that cannot be read now is keyed as it is (absent: ``missing:PATH``) and its prompts left to the
+    run, which reads it and fails as it would have."""
     generate = evaluation.generate
     if generate is None:
         return None
     file = _file_identity(generate.file) if generate.file else None
     try:
-        return FrozenPrompts(file=file, texts=generate.read_prompts())
+        texts: list[str] | None = generate.read_prompts()
     except DataUnavailable:
-        return None
+        texts = None
+    return FrozenPrompts(file=file, texts=texts)
 
 
 def plan_task_data(evaluation: EvaluationSpec) -> dict[str, Any]:
@@ -241,6 +246,9 @@ class StepSpec(_Keyed):
     windows and the parameters that matter."""
 
     kind: str
+    model: ModelSpec
+    weights: dict[str, Any] | None = None
+    runtime: RuntimeSpec
     calibration: CalibrationRun
     params: dict[str, Any] = Field(default_factory=dict)
 

@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-from twossp.contracts import STAGE2_KEYS, PruneOutcome, removal_record
+from twossp.contracts import STAGE2_KEYS, Budget, PruneOutcome, removal_record
 from twossp.methods import METHODS, SHARED_STEPS, DenseMethod, TwoSSPMethod
 from twossp.errors import BudgetError
 from twossp.families import adapter_for
@@ -45,19 +45,20 @@ def test_the_dense_method_is_not_a_runner(tiny, cpu) -> None:
 
 
 def test_a_search_is_stored_as_each_method_always_stored_it_and_read_back() -> None:
+    # names and order as runs.details has always held them (a JSON column: the order is in its text)
     stage2 = PruneOutcome(kept_ffn=None, removed_attention=[3, 1], removal_order=[("attention", 3), ("attention", 1)],
                           calibration_perplexity=[12.5, 14.0], layer_forwards=7, naive_layer_forwards=12,
-                          stored_as=STAGE2_KEYS, details={"budget": {"ffn_keep": 4}})
-    assert stage2.stored_details() == {
-        "budget": {"ffn_keep": 4}, "removed_attention_order": [3, 1],
-        "calibration_perplexity_after_each_removal": [12.5, 14.0],
-        "stage2_layer_forwards": 7, "stage2_naive_layer_forwards": 12}
+                          candidate_batch=4, stored_as=STAGE2_KEYS, budget=Budget(0.5, 2, 96, 4))
+    assert list(stage2.stored_details().items()) == [
+        ("budget", {"num_attention_removed": 2, "ffn_keep": 4, "ffn_params_cut_per_block": 96}),
+        ("removed_attention_order", [3, 1]), ("calibration_perplexity_after_each_removal", [12.5, 14.0]),
+        ("stage2_layer_forwards", 7), ("stage2_naive_layer_forwards", 12), ("stage2_candidate_batch", 4)]
     submodules = PruneOutcome(kept_ffn=None, removed_attention=[2], removed_ffn=[0],
                               removal_order=[("ffn", 0), ("attention", 2)], calibration_perplexity=[9.0, 9.5],
-                              layer_forwards=5, naive_layer_forwards=8)
-    assert submodules.stored_details() == {
-        "removal_order": [["ffn", 0], ["attention", 2]], "calibration_perplexity_after_each_removal": [9.0, 9.5],
-        "layer_forwards": 5, "naive_layer_forwards": 8}
+                              layer_forwards=5, naive_layer_forwards=8, details={"target_params": 40})
+    assert list(submodules.stored_details().items()) == [
+        ("removal_order", [["ffn", 0], ["attention", 2]]), ("calibration_perplexity_after_each_removal", [9.0, 9.5]),
+        ("target_params", 40), ("layer_forwards", 5), ("naive_layer_forwards", 8)]
     for outcome in (stage2, submodules):
         record = removal_record(outcome.stored_details())
         assert (record.steps, record.ordered, record.calibration_perplexity) == (

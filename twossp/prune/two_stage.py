@@ -46,12 +46,8 @@ def prune_2ssp(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tens
         calibration_perplexity=depth.calibration_perplexity,
         layer_forwards=depth.layer_forwards,
         naive_layer_forwards=depth.naive_layer_forwards,
+        candidate_batch=batch,
         stored_as=STAGE2_KEYS,
-        details={
-            "budget": {"num_attention_removed": budget.num_attention_removed, "ffn_keep": budget.ffn_keep,
-                       "ffn_params_cut_per_block": budget.ffn_params_cut_per_block},
-            **({"stage2_candidate_batch": batch} if batch > 1 else {}),
-        },
         budget=budget,
         search=depth,
     )
