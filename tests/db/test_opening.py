@@ -1,6 +1,6 @@
-"""Opening the result database (twossp.db.urls, .diagnosis, .engines, .versioning, .database):
-every unusable URL is one ``DatabaseError``
-saying what is wrong and how to fix it, never a traceback; no message nor log line contains a
+"""Opening the result database, as every command does through ``Database`` (twossp.db.database), and
+so the modules it is made of (urls, diagnosis, engines, versioning): every unusable URL is one
+``DatabaseError`` saying what is wrong and how to fix it, never a traceback; no message nor log line contains a
 password; a reading command (``create=False``) never creates a file or a schema.
 
 The password tests run against a real PostgreSQL server that requires one
