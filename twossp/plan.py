@@ -136,9 +136,9 @@ class RunSpec(_Keyed):
             ident["speed"] = evaluation.speed.model_dump()
         if evaluation.generate:
             generate = evaluation.generate
-            prompts = self.prompts or frozen_prompts(evaluation)
+            file = self.prompts.file if self.prompts else (_file_identity(generate.file) if generate.file else None)
             ident["generate"] = {"prompts": generate.prompts, "max_new_tokens": generate.max_new_tokens,
-                                 "file": prompts.file}
+                                 "file": file}
         return ident
 
     def identity(self) -> dict[str, Any]:

@@ -225,14 +225,6 @@ def _method_options(run: Run) -> str | None:
     return ", ".join(f"{k}={v}" for k, v in sorted(method.items())) or None
 
 
-def removal_steps(run: Run) -> tuple[list[tuple[str, int]], bool]:
-    """What the run's method removed, as (attention | ffn | block, layer), and whether that is the
-    order it removed them in: 2SSP's stage 2 and BlockPruner record one; the whole-block methods
-    record their blocks (no order)."""
-    record = removal_record(run.details)
-    return record.steps, record.ordered
-
-
 def layer_map(run: Run) -> tuple[Frame, Frame]:
     """One row per decoder layer: attention kept or removed (and at which step), the FFN neurons
     kept as a bar of the dense width; and the removal steps with the calibration perplexity after
@@ -444,8 +436,9 @@ def compare(session: Session, params: dict[str, Any]) -> list[Frame]:
         "ffn removed": [[m.layer for m in r.layer_masks if m.ffn_kept == 0] or None for r in runs],
         "ffn neurons kept": [f"{sum(m.ffn_kept for m in r.layer_masks):,} of {sum(m.ffn_width for m in r.layer_masks):,}"
                              if r.layer_masks else None for r in runs],
-        "removal order": [" ".join(f"{kind[0]}{layer}" for kind, layer in steps) if ordered and steps else None
-                          for steps, ordered in map(removal_steps, runs)],
+        "removal order": [" ".join(f"{kind[0]}{layer}" for kind, layer in record.steps)
+                          if record.ordered and record.steps else None
+                          for record in (removal_record(r.details) for r in runs)],
         "elapsed s": [_seconds(r.started_at, r.finished_at) for r in runs],
     }
     overview = side_by_side("runs", "runs side by side", [Column("field")],
