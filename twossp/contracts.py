@@ -241,6 +241,11 @@ class RunResult:
     device: str | None = None
     versions: dict[str, Any] = field(default_factory=dict)
     shared_step: str | None = None  # the key of the shared step whose result the run took instead of computing it
+    #: where the blocks lived: ``single``, ``split`` (over how many devices) or ``stream`` (from where)
+    placement: str | None = None
+    #: peak memory per phase and device: (phase, device, metric, bytes); ``twossp.device.peak_memory``'s
+    #: metrics (the CUDA allocator's peak per GPU, the process's peak resident set on the CPU)
+    memory: list[tuple[str, str, str, int]] = field(default_factory=list)
 
     @classmethod
     def failure(cls, key: str, error: str) -> "RunResult":

@@ -418,6 +418,15 @@ class RuntimeSpec(Strict):
     #: candidate removals (2SSP stage 2, BlockPruner) and perplexity windows per forward: a number, or
     #: ``auto`` (one on the CPU, several on an accelerator); it changes no choice, so no run key
     batch: Literal["auto"] | Annotated[int, Field(ge=1, le=4096)] = "auto"
+    #: where the decoder blocks live (README, Placements): ``single`` (the whole model on one device),
+    #: ``split`` (blocks spread over the run's ``gpus``), ``stream`` (weights kept in host memory or
+    #: on disk, each block brought to the device just before it runs), or ``auto`` (chosen from the
+    #: model's size and the devices' free memory). It changes no choice, so no run key.
+    placement: Literal["auto", "single", "split", "stream"] = "auto"
+    #: where a streamed model's weights stay between forwards: ``host`` memory, ``disk`` (the
+    #: checkpoint's own safetensors shards, pruned blocks written to a scratch folder), or ``auto``
+    #: (host memory when the weights fit in half of it, else disk)
+    offload: Literal["auto", "host", "disk"] = "auto"
 
 
 class SaveSpec(Strict):
