@@ -4,7 +4,8 @@ sweeps 1-n runs; each run has scores, timings, one layer_masks row per decoder l
 qualitative generations (one row per prompt, in prompt order); each file ``twossp export`` wrote
 from a run is an exports row, with what the serving engine measured on it in export_scores. Work
 several runs share (a shared step) is a shared_steps row, its result kept for later sweeps; a run
-that took one names its key in ``runs.shared_step``.
+that took one names its key in ``runs.shared_step``. What a run measured of its memory (the peak per
+phase and device, and the plan's estimate) is in run_memory, where its blocks lived in ``runs.placement``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class Run(Base):
     calibration_sha256: Mapped[Optional[str]] = mapped_column(String(64))  # of the calibration token stream
     evaluation_key: Mapped[Optional[str]] = mapped_column(String(64))  # runs evaluated alike share it
     shared_step: Mapped[Optional[str]] = mapped_column(String(64), index=True)  # the shared step it took (0007)
+    placement: Mapped[Optional[str]] = mapped_column(String(100))  # single | split 4x cuda | stream from disk (0008)
 
     sweep: Mapped[Sweep] = relationship(back_populates="runs")
     scores: Mapped[list["Score"]] = relationship(back_populates="run", cascade="all, delete-orphan")
@@ -96,6 +98,8 @@ class Run(Base):
                                                            order_by="Generation.position")
     exports: Mapped[list["Export"]] = relationship(back_populates="run", cascade="all, delete-orphan",
                                                    order_by="Export.id")
+    memory: Mapped[list["RunMemory"]] = relationship(back_populates="run", cascade="all, delete-orphan",
+                                                     order_by="RunMemory.id")
 
 
 class Score(Base):
@@ -122,6 +126,24 @@ class Timing(Base):
     seconds: Mapped[float] = mapped_column(Float)
 
     run: Mapped[Run] = relationship(back_populates="timings")
+
+
+class RunMemory(Base):
+    """A run's peak memory in one phase on one device (schema 0008): ``twossp.device.peak_memory``'s
+    metrics, and the plan's estimate of the whole run's peak per device (phase ``plan``,
+    ``estimate_bytes``)."""
+
+    __tablename__ = "run_memory"
+    __table_args__ = (UniqueConstraint("run_id", "phase", "device", "metric"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    phase: Mapped[str] = mapped_column(String(100))   # load, stage 1, eval <dataset>, ...; plan for the estimate
+    device: Mapped[str] = mapped_column(String(50))   # cuda:0, cuda:1, cpu
+    metric: Mapped[str] = mapped_column(String(50))   # peak_cuda_allocated_bytes | peak_rss_bytes | ... | estimate_bytes
+    bytes: Mapped[int] = mapped_column(BigInteger)
+
+    run: Mapped[Run] = relationship(back_populates="memory")
 
 
 class LayerMaskRow(Base):

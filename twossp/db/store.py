@@ -1,5 +1,6 @@
 """Writes and reads of the result database. Each result lands in one transaction: a run is either
-``running`` or ``completed``/``failed`` with all its scores, timings, masks and generations."""
+``running`` or ``completed``/``failed`` with all its scores, timings, masks and generations (and, either
+way, the memory it measured)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from sqlalchemy.orm import Session, aliased, selectinload
 
 from twossp.contracts import (DOWNSTREAM_ACC_MEAN, SPEED_DECODE_TOKENS_PER_SECOND, SPEED_PREFILL_SECONDS, RunResult,
                               RunStatus, StepResult)
-from twossp.db.models import (Export, ExportScore, Generation, LayerMaskRow, Run, Score, SharedStepRow, Sweep, Timing,
-                              utcnow)
+from twossp.db.models import (Export, ExportScore, Generation, LayerMaskRow, Run, RunMemory, Score, SharedStepRow,
+                              Sweep, Timing, utcnow)
 from twossp.plan import RunSpec, StepSpec
 from twossp.spec import SweepSpec
 
@@ -54,8 +55,8 @@ def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_fa
     """Atomically make ``run`` ``running`` under ``owner``, if nobody else may hold it: new, pending,
     failed (with ``rerun_failed``), or ``running`` with a heartbeat older than ``stale_before`` or an
     owner that ``owner_is_dead`` (its driver died). False when it is completed or held by a live
-    driver. What a previous attempt left (scores, timings, masks, generations) is cleared in the same
-    transaction.
+    driver. What a previous attempt left (scores, timings, masks, generations, memory and placement)
+    is cleared in the same transaction.
     The run's ``evaluation_key`` is the plan's (``RunSpec.evaluation_key``): the one identity the run
     key also hashes."""
     now = utcnow()
@@ -63,7 +64,7 @@ def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_fa
                   started_at=now, finished_at=None, sweep_id=sweep_id,
                   calibration_samples=run.calibration.samples if run.calibration else None,
                   seed=run.calibration.seed if run.calibration else None,
-                  evaluation_key=run.evaluation_key)
+                  evaluation_key=run.evaluation_key, placement=None)
     row_id, holder = session.execute(select(Run.id, Run.owner).where(Run.key == run.key)).one_or_none() or (None, None)
     if row_id is None:
         try:
@@ -86,7 +87,7 @@ def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_fa
                             .execution_options(synchronize_session=False))
     if taken.rowcount != 1:
         return False
-    for child in (Score, Timing, LayerMaskRow, Generation):
+    for child in (Score, Timing, LayerMaskRow, Generation, RunMemory):
         session.execute(delete(child).where(child.run_id == row_id))
     return True
 
@@ -156,6 +157,8 @@ def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run
     row.details = result.details or None
     row.calibration_sha256 = result.calibration_sha256
     row.shared_step = result.shared_step
+    row.placement = result.placement
+    row.memory = memory_rows(result.memory)  # a failed run's too: how far it got before running out, say
     if result.status == RunStatus.COMPLETED:
         row.scores = [Score(dataset=d, metric=m, value=v, tokens_sha256=result.token_hashes.get(d))
                       for d, m, v in result.scores]
@@ -165,6 +168,17 @@ def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run
         row.generations = [Generation(position=i, prompt=prompt, output=output, new_tokens=new_tokens)
                            for i, (prompt, output, new_tokens) in enumerate(result.generations)]
     return row
+
+
+def memory_rows(measured: Iterable[tuple[str, str, str, int]]) -> list[RunMemory]:
+    """``RunResult.memory`` as rows, in the order measured; a (phase, device, metric) measured twice
+    keeps its largest value (each is a peak, and the table holds one row of each)."""
+    peaks: dict[tuple[str, str, str], int] = {}
+    for phase, device, metric, value in measured:
+        key = (phase, device, metric)
+        peaks[key] = max(int(value), peaks.get(key, int(value)))
+    return [RunMemory(phase=phase, device=device, metric=metric, bytes=value)
+            for (phase, device, metric), value in peaks.items()]
 
 
 def add_shared_step(session: Session, step: StepSpec, result: StepResult) -> SharedStepRow | None:
