@@ -9,13 +9,9 @@ from collections.abc import Callable
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from twossp.contracts import AUTO_BATCH
 
-#: ``runtime.batch: auto``: candidate removals (2SSP stage 2, BlockPruner) or perplexity windows one
-#: forward holds, per device type. On the CPU one at a time: batching measured 0.93x on SmolLM2's
-#: stage 2 there, inside the machine's noise (benchmarks/README.md); an accelerator is kept busy by
-#: a batch (not measured here: benchmarks/stage2_batched.py is the script for a GPU host).
-AUTO_BATCH = {"cpu": 1, "cuda": 8, "mps": 4}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def batch_size(device: torch.device, setting: int | str = "auto") -> int:
