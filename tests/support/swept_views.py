@@ -7,9 +7,10 @@ one lm-eval task (from task files the tests write), speed and a greedy generatio
 Snapshots need what a sweep measures of the machine to be fixed: after the sweep, and only in this
 copy of its database, times, hosts, versions and the speed figures are set to constants, and the
 session's folders in the stored sweep and run specs get fixed names (``<checkpoint>``, ``<views>``),
-so that a table is as wide wherever and however often the suite ran. Scores, masks, removal orders,
-generations and keys are the sweep's own (the keys hash the real paths: the snapshot tests replace
-them by placeholders of their width)."""
+so that a table is as wide wherever and however often the suite ran (the memory a run measured gets
+fixed sizes too, one to four MiB by row). Scores, masks, removal orders, generations and keys are
+the sweep's own (the keys hash the real paths: the snapshot tests replace them by placeholders of
+their width)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tests.support.task_files import write_task_files
 from tests.support.tiny_checkpoint import TinyCheckpoint
 from twossp import cli
 from twossp.db.database import Database
-from twossp.db.models import Run, Score, Sweep, Timing
+from twossp.db.models import Run, RunMemory, Score, Sweep, Timing
 
 #: speed figures per method, so speed-ups are known: (prefill seconds, decode tokens per second)
 SPEED = {"dense": (0.20, 100.0), "2ssp": (0.125, 150.0), "shortgpt": (0.10, 180.0), "blockpruner": (0.16, 120.0)}
@@ -75,6 +76,8 @@ def normalise(db_file: Path, folders: dict[str, str]) -> None:
                 run.versions = {"twossp": "0.1.0", "torch": "2", "transformers": "5", "python": "3"}
             for timing in session.scalars(select(Timing)):
                 timing.seconds = 1.0 + 0.25 * (timing.id % 4)
+            for memory in session.scalars(select(RunMemory)):
+                memory.bytes = (1 + memory.id % 4) * 2**20
             for score in session.scalars(select(Score).where(Score.dataset == "speed")):
                 method = session.get(Run, score.run_id).method
                 prefill, decode = SPEED[method]

@@ -205,7 +205,7 @@ def find_run(session: Session, prefix: str) -> Run:
         raise ViewError("a run key (or a prefix of one) is needed")
     found = store.runs_with_prefix(session, prefix, 6, selectinload(Run.scores), selectinload(Run.timings),
                                    selectinload(Run.layer_masks), selectinload(Run.generations),
-                                   selectinload(Run.sweep))
+                                   selectinload(Run.memory), selectinload(Run.sweep))
     if not found:
         raise ViewError(f"no run with a key starting {prefix!r} (twossp runs lists them)")
     if len(found) > 1:
@@ -324,7 +324,8 @@ def run_detail(session: Session, params: dict[str, Any]) -> list[Frame]:
     scores = Frame("scores", "scores", [Column("dataset"), Column("metric"), Column("value", format=".6g")],
                    [{"dataset": s.dataset, "metric": s.metric, "value": s.value}
                     for s in sorted(run.scores, key=lambda s: (s.dataset, s.metric))])
-    frames = [overview, provenance, _details(run), timings, scores]
+    memory = [memory_frame(run)] if run.memory or run.placement else []
+    frames = [overview, provenance, _details(run), timings, *memory, scores]
     if run.layer_masks:
         layers, removal = layer_map(run)
         frames += [layers] + ([removal] if removal.rows else [])
@@ -337,6 +338,39 @@ def run_detail(session: Session, params: dict[str, Any]) -> list[Frame]:
     if run.exports:
         frames.append(exports_frame(run))
     return frames
+
+
+#: ``run_memory.metric`` of the plan's estimate of a run's peak on a device (phase ``plan``)
+ESTIMATE_METRIC = "estimate_bytes"
+
+
+def binary_size(count: int | None) -> str | None:
+    """Bytes as people read them: GiB from one GiB up, MiB below."""
+    if count is None:
+        return None
+    return f"{count / 2**30:,.2f} GiB" if count >= 2**30 else f"{count / 2**20:,.1f} MiB"
+
+
+def memory_frame(run: Run) -> Frame:
+    """The run's peak memory per phase and device (``run_memory``), in the order measured, each
+    beside the plan's estimate of the whole run's peak on that device where the plan made one; a
+    device the plan estimated but nothing measured is a row of its own. The title says where the
+    run's blocks lived (``runs.placement``)."""
+    estimates = {m.device: m.bytes for m in run.memory if m.metric == ESTIMATE_METRIC}
+    measured = [m for m in run.memory if m.metric != ESTIMATE_METRIC]
+    rows = [{"phase": m.phase, "device": m.device, "metric": m.metric, "bytes": m.bytes} for m in measured]
+    rows += [{"phase": "plan", "device": device, "metric": ESTIMATE_METRIC, "bytes": None}
+             for device in estimates if device not in {m.device for m in measured}]
+    for row in rows:
+        estimate = estimates.get(row["device"])
+        row.update({"peak": binary_size(row["bytes"]), "estimate bytes": estimate, "estimate": binary_size(estimate),
+                    "of estimate": row["bytes"] / estimate if row["bytes"] is not None and estimate else None})
+    columns = [Column("phase"), Column("device"), Column("metric"), Column("bytes", hidden=True),
+               Column("peak", align="right"), Column("estimate bytes", hidden=True),
+               Column("estimate", header="plan's estimate", align="right"), Column("of estimate", format=".0%")]
+    title = "memory" + (f" (placement: {run.placement})" if run.placement else "")
+    caption = "plan's estimate: the peak the plan expected on the device over the whole run" if estimates else ""
+    return Frame("memory", title, columns, rows, caption=caption)
 
 
 def exports_frame(run: Run) -> Frame:
@@ -473,7 +507,10 @@ QUERIES: Registry[BuiltinQuery] = Registry("built-in query", {
     "run_detail": BuiltinQuery(run_detail, {"key": Param(required=True, help="a run key or a unique prefix of one")},
                                {"run": ("field", "value"), "provenance": ("field", "value"),
                                 "details": ("field", "value"),
-                                "timings": ("phase", "seconds"), "scores": ("dataset", "metric", "value"),
+                                "timings": ("phase", "seconds"),
+                                "memory": ("phase", "device", "metric", "bytes", "peak", "estimate bytes", "estimate",
+                                           "of estimate"),
+                                "scores": ("dataset", "metric", "value"),
                                 "layers": ("layer", "attention", "attention step", "ppl after", "ffn", "ffn kept",
                                            "ffn width", "ffn step"),
                                 "removal": ("step", "removed", "layer", "calib ppl after"),
