@@ -75,6 +75,11 @@ class SharedStepFailed(TwosspError):
     """The shared step a run needs failed: the run fails with its error."""
 
 
+class PlacementError(TwosspError):
+    """A model's blocks cannot be placed as asked (streamed from a checkpoint that lacks a tensor,
+    a block edited outside ``Placement.resident``)."""
+
+
 class CheckpointError(TwosspError):
     """A pruned checkpoint does not match what its config says (missing or extra weights), or a
     run cannot be exported."""

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from twossp.contracts import BlockCounts
+from twossp.errors import PlacementError
 
 
 class RemovedAttention(nn.Module):
@@ -35,7 +36,11 @@ class RemovedFFN(nn.Module):
 
 def new_linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
     """The one way twossp builds a Linear from kept (or computed) weights: ``weight`` is
-    (out, in), cast to ``like``'s dtype and device, which also gives the trainability."""
+    (out, in), cast to ``like``'s dtype and device, which also gives the trainability. A weight that
+    is not real (``meta``: a streamed block outside ``Placement.resident``) is refused, never copied."""
+    if weight.is_meta or like.weight.is_meta:
+        raise PlacementError("a Linear cannot be built from a weight that is not in memory (a streamed "
+                             "block must be resident while it is edited)")
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=like.weight.device,
                     dtype=like.weight.dtype)
     with torch.no_grad():

@@ -14,8 +14,9 @@ from torch.nn import functional as F
 from twossp.budget import blocks_to_remove
 from twossp.contracts import Progress, PruneOutcome
 from twossp.errors import BudgetError
-from twossp.families.base import FamilyAdapter, layer_output
-from twossp.prune.calibration import hidden_input, hooked
+from twossp.families.base import FamilyAdapter
+from twossp.placement import placement_of
+from twossp.prune.calibration import block_calls, walk
 from twossp.prune.context import ModelContext, PruneContext, Runner
 
 
@@ -23,24 +24,21 @@ from twossp.prune.context import ModelContext, PruneContext, Runner
 def last_token_states(model: nn.Module, adapter: FamilyAdapter, samples: torch.Tensor, device: torch.device,
                       progress: Progress | None = None) -> torch.Tensor:
     """(samples, N + 1, d) fp32: the hidden state at the last token entering every block, and
-    leaving the last one (before the final norm). One decoder forward per sample, no LM head."""
+    leaving the last one (before the final norm). Every sample through the decoder stack, blocks
+    outside and samples inside (``walk``), no LM head."""
     layers = adapter.layers(model)
-    states: list[torch.Tensor] = []
-    current: list[torch.Tensor | None] = [None] * (len(layers) + 1)
+    placement = placement_of(model)
+    rows: list[list[torch.Tensor]] = [[] for _ in range(samples.shape[0])]
 
-    def entering(i: int, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        current[i] = hidden_input(args, kwargs)[0, -1].float()
+    def record(j: int, states: list[torch.Tensor]) -> None:
+        for k, state in enumerate(states):
+            rows[k].append(state[0, -1].float().to(placement.device))
+        if progress and j:
+            progress("block states", j, len(layers))
 
-    def leaving(i: int, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
-        current[-1] = layer_output(output)[0, -1].float()
-
-    with hooked(layers, entering), hooked(layers[-1:], leaving, when="after"):
-        for k in range(samples.shape[0]):
-            adapter.decoder(model)(input_ids=samples[k:k + 1].to(device), use_cache=False)
-            states.append(torch.stack(current))  # type: ignore[arg-type]
-            if progress:
-                progress("block states", k + 1, samples.shape[0])
-    return torch.stack(states)
+    firsts, kwargs = block_calls(model, adapter, samples, device)
+    walk(layers, [placement.keep(h) for h in firsts], kwargs, visit=record)
+    return torch.stack([torch.stack(row) for row in rows])
 
 
 def block_influence(states: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,10 @@ The choices are those of the naive search (the same operations on the same tenso
 
 ``score_batched`` scores many candidates at once for accelerators: candidates run as the batch of
 one forward through the blocks after their own, each block once per group of candidates.
+
+Every loop over blocks and windows runs blocks outside and windows inside (``walk``): each block
+reaches its device once per pass, which is what a streamed model needs (``twossp.placement``). The
+per-window operations are those of one decoder forward per window, so the numbers are the same.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from twossp.families.base import FamilyAdapter, layer_output, nll_sum
+from twossp.placement import placement_of
 
 
 @contextmanager
@@ -94,20 +99,94 @@ def first_lowest(scores: Sequence[float]) -> int | None:
     return at
 
 
+class _Recorder(nn.Module):
+    """Holds block ``index``'s place during a recording forward: keeps what the block receives and
+    passes the hidden state on unchanged, so no block's weights are read."""
+
+    def __init__(self, index: int, calls: list[BlockCall], last: int) -> None:
+        super().__init__()
+        self.index, self.calls, self.last = index, calls, last
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        hidden = hidden_input(args, kwargs)
+        self.calls.append(BlockCall(hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        if self.index == self.last:
+            raise _Stop
+        return hidden
+
+
+@contextmanager
+def _recording(model: nn.Module, adapter: FamilyAdapter, calls: list[BlockCall], last: int) -> Iterator[None]:
+    """The body's decoder forwards record every block's call into ``calls`` (up to block ``last``)
+    instead of running the blocks; the blocks are put back on exit, whatever happens."""
+    decoder = adapter.decoder(model)
+    blocks = adapter.layers(model)
+    decoder.layers = nn.ModuleList(_Recorder(i, calls, last) for i in range(len(blocks)))
+    try:
+        yield
+    finally:
+        decoder.layers = blocks
+
+
+@torch.no_grad()
+def block_calls(model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor,
+                device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Block 0's input for every window, and every block's keyword arguments (attention mask,
+    positions, rotary embeddings), from decoder forwards in which no block runs. The arguments
+    depend on the window's length and the block's layer type (sliding or full attention), never on
+    its tokens: equal-length windows share them, so they are recorded from the first window."""
+    firsts: list[torch.Tensor] = []
+    kwargs: list[dict[str, Any]] = []
+    last = len(adapter.layers(model)) - 1
+    for k, window in enumerate(windows):
+        calls: list[BlockCall] = []
+        with _recording(model, adapter, calls, last if k == 0 else 0):
+            try:
+                adapter.decoder(model)(input_ids=window.view(1, -1).to(device), use_cache=False)
+            except _Stop:
+                pass
+        firsts.append(calls[0].hidden)
+        if k == 0:
+            kwargs = [call.kwargs for call in calls]
+    return firsts, kwargs
+
+
+@torch.no_grad()
+def walk(layers: Sequence[nn.Module], states: list[torch.Tensor], kwargs: Sequence[dict[str, Any]],
+         start: int = 0, stop: int | None = None,
+         visit: Callable[[int, list[torch.Tensor]], None] | None = None) -> list[torch.Tensor]:
+    """Every window's hidden state (``states``, the inputs of block ``start``) run through blocks
+    ``start``..``stop - 1`` (default: the last), blocks outside and windows inside;
+    ``visit(j, states)`` sees the inputs of each block j and, last, the states leaving the walk.
+    Returns those states."""
+    stop = len(layers) if stop is None else stop
+    for j in range(start, stop):
+        if visit:
+            visit(j, states)
+        states = [layer_output(layers[j](h, **kwargs[j])) for h in states]
+    if visit:
+        visit(stop, states)
+    return states
+
+
 class BlockInputs:
-    """Every block's input and call arguments for each calibration window, from one real forward,
-    and the scorer of candidate removals built on them (module docstring)."""
+    """Every block's input and call arguments for each calibration window (from one pass of the
+    windows through the blocks), and the scorer of candidate removals built on them (module
+    docstring). The inputs stay where the model's placement keeps states (``Placement.keep``)."""
 
     def __init__(self, model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, device: torch.device) -> None:
         self.model, self.adapter, self.windows = model, adapter, windows
         self.layers = adapter.layers(model)
         self.norm = adapter.final_norm(model)
-        self.inputs: list[list[torch.Tensor]] = []
-        self.kwargs: list[list[dict[str, Any]]] = []
-        for window in windows:
-            calls = block_inputs(model, adapter, window, device)
-            self.inputs.append([call.hidden for call in calls])
-            self.kwargs.append([call.kwargs for call in calls])
+        self.keep = placement_of(model).keep
+        firsts, self.kwargs = block_calls(model, adapter, windows, device)
+        self.inputs: list[list[torch.Tensor]] = [[] for _ in firsts]
+
+        def store(j: int, states: list[torch.Tensor]) -> None:
+            for w, state in enumerate(states):
+                self.inputs[w].append(self.keep(state))
+
+        walk(self.layers, firsts, self.kwargs, stop=len(self.layers) - 1, visit=store)
 
     @property
     def tokens(self) -> int:
@@ -119,14 +198,17 @@ class BlockInputs:
         """Run blocks ``block``..N-1 of the model as it is now (a candidate removal in effect) on
         every window from the stored inputs: the summed next-token NLL over all windows, and per
         window the recomputed inputs of blocks ``block + 1``..N-1 (for ``adopt``)."""
-        nll, produced = 0.0, []
+        produced: list[list[torch.Tensor]] = [[] for _ in self.windows]
+
+        def collect(j: int, states: list[torch.Tensor]) -> None:
+            if j > block:
+                for w, state in enumerate(states):
+                    produced[w].append(self.keep(state) if j < len(self.layers) else state)
+
+        walk(self.layers, [inputs[block] for inputs in self.inputs], self.kwargs, start=block, visit=collect)
+        nll = 0.0
         for w, window in enumerate(self.windows):
-            h, outs = self.inputs[w][block], []
-            for j in range(block, len(self.layers)):
-                h = layer_output(self.layers[j](h, **self.kwargs[w][j]))
-                outs.append(h)
-            nll += float(nll_sum(self.adapter, self.model, self.norm(outs.pop()), window))
-            produced.append(outs)
+            nll += float(nll_sum(self.adapter, self.model, self.norm(produced[w].pop()), window))
         return nll, produced
 
     @torch.no_grad()
@@ -135,28 +217,38 @@ class BlockInputs:
         """The summed NLL over all windows of each candidate (its block, and a context in which its
         removal is in effect there), as ``score_from`` gives them one at a time, with up to ``batch``
         candidates in one forward: in block order, each group runs every block from its first
-        candidate's on once, on the hidden states of the candidates that started before that block;
-        a candidate starts at its own block, from the stored input, with its removal in effect.
-        Each candidate still runs exactly its own suffix of blocks."""
+        candidate's on once per window, on the hidden states of the candidates that started before
+        that block; a candidate starts at its own block, from the stored input, with its removal in
+        effect. Each candidate still runs exactly its own suffix of blocks."""
         order = sorted(range(len(candidates)), key=lambda c: candidates[c][0])
         nll = [0.0] * len(candidates)
-        for w, window in enumerate(self.windows):
-            for g in range(0, len(order), batch):
-                group = order[g:g + batch]
-                hidden, members = None, []
-                for j in range(candidates[group[0]][0], len(self.layers)):
-                    kwargs = self.kwargs[w][j]
-                    if hidden is not None:
-                        hidden = layer_output(self.layers[j](hidden, **kwargs))
-                    for c in (c for c in group if candidates[c][0] == j):
-                        with candidates[c][1]():
-                            started = layer_output(self.layers[j](self.inputs[w][j], **kwargs))
-                        hidden = started if hidden is None else torch.cat([hidden, started])
-                        members.append(c)
-                final = self.norm(hidden)
+        for g in range(0, len(order), batch):
+            group = order[g:g + batch]
+            hidden: list[torch.Tensor | None] = [None] * len(self.windows)
+            members: list[int] = []
+            for j in range(candidates[group[0]][0], len(self.layers)):
+                starting = [c for c in group if candidates[c][0] == j]
+                members += starting
+                for w in range(len(self.windows)):
+                    hidden[w] = self._batch_step(j, w, hidden[w], [candidates[c][1] for c in starting])
+            for w, window in enumerate(self.windows):
+                final = self.norm(hidden[w])
                 for row, c in enumerate(members):
                     nll[c] += float(nll_sum(self.adapter, self.model, final[row:row + 1], window))
         return nll
+
+    def _batch_step(self, j: int, w: int, hidden: torch.Tensor | None,
+                    starting: list[Callable[[], ContextManager[Any]]]) -> torch.Tensor | None:
+        """Window ``w``'s batch through block ``j``: the rows already under way, then one new row per
+        candidate starting at ``j`` (from the stored input, its removal in effect)."""
+        kwargs = self.kwargs[j]
+        if hidden is not None:
+            hidden = layer_output(self.layers[j](hidden, **kwargs))
+        for removal in starting:
+            with removal():
+                started = layer_output(self.layers[j](self.inputs[w][j], **kwargs))
+            hidden = started if hidden is None else torch.cat([hidden, started.to(hidden.device)])
+        return hidden
 
     def choose(self, pool: Sequence[Any], block_of: Callable[[Any], int], bypass: Callable[[Any], ContextManager[Any]],
                batch: int = 1, on_scored: Callable[[int], None] | None = None) -> tuple[Any, float, list, int]:

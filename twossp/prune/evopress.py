@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from twossp.contracts import Progress, PruneOutcome
 from twossp.errors import BudgetError
 from twossp.families.base import FamilyAdapter, layer_output
-from twossp.prune.calibration import block_inputs
+from twossp.prune.calibration import block_calls
 from twossp.prune.context import PruneContext
 from twossp.budget import blocks_to_remove
 
@@ -112,9 +112,9 @@ class _Fitness:
         self.windows: list[_Window] = []
         self.tokens = [windows.shape[1] - 1] * windows.shape[0]
         budget = cache_bytes
-        for ids in windows:
-            calls = block_inputs(model, adapter, ids, device, keep_hidden={0})
-            window = _Window(calls[0].hidden, [call.kwargs for call in calls], None, None)
+        firsts, kwargs = block_calls(model, adapter, windows, device)
+        for first in firsts:
+            window = _Window(first, kwargs, None, None)
             hidden = self._final_hidden(window, ())
             size = hidden.shape[0] * model.config.vocab_size * 4
             if size <= budget:

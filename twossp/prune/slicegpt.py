@@ -41,7 +41,8 @@ from torch import nn
 from twossp.contracts import SLICEGPT_CONFIG_KEY, Progress, PruneOutcome
 from twossp.errors import BudgetError, UnsupportedArchitecture
 from twossp.families.base import FamilyAdapter, RemovedAttention, new_linear
-from twossp.prune.calibration import block_inputs
+from twossp.placement import move, placement_of
+from twossp.prune.calibration import block_calls
 from twossp.prune.context import PruneContext
 
 
@@ -227,17 +228,11 @@ class SliceReport:
 def _block_inputs(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor,
                   device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """Block 0's input for every calibration window, and for every block the keyword arguments the
-    decoder passes it (mask, positions, rotary embeddings), the same for all windows of one length.
-    They are taken per block because masks may differ between layer types (sliding windows); the
-    first window therefore runs the whole decoder, the others stop at block 0."""
-    inputs: list[torch.Tensor] = []
-    kwargs: list[dict[str, Any]] = []
-    for k, window in enumerate(calibration):
-        calls = block_inputs(model, adapter, window, device, keep_hidden={0}, stop_after=None if k == 0 else 0)
-        inputs.append(calls[0].hidden)
-        if k == 0:
-            kwargs = [{**{name: value for name, value in call.kwargs.items() if name != "past_key_values"},
-                       "cache": None, "use_cache": False} for call in calls]
+    decoder passes it (mask, positions, rotary embeddings; ``calibration.block_calls``), without a
+    KV cache."""
+    inputs, calls = block_calls(model, adapter, calibration, device)
+    kwargs = [{**{name: value for name, value in call.items() if name != "past_key_values"},
+               "cache": None, "use_cache": False} for call in calls]
     return inputs, kwargs
 
 
@@ -338,8 +333,13 @@ def slice_model(model: nn.Module, adapter: FamilyAdapter, calibration: torch.Ten
     model.set_input_embeddings(new_embed)
     signals = [_rotate(x, q[:, :width]) for x in signals]
 
+    placement = placement_of(model)
     for i in range(len(layers)):
-        signals, q = _slice_block(adapter, layers, i, signals, kwargs[i], q, widths)
+        dense_block = layers[i]
+        with placement.resident(dense_block) as block_device:
+            signals, q = _slice_block(adapter, layers, i, move(signals, block_device), move(kwargs[i], block_device),
+                                      q.to(block_device), widths)
+            placement.replace(dense_block, layers[i])
         if progress:
             progress("slicegpt blocks", i + 1, len(layers))
     del signals

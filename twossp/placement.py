@@ -1,0 +1,454 @@
+"""Where a model's decoder blocks live while a run computes on them (README, Placements).
+
+- ``Single``: the whole model on one device, as ``from_pretrained(...).to(device)`` leaves it. No
+  hook is installed: nothing changes for a model that fits.
+- ``Split``: each block on one of several devices (a node's GPUs); the embeddings, final norm and
+  LM head on the first. A hook before each block moves its inputs to the block's device.
+- ``Stream``: the blocks' weights stay at a ``Home`` (host memory, or the checkpoint's own
+  safetensors shards on disk with rewritten blocks in a scratch folder); a block is brought to the
+  compute device just before it runs (``resident``) and its tensors given back to the home when
+  it is evicted, at most ``capacity`` blocks at once: the one running and the next one, which a
+  background thread reads meanwhile.
+
+Why our own block loop rather than accelerate's offload: with accelerate an offloaded weight is a
+``meta`` tensor outside its forward, and pruning code that slices it, or builds a new ``Linear``
+from it, gets a shape error or, worse, wrong logits with no error. Here an evicted block's weights
+are ``meta`` too, but (1) any forward makes the block resident first, (2) pruning code edits a
+block only inside ``resident(block)``, where its weights are real, (3) ``families.base.new_linear``
+refuses a ``meta`` weight, and (4) an evicted block whose tensors changed (new modules, new shapes,
+in-place edits) is written back to its home before its memory is freed, so the next forward, the
+evaluation and the export read the pruned weights.
+
+Loops that visit every block for every calibration window run blocks outside and windows inside
+(``prune.calibration.walk``), so a streamed pass brings each block to the device once.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from twossp.device import Copier
+from twossp.errors import PlacementError
+from twossp.families.base import FamilyAdapter
+
+Tensors = dict[str, torch.Tensor]
+
+
+def move(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (in tuples, lists and dicts too) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(move(v, device) for v in value)
+    if isinstance(value, list):
+        return [move(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: move(v, device) for k, v in value.items()}
+    return value
+
+
+def block_tensors(block: nn.Module) -> Tensors:
+    """A block's parameters and persistent buffers by their names inside the block: what its home keeps."""
+    return dict(block.state_dict(keep_vars=True))
+
+
+def _assign(block: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    module = block.get_submodule(owner) if owner else block
+    if leaf in module._parameters:
+        module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+    else:
+        module._buffers[leaf] = tensor
+
+
+def _fingerprint(block: nn.Module) -> dict[str, tuple]:
+    """What tells whether a resident block's tensors changed: a new tensor object, new storage, a
+    new shape, an in-place edit (torch's version counter) or a tensor added or gone."""
+    return {name: (id(t), t.data_ptr(), tuple(t.shape), t._version) for name, t in block_tensors(block).items()}
+
+
+#: The placement each placed model follows (a model not in it is on one device: ``Placement``).
+_PLACED: "weakref.WeakKeyDictionary[nn.Module, Placement]" = weakref.WeakKeyDictionary()
+
+
+def placement_of(model: nn.Module) -> "Placement":
+    """Where ``model``'s blocks live: the placement installed on it, else one device (its first parameter's)."""
+    placed = _PLACED.get(model)
+    if placed is not None:
+        return placed
+    first = next(model.parameters(), None)
+    return Placement(first.device if first is not None else torch.device("cpu"))
+
+
+class Placement:
+    """``Single``: every block on ``device``, which is also where the embeddings, the final norm and
+    the LM head live, and where the token ids go in."""
+
+    kind = "single"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._handles: dict[Any, Any] = {}
+        self._model: nn.Module | None = None
+
+    def describe(self) -> str:
+        return self.kind
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device a block computes on (one peak-memory measurement each)."""
+        return [self.device]
+
+    def device_of(self, block: nn.Module) -> torch.device:
+        return self.device
+
+    def keep(self, state: torch.Tensor) -> torch.Tensor:
+        """Where a cached block input stays between uses (``Stream`` on an accelerator: host memory)."""
+        return state
+
+    @contextmanager
+    def resident(self, block: nn.Module) -> Iterator[torch.device]:
+        """The body runs with ``block``'s weights real on its device (pruning code edits a block only here)."""
+        yield self.device_of(block)
+
+    @property
+    def max_resident(self) -> int | None:
+        """The most blocks a streamed model ever had on the device at once (None: not streamed)."""
+        return None
+
+    def install(self, model: nn.Module, adapter: FamilyAdapter) -> None:
+        """Hooks that make every forward, ours or a library's, follow the placement."""
+
+    def replace(self, old: nn.Module, new: nn.Module) -> None:
+        """``new`` (built while ``old`` was resident, on its device) takes block ``old``'s place."""
+
+    def close(self) -> None:
+        """Remove the hooks; a streamed model's scratch files go."""
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles = {}
+        if self._model is not None:
+            _PLACED.pop(self._model, None)
+
+    def _hook_blocks(self, model: nn.Module, adapter: FamilyAdapter) -> None:
+        """Before each block: ``enter`` it and move its inputs to its device; before the final norm:
+        bring the hidden state back to the first device, where the LM head is."""
+        def before_norm(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+            return move(args, self.device), move(kwargs, self.device)
+
+        for block in adapter.layers(model):
+            self._hook(block)
+        norm = adapter.final_norm(model)
+        self._handles[norm] = norm.register_forward_pre_hook(before_norm, with_kwargs=True)
+        self._model = model
+        _PLACED[model] = self
+
+    def _hook(self, block: nn.Module) -> None:
+        def before_block(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+            device = self.enter(module)
+            return move(args, device), move(kwargs, device)
+
+        self._handles[block] = block.register_forward_pre_hook(before_block, with_kwargs=True)
+
+    def _unhook(self, block: nn.Module) -> None:
+        handle = self._handles.pop(block, None)
+        if handle is not None:
+            handle.remove()
+
+    def enter(self, block: nn.Module) -> torch.device:
+        return self.device_of(block)
+
+
+class Split(Placement):
+    """Each block on one of ``devices`` (contiguous runs of blocks, in order); the rest on the first."""
+
+    kind = "split"
+
+    def __init__(self, devices: list[torch.device]) -> None:
+        super().__init__(devices[0])
+        self._devices = devices
+        self._where: dict[nn.Module, torch.device] = {}
+
+    def describe(self) -> str:
+        return f"split {len(self._devices)}x {self.device.type}"
+
+    @property
+    def devices(self) -> list[torch.device]:
+        return list(dict.fromkeys(self._devices))
+
+    def assignment(self, blocks: int) -> list[torch.device]:
+        """Block i's device: ``blocks`` shared out in equal contiguous runs over the devices."""
+        return [self._devices[i * len(self._devices) // blocks] for i in range(blocks)]
+
+    def device_of(self, block: nn.Module) -> torch.device:
+        return self._where.get(block, self.device)
+
+    def replace(self, old: nn.Module, new: nn.Module) -> None:
+        self._where[new] = self._where.pop(old, self.device)
+        self._unhook(old)
+        self._hook(new)
+
+    def install(self, model: nn.Module, adapter: FamilyAdapter) -> None:
+        """Every block moved to its device (a no-op for one loaded there), then the hooks."""
+        layers = adapter.layers(model)
+        for block, device in zip(layers, self.assignment(len(layers))):
+            self._where[block] = device
+            block.to(device)
+        self._hook_blocks(model, adapter)
+
+
+class Home(Protocol):
+    """Where a streamed block's tensors are while it is not on the device."""
+
+    def read(self, block: int, names: list[str]) -> Tensors: ...
+
+    def write(self, block: int, tensors: Tensors) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class HostHome:
+    """Host memory: each block's tensors as CPU tensors (page-locked when ``pin``, so that copies
+    to an accelerator run asynchronously)."""
+
+    where = "host"
+
+    def __init__(self, pin: bool = False) -> None:
+        self.pin = pin
+        self.blocks: dict[int, Tensors] = {}
+
+    def read(self, block: int, names: list[str]) -> Tensors:
+        kept = self.blocks[block]
+        return {name: kept[name] for name in names}
+
+    def write(self, block: int, tensors: Tensors) -> None:
+        host = {name: t.detach().to("cpu") for name, t in tensors.items()}
+        self.blocks[block] = {name: t.pin_memory() if self.pin else t for name, t in host.items()}
+
+    def close(self) -> None:
+        self.blocks.clear()
+
+
+class DiskHome:
+    """The checkpoint's own safetensors shards (read through memory maps, so unmodified weights
+    never count as the process's memory), and a scratch folder where a block whose tensors changed
+    is written whole, one file per block."""
+
+    where = "disk"
+
+    def __init__(self, keys: dict[str, Path], prefix: str, scratch: Path) -> None:
+        self.keys, self.prefix, self.scratch = keys, prefix, scratch
+        self.rewritten: set[int] = set()
+        self._lock = threading.Lock()
+
+    def _file(self, block: int) -> Path:
+        return self.scratch / f"block-{block}.safetensors"
+
+    def read(self, block: int, names: list[str]) -> Tensors:
+        from safetensors import safe_open
+
+        if block in self.rewritten:
+            with safe_open(str(self._file(block)), framework="pt") as f:
+                return {name: f.get_tensor(name) for name in names}
+        found: Tensors = {}
+        for name in names:
+            key = f"{self.prefix}{block}.{name}"
+            if key not in self.keys:
+                raise PlacementError(f"the checkpoint has no tensor {key!r}: stream it from host memory "
+                                     "(`runtime.offload: host`) or load it whole (`runtime.placement: single`)")
+            with safe_open(str(self.keys[key]), framework="pt") as f:
+                found[name] = f.get_tensor(key)
+        return found
+
+    def write(self, block: int, tensors: Tensors) -> None:
+        from safetensors.torch import save_file
+
+        with self._lock:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            save_file({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}, str(self._file(block)))
+            self.rewritten.add(block)
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+@dataclass
+class _Slot:
+    """One streamed block: its number at its home, and while resident, what it looked like on arrival."""
+
+    index: int
+    loaded: dict[str, tuple] | None = None
+    pinned: int = 0
+    prefetch: Future | None = field(default=None, repr=False)
+
+
+class Stream(Placement):
+    """Blocks brought to ``device`` one at a time from ``home`` (module docstring)."""
+
+    kind = "stream"
+
+    def __init__(self, device: torch.device, home: Home, capacity: int = 2) -> None:
+        super().__init__(device)
+        self.home, self.capacity = home, capacity
+        self._slots: dict[nn.Module, _Slot] = {}
+        self._order: list[nn.Module] = []          # the blocks in model order, for the prefetch
+        self._resident: OrderedDict[nn.Module, None] = OrderedDict()  # least recently entered first
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twossp-prefetch")
+        self._copier = Copier(device)
+        self._most = 0
+        self.loads = 0
+
+    def describe(self) -> str:
+        return f"stream from {getattr(self.home, 'where', 'home')}"
+
+    @property
+    def max_resident(self) -> int:
+        return self._most
+
+    def keep(self, state: torch.Tensor) -> torch.Tensor:
+        return state if self.device.type == "cpu" else state.to("cpu")
+
+    def install(self, model: nn.Module, adapter: FamilyAdapter) -> None:
+        """Take over the model's blocks: those with real weights give them to the home; every block
+        is then evicted (``meta``) until its first forward."""
+        for index, block in enumerate(adapter.layers(model)):
+            self._slots[block] = _Slot(index)
+            self._order.append(block)
+            tensors = block_tensors(block)
+            if any(not t.is_meta for t in tensors.values()):
+                self.home.write(index, tensors)
+            self._evict_tensors(block)
+        self._hook_blocks(model, adapter)
+
+    def replace(self, old: nn.Module, new: nn.Module) -> None:
+        """``new`` takes ``old``'s slot; it arrived resident and is written home when evicted."""
+        slot = self._slot(old)
+        if slot.prefetch is not None:
+            slot.prefetch.result()
+            slot.prefetch = None
+        self._slots[new] = self._slots.pop(old)
+        self._order[slot.index] = new
+        self._resident.pop(old, None)
+        self._resident[new] = None
+        slot.loaded = {}  # never what it was: written home on eviction
+        self._unhook(old)
+        self._hook(new)
+
+    def enter(self, block: nn.Module) -> torch.device:
+        self._arrive(block)
+        self._prefetch_after(block)
+        return self.device
+
+    @contextmanager
+    def resident(self, block: nn.Module) -> Iterator[torch.device]:
+        slot = self._slot(block)
+        self._arrive(block)
+        slot.pinned += 1
+        try:
+            yield self.device
+        finally:
+            slot.pinned -= 1
+
+    def _slot(self, block: nn.Module) -> _Slot:
+        slot = self._slots.get(block)
+        if slot is None:
+            raise PlacementError("this block is not one of the streamed model's")
+        return slot
+
+    def _arrive(self, block: nn.Module) -> None:
+        """Make ``block`` resident (from its prefetch when one was started), evicting the least
+        recently entered unpinned blocks beyond ``capacity``."""
+        slot = self._slot(block)
+        if block in self._resident:
+            self._resident.move_to_end(block)
+            return
+        self._make_room(0 if slot.prefetch else 1, protect=block)
+        tensors = self._copier.take(*slot.prefetch.result()) if slot.prefetch else None
+        slot.prefetch = None
+        if tensors is None or set(tensors) != set(block_tensors(block)):  # its modules changed meanwhile
+            tensors = self._copier.take(*self._fetch(block))
+        for name, tensor in tensors.items():
+            _assign(block, name, tensor)
+        slot.loaded = _fingerprint(block)
+        self._resident[block] = None
+        self._most = max(self._most, len(self._resident))
+        self.loads += 1
+
+    def _fetch(self, block: nn.Module) -> tuple[Tensors, Any]:
+        """The block's tensors read from its home and copied to the device, in the dtypes its
+        placeholders have (with the copy's fence: ``Copier.take`` waits for it)."""
+        slot = self._slots[block]
+        wanted = block_tensors(block)
+        read = self.home.read(slot.index, list(wanted))
+        return self._copier.copy({name: read[name].to(wanted[name].dtype) for name in wanted})
+
+    def _prefetch_after(self, block: nn.Module) -> None:
+        """Start reading the block after ``block`` (in model order) while ``block`` computes, when
+        there is room for it."""
+        at = self._slots[block].index + 1
+        if at >= len(self._order):
+            return
+        following = self._order[at]
+        slot = self._slots.get(following)
+        if slot is None or following in self._resident or slot.prefetch is not None:
+            return
+        if self._make_room(1, protect=block):
+            slot.prefetch = self._pool.submit(self._fetch, following)
+
+    def _make_room(self, needed: int, protect: nn.Module) -> bool:
+        """Evict unpinned blocks other than ``protect``, least recently entered first, until
+        ``needed`` more fit within ``capacity`` (a prefetch under way counts as resident). False
+        if the pinned ones leave no room."""
+        pending = sum(1 for s in self._slots.values() if s.prefetch is not None)
+        while len(self._resident) + pending + needed > self.capacity:
+            victim = next((b for b in self._resident if b is not protect and self._slots[b].pinned == 0), None)
+            if victim is None:
+                return False
+            self._evict(victim)
+        return True
+
+    def _evict(self, block: nn.Module) -> None:
+        """Give ``block`` back: written to its home first if its tensors changed, then freed."""
+        slot = self._slots[block]
+        if slot.loaded != _fingerprint(block):
+            tensors = block_tensors(block)
+            if any(t.is_meta for t in tensors.values()):
+                raise PlacementError(f"block {slot.index} was changed with weights that are not real "
+                                     "(edited outside `Placement.resident`)")
+            self.home.write(slot.index, tensors)
+        self._evict_tensors(block)
+        slot.loaded = None
+        del self._resident[block]
+
+    @staticmethod
+    def _evict_tensors(block: nn.Module) -> None:
+        for name, tensor in block_tensors(block).items():
+            _assign(block, name, torch.empty_like(tensor, device="meta"))
+
+    def gather(self) -> None:
+        """Bring every block's weights to the device for good (the model becomes an ordinary one)
+        and stop streaming: for what needs the whole model at once (an export)."""
+        for block in self._order:
+            if block in self._slots:
+                self._arrive(block)
+                del self._resident[block]  # kept for good: never evicted
+        self._slots.clear()
+        self.close()
+
+    def close(self) -> None:
+        super().close()
+        self._pool.shutdown(wait=True)
+        self.home.close()
