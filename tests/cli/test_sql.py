@@ -24,7 +24,10 @@ from twossp.plan import plan_sweep
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 TABLES = ("sweeps", "runs", "scores", "timings", "layer_masks", "generations", "exports", "export_scores",
-          "shared_steps")
+          "shared_steps", "run_memory")
+#: the comment that opens the README's query of the plan's memory estimate against the measured peak
+MEMORY_QUERY = "-- the plan's memory estimate against the measured peak, per run and device"
+GiB = 2**30
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,7 +41,8 @@ def readme_queries() -> list[str]:
 
 
 def fill(db: Database) -> None:
-    """A dense and a 2SSP run with a score of each kind the README's queries read."""
+    """A dense and a 2SSP run with a score of each kind the README's queries read, and their memory:
+    the 2SSP run split over two GPUs (cuda:1 not estimated), the dense run on the CPU."""
     spec = tiny_sweep("sql")
     runs = plan_sweep(spec)
     assert claim(db, spec, *runs)
@@ -50,13 +54,24 @@ def fill(db: Database) -> None:
             key=run.key, status=RunStatus.COMPLETED, achieved_sparsity=0.5 if pruned else 0.0, masks=masks,
             scores=[("eval.txt", "perplexity", 20.0 if pruned else 10.0), ("arc_easy", "acc", 0.4),
                     ("speed", "prefill_seconds", 0.1), ("speed", "decode_tokens_per_second", 50.0)],
-            timings={"prune": 3.0} if pruned else {}, generations=[("Hello", " world", 2)]))
+            timings={"prune": 3.0} if pruned else {}, generations=[("Hello", " world", 2)],
+            placement="split 2x cuda" if pruned else "single", memory=MEMORY[pruned]))
         if pruned:  # a GGUF export of it, measured in llama.cpp
             with db.session() as session:
                 add_export(session, run.key, "gguf", "/exports/m.q8_0.gguf", 1000, tensor_type="q8_0",
                            architecture="deci", sha256="0" * 64, engine="llama-cpp-python 0.3.36",
                            scores=[("eval.txt", "perplexity", 20.2), ("speed", "prompt_tokens_per_second", 300.0),
                                    ("speed", "generation_tokens_per_second", 60.0)])
+
+
+#: what fill()'s runs measured, by whether the run is pruned
+MEMORY = {
+    True: [("plan", "cuda:0", "estimate_bytes", 40 * GiB), ("load", "cuda:0", "peak_cuda_allocated_bytes", 30 * GiB),
+           ("stage 1", "cuda:0", "peak_cuda_allocated_bytes", 36 * GiB),
+           ("stage 1", "cuda:1", "peak_cuda_allocated_bytes", 12 * GiB), ("load", "cpu", "peak_rss_bytes", 3 * GiB)],
+    False: [("plan", "cpu", "estimate_bytes", 2 * GiB), ("load", "cpu", "peak_rss_bytes", GiB),
+            ("speed", "cpu", "peak_rss_lifetime_bytes", GiB // 2)],
+}
 
 
 def contents(db: Database) -> dict[str, list]:
@@ -70,8 +85,8 @@ def test_the_readme_has_at_least_five_queries() -> None:
 
 #: rows each README query finds in what fill() stores, in the README's order: perplexity per run,
 #: the attention 2SSP removed, pruning times, accuracy per task, speed figures, generations, failures,
-#: what llama.cpp measured on an export
-README_ROWS = [2, 1, 1, 2, 4, 2, 0, 3]
+#: the plan's memory estimate against the peak, what llama.cpp measured on an export
+README_ROWS = [2, 1, 1, 2, 4, 2, 0, 2, 3]
 
 
 def test_every_readme_query_runs_on_both_databases(db: Database) -> None:
@@ -82,6 +97,21 @@ def test_every_readme_query_runs_on_both_databases(db: Database) -> None:
         assert result.exit_code == 0, (query, result.output)
         found.append(len(json.loads(result.output)["frames"]["sql"]))
     assert found == README_ROWS
+
+
+def test_the_readme_memory_query_compares_the_estimate_with_the_peak(db: Database) -> None:
+    """The README's query, as it is, on both databases: per run and device that has an estimate, the
+    largest peak of any phase and metric beside it."""
+    (query,) = [q for q in readme_queries() if q.startswith(MEMORY_QUERY)]
+    fill(db)
+    result = invoke("db", "sql", "--db", db.url, "--format", "json", "--", query)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["frames"]["sql"]
+    keys = {run.method.name: run.key for run in plan_sweep(tiny_sweep("sql"))}
+    assert [(r["key"], r["method"], r["placement"], r["device"], r["peak_bytes"], r["estimate_bytes"],
+             float(r["percent_of_estimate"])) for r in rows] == sorted([
+        (keys["2ssp"], "2ssp", "split 2x cuda", "cuda:0", 36 * GiB, 40 * GiB, 90.0),
+        (keys["dense"], "dense", "single", "cpu", GiB, 2 * GiB, 50.0)])
 
 
 def test_rows_in_every_format(db: Database) -> None:
