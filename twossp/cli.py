@@ -162,15 +162,18 @@ def _raise_plan_problems(reports: Iterable[Any], remote_ok: bool = True) -> None
         raise PlanError(problems)
 
 
-@sweep.command("plan", help="List the runs a sweep expands to, their keys, what each will remove and which are "
-               "already done; exits 2 if a run could not succeed.")
+@sweep.command("plan", help="List the runs a sweep expands to, their keys, what each will remove, the placement "
+               "and peak memory per device each will take, and which are already done; exits 2 if a run could "
+               "not succeed.")
 @click.argument("file", type=click.Path(dir_okay=False))
 @DB_OPTION
 @click.option("--address", default=None,
               help="Check the runs' resources against this Ray cluster (auto or HOST:PORT); without it, "
                    "against this machine's CPUs and memory (GPUs are checked when the sweep runs).")
+@click.option("--gpus", type=click.FloatRange(min=0), default=None,
+              help="Plan the memory as if every model had this many GPUs (its `gpus:`), each with its `gpu_memory:`.")
 @FILES_OPTION
-def plan(file: str, db_url: str | None, address: str | None, remote_files: bool) -> None:
+def plan(file: str, db_url: str | None, address: str | None, gpus: float | None, remote_files: bool) -> None:
     from twossp.db import store
     from twossp.db.versioning import database_exists
     from twossp.plan import SharedPlan, estimate_work, plan_shared
@@ -182,24 +185,27 @@ def plan(file: str, db_url: str | None, address: str | None, remote_files: bool)
             statuses = store.run_statuses(session, [r.key for r in runs])
     shared = plan_shared(runs) if spec.runtime.share else SharedPlan()
     work = estimate_work(runs, shared, report.counts)
-    console.print(_runs_table(spec.name, runs, statuses, report, shared, work))
+    placements = _placements(runs, report, gpus)
+    console.print(_runs_table(spec.name, runs, statuses, report, shared, work, placements))
     if shared.steps:
         console.print(_steps_table(shared, work))
     _say_work(runs, statuses, report, work)
+    _say_memory(runs, report, placements)
     unplaceable = _unplaceable(runs, address)
     _raise_plan_problems([report])
     if unplaceable:
         sys.exit(2)
 
 
-def _runs_table(name: str, runs: list[Any], statuses: dict[str, str], report: Any, shared: Any, work: Any) -> Table:
+def _runs_table(name: str, runs: list[Any], statuses: dict[str, str], report: Any, shared: Any, work: Any,
+               placements: dict[str, Any]) -> Table:
     """``sweep plan``'s table: one row per run, what it will remove, its estimated layer forwards,
-    the shared step it takes and its state in the database."""
+    the shared step it takes, its placement and peak memory per device, and its state in the database."""
     from twossp.methods import method_of
 
     table = Table(title=Text(f"sweep {name}: {len(runs)} runs"))
     for col in ("key", "model", "method", "sparsity", "calib", "seed", "will remove", "layer forwards", "shares",
-                "in database"):
+                "memory", "in database"):
         table.add_column(col)
     colours = {"completed": "green", "failed": "red", "new": "cyan"}
     for run in runs:
@@ -212,8 +218,39 @@ def _runs_table(name: str, runs: list[Any], statuses: dict[str, str], report: An
                       Text(report.previews.get(run.key, "?")),
                       f"{sum(forwards):,}" if forwards is not None else
                       ("-" if method_of(run.method).work is None else "?"),
-                      shared.needs.get(run.key, "-"), Text(status, style=colours.get(status, "yellow")))
+                      shared.needs.get(run.key, "-"), _memory_cell(placements.get(run.key)),
+                      Text(status, style=colours.get(status, "yellow")))
     return table
+
+
+def _placements(runs: list[Any], report: Any, gpus: float | None) -> dict[str, Any]:
+    """Each run's planned placement (``twossp.memory.plan_placement``) on its model's GPUs (``--gpus``
+    overriding them) or this machine's memory; "?" where its config.json lacks a size the estimate
+    needs. A run that fits no placement is one more problem of ``report``, with the settings that
+    would make it fit. Runs whose model's config.json is not local are absent."""
+    from twossp.memory import plan_placement
+    from twossp.runtime.executors import this_machine
+
+    host = int(this_machine()["memory"])
+    placements: dict[str, Any] = {}
+    for run in runs:
+        config, counts = report.configs.get(run.model.label), report.counts.get(run.model.label)
+        if config is None or counts is None:
+            continue
+        try:
+            choice = placements[run.key] = plan_placement(run, config, counts, host, gpus)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            placements[run.key] = "?"
+            continue
+        if not choice.fits:
+            report.problems.append(f"{run.label}: {choice.problem()}")
+    return placements
+
+
+def _memory_cell(choice: Any) -> Text:
+    if choice is None or isinstance(choice, str):
+        return Text(choice or "-")
+    return Text(choice.summary(), style="" if choice.fits else "red")
 
 
 def _steps_table(shared: Any, work: Any) -> Table:
@@ -249,6 +286,19 @@ def _say_work(runs: list[Any], statuses: dict[str, str], report: Any, work: Any)
     if report.unknown:
         say(("will remove: shown once a model's config.json is local (path:, the hub cache, or a builtin/GGUF "
              "model after its first run)", "dim"))
+
+
+def _say_memory(runs: list[Any], report: Any, placements: dict[str, Any]) -> None:
+    """``sweep plan``'s notes on the memory column: why some runs have no estimate, and what a GPU
+    estimate without the GPUs' memory is."""
+    if len(placements) < len(runs):
+        say(("memory: - where the model's config.json is not local (or not valid)", "dim"))
+    if any(isinstance(choice, str) for choice in placements.values()):
+        say(("memory: ? where the model's config.json lacks a size the estimate needs (vocab_size, hidden_size, "
+             "intermediate_size, num_attention_heads)", "dim"))
+    if any(not isinstance(c, str) and c.on_gpu and not c.capacity for c in placements.values()):
+        say(("memory: GiB? is the estimate of one placement (single's for auto) where a model's GPU memory is "
+             "unknown: give the model `gpu_memory:` to plan which placement its runs take", "dim"))
 
 
 def _unplaceable(runs: list[Any], address: str | None) -> int:

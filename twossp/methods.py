@@ -161,6 +161,33 @@ def _blockpruner_work(method: BlockPrunerMethod, sparsity: float, counts: BlockC
 
 
 # --------------------------------------------------------------------------------------------
+# Kept states: hidden states (one window long, hidden_size wide) a run's pruning holds at its peak
+# --------------------------------------------------------------------------------------------
+States = Callable[[MethodSpec, int, int], int]
+
+
+def _search_states(windows: int, num_layers: int) -> int:
+    """A prefix-reusing search (``prune.calibration.BlockInputs``) keeps every block's input of every
+    window it scores on, and while it scores, the best candidate's recomputed inputs and the current
+    one's: three copies of windows x N states at most."""
+    return 3 * windows * num_layers
+
+
+def _two_ssp_states(method: TwoSSPMethod, samples: int, num_layers: int) -> int:
+    return _search_states(min(samples, method.num_calibration_second_stage), num_layers)
+
+
+def _blockpruner_states(method: BlockPrunerMethod, samples: int, num_layers: int) -> int:
+    return _search_states(min(samples, method.num_calibration), num_layers)
+
+
+def _first_and_last_states(method: MethodSpec, samples: int, num_layers: int) -> int:
+    """EvoPress and SliceGPT keep block 0's input of every window, and one more state per window
+    (EvoPress: the dense final hidden state; SliceGPT: the signals of the block being sliced)."""
+    return 2 * samples
+
+
+# --------------------------------------------------------------------------------------------
 # Shared steps
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -210,6 +237,11 @@ class Method:
     shared: str | None = None
     #: estimated decoder-layer forwards of a run (``Work``); None: not estimated
     work: Work | None = None
+    #: hidden states its pruning keeps at its peak, from (spec, calibration windows, N) (``States``;
+    #: ``twossp.memory`` plans them); None: a few small vectors per block, not counted
+    states: States | None = None
+    #: its search scores candidate removals ``runtime.batch`` at a time in one forward
+    batched: bool = False
 
     @property
     def name(self) -> str:
@@ -230,15 +262,16 @@ _ENTRIES = (
     Method(DenseMethod, run=None, preview=lambda method, sparsity, counts: "-",
            work=lambda method, sparsity, counts, samples: (0, 0)),
     Method(TwoSSPMethod, Lazy("twossp.prune.two_stage:run"), _two_ssp_preview, shared="ffn scores",
-           work=_two_ssp_work),
+           work=_two_ssp_work, states=_two_ssp_states, batched=True),
     Method(ShortGPTMethod, Lazy("twossp.prune.blocks:run_shortgpt"), _whole_blocks_preview, shared="block states",
            work=_whole_blocks_work),
     Method(WindowMethod, Lazy("twossp.prune.blocks:run_window"), _whole_blocks_preview, shared="block states",
            work=_whole_blocks_work),
     Method(BlockPrunerMethod, Lazy("twossp.prune.blockpruner:run"), _submodules_preview, prefix_search=True,
-           shared="blockpruner path", work=_blockpruner_work),
-    Method(EvoPressMethod, Lazy("twossp.prune.evopress:run"), _whole_blocks_preview),
-    Method(SliceGPTMethod, Lazy("twossp.prune.slicegpt:run"), _slicegpt_preview,
+           shared="blockpruner path", work=_blockpruner_work, states=_blockpruner_states,
+           batched=True),
+    Method(EvoPressMethod, Lazy("twossp.prune.evopress:run"), _whole_blocks_preview, states=_first_and_last_states),
+    Method(SliceGPTMethod, Lazy("twossp.prune.slicegpt:run"), _slicegpt_preview, states=_first_and_last_states,
            export_refusal="its PCA rotations are not layer masks and are not stored in the database, so it "
                           "cannot be rebuilt from there: a sliced model is saved while it runs, with "
                           "`save_to: DIR` in the sweep",
@@ -255,5 +288,5 @@ def method_of(spec: MethodSpec) -> Method:
     return METHODS[spec.name]
 
 
-__all__ = ["METHODS", "MAX_INT", "Method", "MethodSpec", "SHARED_STEPS", "SharedStep", "Work", "method_of",
+__all__ = ["METHODS", "MAX_INT", "Method", "MethodSpec", "SHARED_STEPS", "SharedStep", "States", "Work", "method_of",
            *(entry.spec.__name__ for entry in _ENTRIES)]

@@ -26,6 +26,7 @@ class Preflight:
     #: what can be checked only where the runs execute: tasks reading the hub, unreachable from here
     remote: list[str] = field(default_factory=list)
     counts: dict[str, BlockCounts] = field(default_factory=dict)  # model label -> its dense block counts
+    configs: dict[str, dict] = field(default_factory=dict)  # model label -> its config.json, where counted
 
 
 def preflight(runs: list[RunSpec]) -> Preflight:
@@ -49,6 +50,7 @@ def preflight(runs: list[RunSpec]) -> Preflight:
                 report.problems.append(f"{run.label}: `save_to` asks for GGUF, which cannot be written: {why}")
         try:
             counts = report.counts[label] = config_block_counts(config)
+            report.configs[label] = config
             report.previews[run.key] = run.preview(counts)
         except BudgetError as exc:
             report.previews[run.key] = "cannot succeed"

@@ -188,6 +188,10 @@ class ModelSpec(Strict):
     memory: Annotated[ByteSize, Field(gt=0)] | None = None   # host memory, e.g. "48GiB"
     #: custom Ray resources, e.g. {a100: 1}
     resources: dict[NonEmpty, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    #: memory of each of the run's GPUs, e.g. "80GiB": what ``sweep plan`` plans placements against
+    #: (``twossp.memory``; the worker measures the free memory itself). Optional, not a Ray resource,
+    #: not in any run key; last, so ``runs.spec`` keeps its older fields in their order.
+    gpu_memory: Annotated[ByteSize, Field(gt=0)] | None = None
 
     _resolve = field_validator("path", "gguf")(_relative_to_sweep)
 
