@@ -269,6 +269,8 @@ class StepResult:
     error: str | None = None
     payload: Any = None
     calibration_sha256: str | None = None  # of the windows it was computed on (a run checks its own against it)
+    placement: str | None = None           # as ``RunResult``'s (not stored: a step's memory is its runs' concern)
+    memory: list[tuple[str, str, str, int]] = field(default_factory=list)
     started_at: datetime | None = None
     finished_at: datetime | None = None
     timings: dict[str, float] = field(default_factory=dict)

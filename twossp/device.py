@@ -32,6 +32,32 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def run_devices(device: torch.device, count: int = 1) -> list[torch.device]:
+    """The devices of a run on ``device``'s type: CUDA, the first ``count`` GPUs it sees (under Ray,
+    those of its task); elsewhere ``device`` itself."""
+    if device.type == "cuda":
+        first = device.index or 0
+        return [torch.device("cuda", first + i) for i in range(max(1, min(count, torch.cuda.device_count() - first)))]
+    return [device]
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now: CUDA, what the driver reports free; the host, the kernel's
+    ``MemAvailable`` (else the physical memory)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as meminfo:
+            match = re.search(r"^MemAvailable:\s+(\d+)\s+kB", meminfo.read(), re.MULTILINE)
+        if match:
+            return int(match.group(1)) * 1024
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from twossp.contracts import AUTO_BATCH, BlockCounts
 from twossp.methods import method_of
-from twossp.plan import RunSpec
+from twossp.plan import RunSpec, StepSpec
 
 GiB = 1 << 30
 #: bytes a device holds before any tensor (the CUDA context is about this much)
@@ -221,6 +221,14 @@ def device_memory(inputs: MemoryInputs, placement: str, devices: int = 1,
             for d in range(used)]
 
 
+def step_memory_inputs(config: dict[str, Any], counts: BlockCounts, step: StepSpec) -> MemoryInputs:
+    """A shared step's numbers: the weights and one calibration window's forward (it keeps no states)."""
+    return MemoryInputs(model=ModelShape.of(config, counts), dtype=step.runtime.dtype,
+                        calib_len=step.calibration.seq_len, states=0, one_window_states=0,
+                        windows_field="`calibration.samples`", candidates=1, eval_len=0, eval_batch=0,
+                        task_batch=0, speed_tokens=0)
+
+
 # --------------------------------------------------------------------------------------------
 # Choosing a placement
 # --------------------------------------------------------------------------------------------
@@ -262,7 +270,8 @@ class PlacementChoice:
         else:
             why = (f"needs {gib(self.memory[worst].peak)} on {target} ({self.memory[worst].describe()}), "
                    f"more than the {gib(self.capacity[worst])} there")
-        return f"does not fit even placed `{self.placement}`: {why}; {self.advice or 'no single setting makes it fit'}"
+        even = "even " if self.placement == "stream" else ""
+        return f"does not fit {even}placed `{self.placement}`: {why}; {self.advice or 'no setting alone makes it fit'}"
 
 
 def choose_placement(inputs: MemoryInputs, requested: str, gpus: float, device_memory: Sequence[int],
@@ -276,7 +285,8 @@ def choose_placement(inputs: MemoryInputs, requested: str, gpus: float, device_m
     choice = _choose(inputs, requested, gpus, device_memory, host_memory, offload)
     if choice.fits:
         return choice
-    return replace(choice, advice=_advice(inputs, requested, gpus, list(device_memory), host_memory, offload))
+    case = _Case(inputs, requested, gpus, tuple(device_memory), host_memory, offload)
+    return replace(choice, advice=_advice(case))
 
 
 def _choose(inputs: MemoryInputs, requested: str, gpus: float, device_memory: Sequence[int], host_memory: int,
@@ -318,43 +328,71 @@ def _stream(inputs: MemoryInputs, free: int, host: int, offload: str, on_gpu: bo
     return PlacementChoice("stream", where, on_gpu, (parts,), (free,), fits, on_device, need, host)
 
 
-def _fixes(inputs: MemoryInputs, requested: str, gpus: float, free: list[int],
-           offload: str) -> list[tuple[str, MemoryInputs, str, float, list[int], str]]:
-    """Single changes of a run's settings to try, each as (the setting, and what the run would then be)."""
-    fixes = []
-    if requested != "auto":
-        fixes.append(("`runtime.placement: auto`", inputs, "auto", gpus, free, offload))
-    if offload == "host":
-        fixes.append(("`runtime.offload: disk`", inputs, requested, gpus, free, "disk"))
+@dataclass(frozen=True)
+class _Case:
+    """A run's settings as ``choose_placement`` takes them, to try changes of them (``_advice``)."""
+
+    inputs: MemoryInputs
+    requested: str
+    gpus: float
+    free: tuple[int, ...]
+    host: int
+    offload: str
+
+    def choose(self) -> PlacementChoice:
+        return _choose(self.inputs, self.requested, self.gpus, self.free, self.host, self.offload)
+
+
+def _fixes(case: _Case) -> list[tuple[str, Callable[[_Case], _Case]]]:
+    """Changes of one setting that need less memory, each as (the setting, how it changes a run)."""
+    inputs, fixes = case.inputs, []
+    if case.requested != "auto":
+        fixes.append(("`runtime.placement: auto`", lambda c: replace(c, requested="auto")))
+    if case.offload == "host":
+        fixes.append(("`runtime.offload: disk`", lambda c: replace(c, offload="disk")))
     if inputs.dtype == "float32":
-        fixes.append(("`runtime.dtype: bfloat16`", replace(inputs, dtype="bfloat16"), requested, gpus, free, offload))
+        fixes.append(("`runtime.dtype: bfloat16`", lambda c: replace(c, inputs=replace(c.inputs, dtype="bfloat16"))))
     if inputs.candidates > 1 or inputs.eval_batch > 1:
-        fixes.append(("`runtime.batch: 1`", replace(inputs, candidates=min(inputs.candidates, 1),
-                                                    eval_batch=min(inputs.eval_batch, 1)), requested, gpus, free,
-                      offload))
+        fixes.append(("`runtime.batch: 1`", lambda c: replace(c, inputs=replace(
+            c.inputs, candidates=min(c.inputs.candidates, 1), eval_batch=min(c.inputs.eval_batch, 1)))))
     if inputs.states > inputs.one_window_states:
-        fixes.append((f"fewer calibration windows kept for the search ({inputs.windows_field}: 1)",
-                      replace(inputs, states=inputs.one_window_states), requested, gpus, free, offload))
+        fixes.append((f"one calibration window for the search ({inputs.windows_field})",
+                      lambda c: replace(c, inputs=replace(c.inputs, states=c.inputs.one_window_states))))
     if inputs.task_batch > 1:
-        fixes.append(("the tasks' `batch_size: 1`", replace(inputs, task_batch=1), requested, gpus, free, offload))
-    if gpus > 0 and free:
-        split = requested if requested in ("auto", "split") else "split"
-        more = next((k for k in range(max(2, len(free) + 1), 65)
-                     if _choose(inputs, split, k, [free[0]] * k, 0, "disk").fits), None)
-        if more:
-            also = "" if split == requested else " and `runtime.placement: split`"
-            fixes.append((f"`gpus: {more}`{also}", inputs, split, more, [free[0]] * more, offload))
+        fixes.append(("the tasks' `batch_size: 1`", lambda c: replace(c, inputs=replace(c.inputs, task_batch=1))))
     return fixes
 
 
-def _advice(inputs: MemoryInputs, requested: str, gpus: float, free: list[int], host: int, offload: str) -> str | None:
-    """The single settings with which the run would fit (the first three), each with what it then needs."""
-    works = []
-    for setting, changed, placement, count, devices, where in _fixes(inputs, requested, gpus, free, offload):
-        choice = _choose(changed, placement, count, devices, host, where)
-        if choice.fits:
-            works.append(f"{setting} ({choice.summary()})")
-    return f"it fits with {' or '.join(works[:3])}" if works else None
+def _more_gpus(case: _Case) -> tuple[str, _Case] | None:
+    """The fewest GPUs (like the first, up to 64) over which the run fits split, if any."""
+    if case.gpus <= 0 or not case.free:
+        return None
+    split = case.requested if case.requested in ("auto", "split") else "split"
+    also = "" if split == case.requested else " and `runtime.placement: split`"
+    for count in range(max(2, len(case.free) + 1), 65):
+        more = replace(case, requested=split, gpus=count, free=(case.free[0],) * count)
+        if more.choose().fits:
+            return f"`gpus: {count}`{also}", more
+    return None
+
+
+def _advice(case: _Case) -> str | None:
+    """The settings with which the run would fit, each with what it then takes: the single changes
+    that are enough (up to three), else the fewest changes made together (in ``_fixes``' order, then
+    more GPUs)."""
+    tries = [(setting, change(case)) for setting, change in _fixes(case)]
+    tries += [more] if (more := _more_gpus(case)) else []
+    enough = [f"{setting} ({changed.choose().summary()})" for setting, changed in tries if changed.choose().fits]
+    if enough:
+        return f"it fits with {' or '.join(enough[:3])}"
+    settings: list[str] = []
+    for setting, change in _fixes(case):
+        case, settings = change(case), [*settings, setting]
+        more = _more_gpus(case)
+        for together, changed in ((settings, case), *([([*settings, more[0]], more[1])] if more else [])):
+            if changed.choose().fits:
+                return f"it fits with {' and '.join(together)} ({changed.choose().summary()})"
+    return None
 
 
 def unplanned(inputs: MemoryInputs, requested: str, devices: int) -> PlacementChoice:
@@ -394,4 +432,4 @@ def plan_placement(run: RunSpec, config: dict[str, Any], counts: BlockCounts, ho
 __all__ = ["DTYPE_BYTES", "DeviceMemory", "GiB", "LOGITS_CHUNK", "MemoryInputs", "ModelShape", "PlacementChoice",
            "RUNTIME_OVERHEAD", "STREAMED_BLOCKS", "block_workspace", "candidates_bytes", "choose_placement",
            "device_memory", "evaluation_bytes", "gib", "logits_chunk", "memory_inputs", "plan_placement",
-           "states_bytes", "unplanned"]
+           "states_bytes", "step_memory_inputs", "unplanned"]

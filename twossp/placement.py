@@ -133,6 +133,10 @@ class Placement:
     def replace(self, old: nn.Module, new: nn.Module) -> None:
         """``new`` (built while ``old`` was resident, on its device) takes block ``old``'s place."""
 
+    def gather(self, device: torch.device | None = None) -> None:
+        """Make the model whole in memory for what needs every weight at once (an export): a no-op
+        unless streamed."""
+
     def close(self) -> None:
         """Remove the hooks; a streamed model's scratch files go."""
         for handle in self._handles.values():
@@ -438,13 +442,15 @@ class Stream(Placement):
         for name, tensor in block_tensors(block).items():
             _assign(block, name, torch.empty_like(tensor, device="meta"))
 
-    def gather(self) -> None:
-        """Bring every block's weights to the device for good (the model becomes an ordinary one)
-        and stop streaming: for what needs the whole model at once (an export)."""
+    def gather(self, device: torch.device | None = None) -> None:
+        """Bring every block's weights back for good, onto ``device`` (default: the compute device),
+        and stop streaming: the model becomes an ordinary one, for what needs it whole (an export)."""
         for block in self._order:
             if block in self._slots:
                 self._arrive(block)
                 del self._resident[block]  # kept for good: never evicted
+                for name, tensor in block_tensors(block).items():
+                    _assign(block, name, tensor.to(device or self.device))
         self._slots.clear()
         self.close()
 
@@ -452,3 +458,62 @@ class Stream(Placement):
         super().close()
         self._pool.shutdown(wait=True)
         self.home.close()
+
+
+# --- the parts of a model that are not blocks ("the ends": embeddings, final norm, LM head) -----
+
+def blocks_prefix(model: nn.Module, adapter: FamilyAdapter) -> str:
+    """The state-dict prefix of block i's tensors, less the i: ``model.layers.``."""
+    layers = adapter.layers(model)
+    name = next(name for name, module in model.named_modules() if module is layers)
+    return f"{name}."
+
+
+def _ends(model: nn.Module, adapter: FamilyAdapter) -> list[nn.Module]:
+    """Every module of ``model`` that is not inside a block."""
+    inside = {id(m) for block in adapter.layers(model) for m in block.modules()} | {id(adapter.layers(model))}
+    return [m for m in model.modules() if id(m) not in inside]
+
+
+def move_ends(model: nn.Module, adapter: FamilyAdapter, device: torch.device) -> None:
+    """The tensors of every module outside the blocks moved to ``device`` (ties kept: each tensor once)."""
+    moved: dict[int, torch.Tensor] = {}
+    for module in _ends(model, adapter):
+        for store in (module._parameters, module._buffers):
+            for name, tensor in store.items():
+                if tensor is not None:
+                    if id(tensor) not in moved:
+                        moved[id(tensor)] = (nn.Parameter(tensor.data.to(device), requires_grad=False)
+                                             if isinstance(tensor, nn.Parameter) else tensor.to(device))
+                    store[name] = moved[id(tensor)]
+
+
+def safetensors_keys(folder: Path) -> dict[str, Path]:
+    """Every tensor name in the folder's ``*.safetensors`` files, and its file (headers read only)."""
+    from safetensors import safe_open
+
+    keys: dict[str, Path] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            keys.update({key: file for key in f.keys()})
+    if not keys:
+        raise PlacementError(f"{folder} has no safetensors weights to stream from; use `runtime.offload: host`")
+    return keys
+
+
+def load_ends(model: nn.Module, adapter: FamilyAdapter, keys: dict[str, Path], prefix: str,
+              device: torch.device) -> None:
+    """A skeleton's (``meta``) tensors outside the blocks read from the checkpoint onto ``device``,
+    in the skeleton's dtypes; tied weights tied again. A tensor the checkpoint lacks is an error."""
+    from safetensors import safe_open
+
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if name.startswith(prefix) or not tensor.is_meta or name not in keys:
+            continue
+        with safe_open(str(keys[name]), framework="pt") as f:
+            _assign(model, name, f.get_tensor(name).to(device, tensor.dtype))
+    model.tie_weights()
+    move_ends(model, adapter, device)  # the buffers the skeleton built on the host (rotary frequencies)
+    missing = [name for name, t in model.state_dict(keep_vars=True).items() if t.is_meta and not name.startswith(prefix)]
+    if missing:
+        raise PlacementError(f"the checkpoint lacks {', '.join(missing[:5])}: it cannot be streamed")

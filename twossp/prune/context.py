@@ -32,7 +32,8 @@ class ModelContext:
     model: nn.Module
     adapter: FamilyAdapter
     calibration: torch.Tensor   # (n, L) token windows
-    #: where every decoder block lives and computes: one device holds the whole model
+    #: where the token ids go in (the embeddings, the final norm and the LM head live there); where
+    #: each decoder block lives and computes is the model's placement (``placement.placement_of``)
     device: torch.device
     progress: Progress | None = None
     #: candidate removals scored per forward by the methods that search (same choices at any value)

@@ -121,16 +121,93 @@ def load_config(spec: ModelSpec) -> Any:
 
 def load_model(spec: ModelSpec, dtype: "torch.dtype", device: "torch.device") -> tuple[Any, Any]:
     """(model in eval mode on ``device``, tokenizer). Unsupported architectures fail before weights load."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return _load_on_host(spec, dtype).to(device), load_tokenizer(spec)
+
+
+def _load_on_host(spec: ModelSpec, dtype: "torch.dtype") -> Any:
+    """The model in eval mode in host memory, its architecture checked before any weight is read."""
+    from transformers import AutoModelForCausalLM
 
     config = load_config(spec)
     adapter_for(config).check_supported(config)
     where, extra = model_directory(spec)
     common = dict(trust_remote_code=spec.trust_remote_code, **extra)
-    tokenizer = _from_hub_or_cache(spec, lambda **kw: AutoTokenizer.from_pretrained(where, **common, **kw))
     model = _from_hub_or_cache(
         spec, lambda **kw: AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **common, **kw))
-    return model.to(device).eval(), tokenizer
+    return model.eval()
+
+
+def load_tokenizer(spec: ModelSpec) -> Any:
+    from transformers import AutoTokenizer
+
+    where, extra = model_directory(spec)
+    return _from_hub_or_cache(spec, lambda **kw: AutoTokenizer.from_pretrained(
+        where, trust_remote_code=spec.trust_remote_code, **extra, **kw))
+
+
+def load_placed(spec: ModelSpec, dtype: "torch.dtype", placement: str, devices: list["torch.device"],
+                offload: str = "disk") -> tuple[Any, Any]:
+    """(model in eval mode, ``twossp.placement.Placement`` installed on it) for a
+    ``placement`` already chosen (``single``, ``split`` or ``stream``; never ``auto``):
+
+    - ``single``: the whole model on ``devices[0]``;
+    - ``split``: loaded in host memory, then each block moved to its share of ``devices``;
+    - ``stream`` from ``host``: loaded in host memory, the blocks handed to a ``HostHome``;
+    - ``stream`` from ``disk``: no block is ever read whole: a skeleton without weights is built,
+      the embeddings, final norm and LM head read from the checkpoint's safetensors shards onto
+      ``devices[0]``, and the blocks left in the shards (``DiskHome``)."""
+    from twossp import placement as placed
+
+    if placement == "stream" and offload == "disk":
+        return _load_streamed_from_disk(spec, dtype, devices[0])
+    model = _load_on_host(spec, dtype)
+    adapter = adapter_for(model.config)
+    if placement == "single":
+        return model.to(devices[0]), placed.Placement(devices[0])
+    if placement == "split":
+        chosen: Any = placed.Split(devices)
+    else:
+        chosen = placed.Stream(devices[0], placed.HostHome(pin=devices[0].type != "cpu"))
+    chosen.install(model, adapter)
+    placed.move_ends(model, adapter, devices[0])
+    return model, chosen
+
+
+def checkpoint_files(spec: ModelSpec) -> Path:
+    """The local folder of the model's safetensors shards (a hub model's downloaded snapshot)."""
+    if spec.hub:
+        from huggingface_hub import snapshot_download
+
+        return Path(_from_hub_or_cache(spec, lambda **kw: snapshot_download(
+            spec.hub, revision=spec.revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"], **kw)))
+    return Path(model_directory(spec)[0])
+
+
+def _load_streamed_from_disk(spec: ModelSpec, dtype: "torch.dtype", device: "torch.device") -> tuple[Any, Any]:
+    import tempfile
+
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from twossp import placement as placed
+
+    config = load_config(spec)
+    adapter = adapter_for(config)
+    adapter.check_supported(config)
+    folder = checkpoint_files(spec)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        pass  # no generation_config.json: the config's defaults, as from_pretrained leaves them
+    keys = placed.safetensors_keys(folder)
+    prefix = placed.blocks_prefix(model, adapter)
+    placed.load_ends(model, adapter, keys, prefix, device)
+    scratch = Path(tempfile.mkdtemp(prefix="twossp-stream-", dir=cache_dir("stream")))
+    stream = placed.Stream(device, placed.DiskHome(keys, prefix, scratch))
+    stream.install(model, adapter)
+    return model.eval(), stream
 
 
 def resolve_revisions(spec: Any) -> Any:

@@ -9,6 +9,7 @@ calibration windows are the ones it read before they take its result.
 
 from __future__ import annotations
 
+import math
 import platform
 import subprocess
 import time
@@ -81,6 +82,35 @@ class Stopwatch:
         self._tick = time.perf_counter()
 
 
+class MemoryMeter:
+    """Peak memory per phase and device (``RunResult.memory``): each device's peak since the last
+    phase ended (``twossp.device.peak_memory``), read and reset whenever the phase changes."""
+
+    def __init__(self, devices: list[Any], rows: list[tuple[str, str, str, int]]) -> None:
+        from twossp.device import reset_peak_memory
+
+        self.devices, self.rows, self.phase = list(dict.fromkeys(devices)), rows, None
+        for device in self.devices:
+            reset_peak_memory(device)
+
+    def enter(self, phase: str) -> None:
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+
+    def close(self) -> None:
+        from twossp.device import peak_memory, reset_peak_memory
+
+        if self.phase is None:
+            return
+        for device in self.devices:
+            peak = peak_memory(device)
+            if peak is not None:
+                self.rows.append((self.phase, str(device), peak[0], peak[1]))
+            reset_peak_memory(device)
+        self.phase = None
+
+
 def execute_run(run: RunSpec, progress: Progress | None = None, shared: StepResult | None = None) -> RunResult:
     """Run one cell of the grid; ``shared``: the result of the shared step it takes (``plan.plan_shared``).
     Any exception becomes a ``failed`` result carrying its message (library errors) or traceback
@@ -143,6 +173,8 @@ class _Loaded:
     device: Any = None
     clock: Stopwatch | None = None
     dense: Any = None
+    placement: Any = None
+    meter: "MemoryMeter | None" = None
 
     def begin(self) -> None:
         from transformers.utils import logging as hf_logging
@@ -155,14 +187,14 @@ class _Loaded:
         from twossp.prune import ModelContext
 
         return ModelContext(model=self.model, adapter=self.adapter, calibration=windows, device=self.device,
-                            progress=self.progress, batch=self.batch)
+                            progress=self.track, batch=self.batch)
 
     def load(self) -> None:
         import torch
 
         from twossp.families import adapter_for
-        from twossp.device import DTYPES, device_name, resolve_device
-        from twossp.runtime.loading import load_model
+        from twossp.device import DTYPES, device_name, resolve_device, run_devices
+        from twossp.runtime.loading import load_placed, load_tokenizer
 
         if self.spec.runtime.threads:
             torch.set_num_threads(self.spec.runtime.threads)
@@ -172,19 +204,48 @@ class _Loaded:
         if self.spec.weights_changed():
             raise DataUnavailable(f"the weights of {self.spec.model.label} changed since the sweep was planned "
                                   f"({self.spec.model.path or self.spec.model.gguf}); run the sweep again")
-        self.progress("load", 0, 1)
-        self.model, self.tokenizer = load_model(self.spec.model, DTYPES[self.spec.runtime.dtype], self.device)
-        self.adapter = adapter_for(self.model.config)  # load_model has already checked the architecture
+        devices = run_devices(self.device, math.floor(self.spec.model.gpus))
+        self.meter = MemoryMeter(devices, self.result.memory)
+        self.track("load", 0, 1)
+        choice = self.choose_placement(devices)
+        used = devices[:choice.devices] if choice.placement == "split" else devices[:1]
+        self.model, self.placement = load_placed(self.spec.model, DTYPES[self.spec.runtime.dtype], choice.placement,
+                                                 used, choice.offload or "disk")
+        self.tokenizer = load_tokenizer(self.spec.model)
+        self.result.placement = self.placement.describe()
+        self.result.memory += [("plan", str(device), "estimate_bytes", part.peak)
+                               for device, part in zip(used, choice.memory)]
+        self.adapter = adapter_for(self.model.config)  # load_placed has already checked the architecture
         self.dense = self.adapter.block_counts(self.model)
         self.result.params_dense = self.dense.layer_params
         self.clock.lap("load")
+
+    def choose_placement(self, devices: list[Any]) -> Any:
+        """``runtime.placement`` as chosen for this run (``memory.choose_placement``) from the model's
+        config and the memory free now on its devices (the host's when it computes on the CPU)."""
+        from twossp.device import free_memory
+        from twossp.families import config_block_counts
+        from twossp.memory import choose_placement
+        from twossp.runtime.loading import load_config
+
+        config = load_config(self.spec.model)
+        inputs = self.memory_inputs(config.to_dict(), config_block_counts(config))
+        import torch
+
+        host = free_memory(torch.device("cpu"))
+        on_gpu = self.device.type != "cpu"
+        return choose_placement(inputs, self.spec.runtime.placement, len(devices) if on_gpu else 0,
+                                [free_memory(d) for d in devices] if on_gpu else [], host, self.spec.runtime.offload)
+
+    def memory_inputs(self, config: dict[str, Any], counts: Any) -> Any:
+        raise NotImplementedError
 
     def calibrate(self) -> Any:
         from twossp.data.tokens import calibration_windows, tokens_sha256
 
         calib = self.spec.calibration
         assert calib is not None  # every pruning run has one (plan)
-        self.progress("calibration", 0, 1)
+        self.track("calibration", 0, 1)
         windows = calibration_windows(self.tokenizer, calib.source, calib.samples, calib.seq_len, calib.seed)
         self.result.calibration_sha256 = tokens_sha256(windows)
         self.clock.lap("calibration data")
@@ -198,10 +259,22 @@ class _Loaded:
         return batch_size(self.device, self.spec.runtime.batch)
 
     def release(self) -> None:
+        """The placement's hooks and scratch files gone, the model dropped, the last phase's peak read."""
         from twossp.device import release_memory
 
+        if self.placement is not None:
+            self.placement.close()
         self.model = None
         release_memory(self.device)
+        if self.meter is not None:
+            self.meter.close()
+
+    def track(self, name: str, done: int, total: int) -> None:
+        """The progress callback the run's code calls: a new phase name ends the last phase's memory
+        measurement."""
+        if self.meter is not None:
+            self.meter.enter(name)
+        self.progress(name, done, total)
 
 
 @dataclass
@@ -220,14 +293,21 @@ class _Run(_Loaded):
             raise SharedStepFailed(f"the shared step it needs ({self.shared.kind} {self.shared.key}) failed: "
                                    f"{self.shared.error}")
         self.check_tasks()
-        self.load()
-        if method_of(self.spec.method).prunes:
-            self.prune(self.calibrate())
-        self.record_structure()
-        self.evaluate()
-        if self.spec.save_to and method_of(self.spec.method).prunes:
-            self.save()
-        self.release()
+        try:
+            self.load()
+            if method_of(self.spec.method).prunes:
+                self.prune(self.calibrate())
+            self.record_structure()
+            self.evaluate()
+            if self.spec.save_to and method_of(self.spec.method).prunes:
+                self.save()
+        finally:
+            self.release()
+
+    def memory_inputs(self, config: dict[str, Any], counts: Any) -> Any:
+        from twossp.memory import memory_inputs
+
+        return memory_inputs(config, counts, self.spec, self.device.type)
 
     def check_tasks(self) -> None:
         """A task that cannot get its data here fails the run before any pruning work."""
@@ -289,7 +369,7 @@ class _Run(_Loaded):
                 raise DataUnavailable(f"evaluation text {label!r} is shorter than one window of {seq_len} tokens")
             if self.first_window is None:
                 self.first_window = windows[0]
-            ppl = perplexity(self.model, self.adapter, windows, self.device, self.progress, phase=f"eval {label}",
+            ppl = perplexity(self.model, self.adapter, windows, self.device, self.track, phase=f"eval {label}",
                              batch=self.batch)
             self.result.scores.append((label, "perplexity", ppl.perplexity))
             self.result.token_hashes[label] = tokens_sha256(windows)
@@ -316,7 +396,7 @@ class _Run(_Loaded):
         evaluation = self.spec.evaluation
         with tempfile.TemporaryDirectory(prefix="twossp-tasks-") as workdir:
             scores = evaluate_tasks(self.model, self.tokenizer, evaluation.tasks, evaluation.task_data, self.device,
-                                    workdir, self.progress)
+                                    workdir, self.track)
         self.result.scores += scores.scores
         if scores.mean_accuracy is not None:
             self.result.scores.append((*DOWNSTREAM_ACC_MEAN, scores.mean_accuracy))
@@ -330,7 +410,7 @@ class _Run(_Loaded):
         from twossp.evaluate.speed import measure_speed
 
         settings = self.spec.evaluation.speed
-        self.progress("speed", 0, 1)
+        self.track("speed", 0, 1)
         # The timing of a dense forward does not depend on which tokens it reads: real text when
         # there is some, else a fixed sequence of ids.
         window = self.first_window if self.first_window is not None else \
@@ -344,16 +424,19 @@ class _Run(_Loaded):
         from twossp.evaluate.generate import generate_texts
 
         settings = self.spec.evaluation.generate
-        self.progress("generate", 0, 1)
+        self.track("generate", 0, 1)
         self.result.generations = generate_texts(self.model, self.tokenizer, self.spec.generation_prompts(),
                                                  settings.max_new_tokens, self.device)
         self.clock.lap("generate")
 
     def save(self) -> None:
-        self.progress("save", 0, 1)
+        self.track("save", 0, 1)
         from twossp.runtime.export import provenance, save_model
 
         spec, result = self.spec, self.result
+        import torch
+
+        self.placement.gather(torch.device("cpu"))  # a streamed model is written whole, from the host
         origin = provenance(spec, spec.key, result.masks, result.achieved_sparsity, result.scores, result.versions)
         saved = save_model(self.model, self.tokenizer, Path(spec.save_to) / spec.key, spec.save_format,
                            spec.save_type, origin)
@@ -375,9 +458,16 @@ class _Step(_Loaded):
 
     def execute(self) -> None:
         self.begin()
-        self.load()
-        windows = self.calibrate()
-        compute = SHARED_STEPS[self.spec.kind].compute.load()
-        self.result.payload = compute(self.context(windows), self.spec.params)
-        self.clock.lap(self.spec.kind)
-        self.release()
+        try:
+            self.load()
+            windows = self.calibrate()
+            compute = SHARED_STEPS[self.spec.kind].compute.load()
+            self.result.payload = compute(self.context(windows), self.spec.params)
+            self.clock.lap(self.spec.kind)
+        finally:
+            self.release()
+
+    def memory_inputs(self, config: dict[str, Any], counts: Any) -> Any:
+        from twossp.memory import step_memory_inputs
+
+        return step_memory_inputs(config, counts, self.spec)
