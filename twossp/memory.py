@@ -4,7 +4,7 @@ the placement a run takes given its devices' free memory.
 
 A run's peak on one device is
 
-    overhead + weights + max(states + candidates, evaluation)
+    overhead + weights + max(max(walk, states) + candidates, evaluation)
 
 - ``overhead``: what a device holds before any tensor (``RUNTIME_OVERHEAD``: the CUDA context on
   a GPU; the interpreter and its libraries when the host computes).
@@ -12,6 +12,9 @@ A run's peak on one device is
   ``split`` over G devices: ceil(N / G) blocks each, the first device also holding the embeddings,
   the final norm and the LM head; ``stream``: those and ``STREAMED_BLOCKS`` blocks (the current one
   and the prefetched next).
+- ``walk``: every pruning pass walks all its calibration windows through the blocks together, blocks
+  outside and windows inside (``prune.calibration.walk``): the inputs and the outputs of one block
+  for every window, on the device running that block.
 - ``states``: the calibration hidden states the method's pruning keeps (``Method.states``: 2SSP's
   stage 2 and BlockPruner keep every block's input of every window they score on), each
   ``calibration.seq_len x hidden_size`` in the run's dtype; ``split`` keeps each block's inputs on its
@@ -35,7 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from twossp.contracts import AUTO_BATCH, BlockCounts
-from twossp.methods import method_of
+from twossp.methods import SHARED_STEPS, method_of
 from twossp.plan import RunSpec, StepSpec
 
 GiB = 1 << 30
@@ -94,6 +97,7 @@ class MemoryInputs:
     model: ModelShape
     dtype: str
     calib_len: int        # calibration window length (0: the run does not prune)
+    walked: int           # hidden states (calib_len x hidden) a pass through the blocks holds at once
     states: int           # hidden states (calib_len x hidden) the pruning keeps at its peak
     one_window_states: int  # the same, were the search to keep a single window
     windows_field: str    # the setting that says how many windows the states cover
@@ -119,7 +123,7 @@ def memory_inputs(config: dict[str, Any], counts: BlockCounts, run: RunSpec, dev
     evaluation, speed = run.evaluation, run.evaluation.speed
     return MemoryInputs(
         model=shape, dtype=run.runtime.dtype, calib_len=run.calibration.seq_len if run.calibration else 0,
-        states=states, one_window_states=min(one, states),
+        walked=2 * samples, states=states, one_window_states=min(one, states),
         windows_field=f"the method's `{run.method.windows_field}`" if run.method.windows_field
         else "`calibration.samples`",
         candidates=(batch if entry.batched else 1) if samples else 0,
@@ -173,8 +177,10 @@ def evaluation_bytes(inputs: MemoryInputs) -> int:
     return max(perplexity, tasks, speed)
 
 
-def states_bytes(inputs: MemoryInputs) -> int:
-    return inputs.states * inputs.calib_len * inputs.model.hidden * inputs.dtype_bytes
+def states_bytes(inputs: MemoryInputs, states: int | None = None) -> int:
+    """Bytes of ``states`` (default: the kept ones) hidden states of the calibration length."""
+    count = inputs.states if states is None else states
+    return count * inputs.calib_len * inputs.model.hidden * inputs.dtype_bytes
 
 
 @dataclass(frozen=True)
@@ -185,14 +191,15 @@ class DeviceMemory:
     states: int
     candidates: int
     evaluation: int
+    walk: int = 0
     overhead: int = RUNTIME_OVERHEAD
 
     @property
     def peak(self) -> int:
-        return self.overhead + self.weights + max(self.states + self.candidates, self.evaluation)
+        return self.overhead + self.weights + max(max(self.walk, self.states) + self.candidates, self.evaluation)
 
     def describe(self) -> str:
-        parts = (("weights", self.weights), ("states", self.states), ("candidates", self.candidates),
+        parts = (("weights", self.weights), ("walk", self.walk), ("states", self.states), ("candidates", self.candidates),
                  ("evaluation", self.evaluation), ("overhead", self.overhead))
         return ", ".join(f"{name} {gib(value)}" for name, value in parts if value)
 
@@ -207,7 +214,8 @@ def device_memory(inputs: MemoryInputs, placement: str, devices: int = 1,
     one), the embeddings and LM head on the first. ``states_on_device`` False: a streamed run's
     states wait in host memory."""
     m, size = inputs.model, inputs.dtype_bytes
-    work = {"candidates": candidates_bytes(inputs), "evaluation": evaluation_bytes(inputs)}
+    work = {"candidates": candidates_bytes(inputs), "evaluation": evaluation_bytes(inputs),
+            "walk": states_bytes(inputs, inputs.walked)}
     states = states_bytes(inputs)
     if placement == "single":
         return [DeviceMemory(m.params * size, states, **work)]
@@ -221,12 +229,19 @@ def device_memory(inputs: MemoryInputs, placement: str, devices: int = 1,
             for d in range(used)]
 
 
-def step_memory_inputs(config: dict[str, Any], counts: BlockCounts, step: StepSpec) -> MemoryInputs:
-    """A shared step's numbers: the weights and one calibration window's forward (it keeps no states)."""
-    return MemoryInputs(model=ModelShape.of(config, counts), dtype=step.runtime.dtype,
-                        calib_len=step.calibration.seq_len, states=0, one_window_states=0,
-                        windows_field="`calibration.samples`", candidates=1, eval_len=0, eval_batch=0,
-                        task_batch=0, speed_tokens=0)
+def step_memory_inputs(config: dict[str, Any], counts: BlockCounts, step: StepSpec,
+                       device_type: str = "cuda") -> MemoryInputs:
+    """A shared step's numbers: its pass over the calibration windows and the states its search keeps
+    (``SharedStep.states``; the BlockPruner path's); no evaluation."""
+    shape, entry = ModelShape.of(config, counts), SHARED_STEPS[step.kind]
+    batch = step.runtime.batch if isinstance(step.runtime.batch, int) else AUTO_BATCH.get(device_type, 1)
+    samples = step.calibration.samples
+    states = entry.states(step.params, samples, shape.layers) if entry.states else 0
+    one = entry.states(step.params, 1, shape.layers) if entry.states else 0
+    return MemoryInputs(model=shape, dtype=step.runtime.dtype, calib_len=step.calibration.seq_len,
+                        walked=2 * samples, states=states, one_window_states=min(one, states),
+                        windows_field="`calibration.samples`", candidates=batch if entry.batched else 1,
+                        eval_len=0, eval_batch=0, task_batch=0, speed_tokens=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -204,6 +204,11 @@ class SharedStep:
     #: the result is a search computed up to the highest sparsity of the runs it feeds, each of which
     #: takes its prefix (``params`` then holds that ``sparsity``)
     to_target: bool = False
+    #: hidden states it keeps at its peak, from (params, calibration windows, N), as ``Method.states``;
+    #: None: a few small vectors per block
+    states: Callable[[dict[str, Any], int, int], int] | None = None
+    #: it scores candidate removals ``runtime.batch`` at a time, as ``Method.batched``
+    batched: bool = False
 
 
 SHARED_STEPS: Registry[SharedStep] = Registry("shared step", {step.kind: step for step in (
@@ -214,7 +219,9 @@ SHARED_STEPS: Registry[SharedStep] = Registry("shared step", {step.kind: step fo
                "last-token hidden states entering and leaving every block"),
     SharedStep("blockpruner path", Lazy("twossp.prune.blockpruner:shared_path"),
                "BlockPruner's greedy removals, up to the highest sparsity of the runs it feeds",
-               params=lambda method: {"num_calibration": method.num_calibration}, to_target=True),
+               params=lambda method: {"num_calibration": method.num_calibration}, to_target=True,
+               states=lambda params, samples, n: _search_states(min(samples, params["num_calibration"]), n),
+               batched=True),
 )})
 
 
