@@ -75,7 +75,8 @@ def _assign(block: nn.Module, name: str, tensor: torch.Tensor) -> None:
 def _fingerprint(block: nn.Module) -> dict[str, tuple]:
     """What tells whether a resident block's tensors changed: a new tensor object, new storage, a
     new shape, an in-place edit (torch's version counter) or a tensor added or gone."""
-    return {name: (id(t), t.data_ptr(), tuple(t.shape), t._version) for name, t in block_tensors(block).items()}
+    return {name: (id(t), t.data_ptr(), tuple(t.shape), None if t.is_inference() else t._version)
+            for name, t in block_tensors(block).items()}
 
 
 #: The placement each placed model follows (a model not in it is on one device: ``Placement``).
@@ -396,8 +397,9 @@ class Stream(Placement):
         placeholders have (with the copy's fence: ``Copier.take`` waits for it)."""
         slot = self._slots[block]
         wanted = block_tensors(block)
-        read = self.home.read(slot.index, list(wanted))
-        return self._copier.copy({name: read[name].to(wanted[name].dtype) for name in wanted})
+        with torch.inference_mode(False):  # ordinary tensors, even when a forward under inference mode asks
+            read = self.home.read(slot.index, list(wanted))
+            return self._copier.copy({name: read[name].to(wanted[name].dtype) for name in wanted})
 
     def _prefetch_after(self, block: nn.Module) -> None:
         """Start reading the block after ``block`` (in model order) while ``block`` computes, when
