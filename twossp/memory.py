@@ -283,7 +283,8 @@ class PlacementChoice:
         if self.memory[worst].peak <= self.capacity[worst]:
             why = f"its host memory holds {gib(self.host_need)} (offloaded weights, states), more than {gib(self.host_memory)}"
         else:
-            why = (f"needs {gib(self.memory[worst].peak)} on {target} ({self.memory[worst].describe()}), "
+            away = "" if self.states_on_device else "; its states in host memory"
+            why = (f"needs {gib(self.memory[worst].peak)} on {target} ({self.memory[worst].describe()}{away}), "
                    f"more than the {gib(self.capacity[worst])} there")
         even = "even " if self.placement == "stream" else ""
         return f"does not fit {even}placed `{self.placement}`: {why}; {self.advice or 'no setting alone makes it fit'}"
@@ -335,7 +336,7 @@ def _stream(inputs: MemoryInputs, free: int, host: int, offload: str, on_gpu: bo
     weights = inputs.model.params * inputs.dtype_bytes
     where = "disk" if not on_gpu else offload if offload != "auto" else "host" if weights <= host // 2 else "disk"
     [parts] = device_memory(inputs, "stream")
-    on_device = parts.peak <= free or not on_gpu
+    on_device = parts.peak <= free or not on_gpu or not inputs.states
     if not on_device:
         [parts] = device_memory(inputs, "stream", states_on_device=False)
     need = ((weights if where == "host" else 0) + (0 if on_device else states_bytes(inputs))) if on_gpu else 0
