@@ -18,7 +18,7 @@ A run's peak on one device is
 - ``states``: the calibration hidden states the method's pruning keeps (``Method.states``: 2SSP's
   stage 2 and BlockPruner keep every block's input of every window they score on), each
   ``calibration.seq_len x hidden_size`` in the run's dtype; ``split`` keeps each block's inputs on its
-  device, ``stream`` keeps them on the device when they fit there, else in host memory.
+  device, ``stream`` on a GPU keeps them in host memory (``placement.Stream.keep``).
 - ``candidates``: one pruning forward through a block (``block_workspace``) of ``runtime.batch``
   candidates (a batched search, ``Method.batched``) or one window, plus a chunk of logits.
 - ``evaluation``: the largest forward of the evaluation: perplexity (``runtime.batch`` windows of
@@ -331,14 +331,12 @@ def _try(inputs: MemoryInputs, placement: str, free: list[int], host: int, offlo
 
 
 def _stream(inputs: MemoryInputs, free: int, host: int, offload: str, on_gpu: bool) -> PlacementChoice:
-    """Streamed: the calibration states on the device if they fit there, else in host memory; on a
-    GPU the weights wait in host memory or on disk (``offload``), on the host on disk."""
+    """Streamed on a GPU: the weights wait in host memory or on disk (``offload``) and the calibration
+    states in host memory (``placement.Stream.keep``); on the host, the weights on disk."""
     weights = inputs.model.params * inputs.dtype_bytes
     where = "disk" if not on_gpu else offload if offload != "auto" else "host" if weights <= host // 2 else "disk"
-    [parts] = device_memory(inputs, "stream")
-    on_device = parts.peak <= free or not on_gpu or not inputs.states
-    if not on_device:
-        [parts] = device_memory(inputs, "stream", states_on_device=False)
+    on_device = not on_gpu or not inputs.states
+    [parts] = device_memory(inputs, "stream", states_on_device=on_device)
     need = ((weights if where == "host" else 0) + (0 if on_device else states_bytes(inputs))) if on_gpu else 0
     fits = parts.peak <= free and need + RUNTIME_OVERHEAD * (need > 0) <= host
     return PlacementChoice("stream", where, on_gpu, (parts,), (free,), fits, on_device, need, host)

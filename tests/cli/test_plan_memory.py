@@ -38,7 +38,7 @@ def test_llama70b_streams_on_one_80gib_gpu(tmp_path: Path) -> None:
     with fixed_terminal(250):
         result = invoke("sweep", "plan", LLAMA70B, "--db", tmp_path / "none.db")
     assert result.exit_code == 0, result.output
-    assert memory_cells(result.output) == {"2ssp 0.25": "stream 1x 29.1 GiB", "2ssp 0.5": "stream 1x 29.1 GiB",
+    assert memory_cells(result.output) == {"2ssp 0.25": "stream 1x 23.6 GiB", "2ssp 0.5": "stream 1x 23.6 GiB",
                                            "shortgpt 0.25": "stream 1x 21.6 GiB", "shortgpt 0.5": "stream 1x 21.6 GiB"}
 
 
