@@ -261,19 +261,15 @@ class DiskHome:
         return self.scratch / f"block-{block}.safetensors"
 
     def read(self, block: int, names: list[str]) -> Tensors:
-        from safetensors import safe_open
-
         if block in self.rewritten:
-            with safe_open(str(self._file(block)), framework="pt") as f:
-                return {name: f.get_tensor(name) for name in names}
+            return {name: read_tensor(self._file(block), name) for name in names}
         found: Tensors = {}
         for name in names:
             key = f"{self.prefix}{block}.{name}"
             if key not in self.keys:
                 raise PlacementError(f"the checkpoint has no tensor {key!r}: stream it from host memory "
                                      "(`runtime.offload: host`) or load it whole (`runtime.placement: single`)")
-            with safe_open(str(self.keys[key]), framework="pt") as f:
-                found[name] = f.get_tensor(key)
+            found[name] = read_tensor(self.keys[key], key)
         return found
 
     def write(self, block: int, tensors: Tensors) -> None:
@@ -490,14 +486,43 @@ def move_ends(model: nn.Module, adapter: FamilyAdapter, device: torch.device) ->
                     store[name] = moved[id(tensor)]
 
 
+#: safetensors' dtype names
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def _header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's header (name -> dtype, shape, data offsets) and where its data starts."""
+    import json
+
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def read_tensor(path: Path, name: str) -> torch.Tensor:
+    """One tensor of a safetensors file, read into memory of its own with plain reads. (The library's
+    loader maps the whole file copy-on-write, which counts the file's size as the process's private
+    memory: a kernel memory limit then refuses a 500 MB shard to read one 30 MB tensor.)"""
+    header, start = _header(path)
+    entry = header[name]
+    begin, end = entry["data_offsets"]
+    data = torch.empty(end - begin, dtype=torch.uint8)
+    with open(path, "rb") as f:
+        f.seek(start + begin)
+        if f.readinto(memoryview(data.numpy())) != end - begin:
+            raise PlacementError(f"{path} is shorter than its header says ({name})")
+    return data.view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+
 def safetensors_keys(folder: Path) -> dict[str, Path]:
     """Every tensor name in the folder's ``*.safetensors`` files, and its file (headers read only)."""
-    from safetensors import safe_open
-
     keys: dict[str, Path] = {}
     for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            keys.update({key: file for key in f.keys()})
+        keys.update({key: file for key in _header(file)[0]})
     if not keys:
         raise PlacementError(f"{folder} has no safetensors weights to stream from; use `runtime.offload: host`")
     return keys
@@ -507,13 +532,10 @@ def load_ends(model: nn.Module, adapter: FamilyAdapter, keys: dict[str, Path], p
               device: torch.device) -> None:
     """A skeleton's (``meta``) tensors outside the blocks read from the checkpoint onto ``device``,
     in the skeleton's dtypes; tied weights tied again. A tensor the checkpoint lacks is an error."""
-    from safetensors import safe_open
-
     for name, tensor in model.state_dict(keep_vars=True).items():
         if name.startswith(prefix) or not tensor.is_meta or name not in keys:
             continue
-        with safe_open(str(keys[name]), framework="pt") as f:
-            _assign(model, name, f.get_tensor(name).to(device, tensor.dtype))
+        _assign(model, name, read_tensor(keys[name], name).to(device, tensor.dtype))
     model.tie_weights()
     move_ends(model, adapter, device)  # the buffers the skeleton built on the host (rotary frequencies)
     missing = [name for name, t in model.state_dict(keep_vars=True).items() if t.is_meta and not name.startswith(prefix)]

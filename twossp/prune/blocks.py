@@ -5,7 +5,7 @@ the sparsity up to whole blocks."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn

@@ -265,7 +265,8 @@ class _Loaded:
         if self.placement is not None:
             self.placement.close()
         self.model = None
-        release_memory(self.device)
+        if self.device is not None:
+            release_memory(self.device)
         if self.meter is not None:
             self.meter.close()
 
@@ -470,4 +471,4 @@ class _Step(_Loaded):
     def memory_inputs(self, config: dict[str, Any], counts: Any) -> Any:
         from twossp.memory import step_memory_inputs
 
-        return step_memory_inputs(config, counts, self.spec)
+        return step_memory_inputs(config, counts, self.spec, self.device.type)
