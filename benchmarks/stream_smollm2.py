@@ -10,7 +10,8 @@ of 256 tokens, stage 2 on one, perplexity on 32 Lee evaluation windows), with
 ``runtime.placement: single`` and then ``stream`` (``offload: disk``: the blocks stay in the
 converted checkpoint's safetensors file; each is read when it runs, at most two at once). Each
 placement runs in a child process of its own, so each peak resident set (``VmHWM``, read per phase
-by the worker) is that run's alone. Time is the run's own phases (load, calibration, stage 1, stage
+by the worker) is that run's alone; the resident set before the run (the interpreter, torch,
+transformers: about as large as this model) is printed too, and the ratio of the peaks above it. Time is the run's own phases (load, calibration, stage 1, stage
 2, evaluation). Run it alone on the machine: a second torch process on two cores slows both ~10x.
 """
 
@@ -41,12 +42,21 @@ def child(placement: str) -> dict:
 
     data = {**SWEEP, "runtime": {"device": "cpu", "dtype": "float32", "placement": placement, "offload": "disk"}}
     run = plan_sweep(parse_sweep(yaml.safe_dump(data), "stream-smollm2.yaml", check_files=False))[0]
+    before = resident_bytes()  # the interpreter and its libraries, before the run loads anything
     result = execute_run(run)
     if result.error:
         raise SystemExit(result.error)
-    return {"placement": result.placement, "timings": result.timings, "scores": result.scores,
+    return {"placement": result.placement, "timings": result.timings, "scores": result.scores, "rss_before": before,
             "removed": result.details["removed_attention_order"], "memory": result.memory,
             "ffn_kept": [m.ffn_kept for m in result.masks]}
+
+
+def resident_bytes() -> int:
+    import re
+    from pathlib import Path
+
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+)", status, re.MULTILINE).group(1)) * 1024
 
 
 def measure(placement: str) -> dict:
@@ -71,6 +81,8 @@ def summary(single: dict, stream: dict) -> dict:
             "time_ratio": round(seconds(stream) / seconds(single), 3),
             "peak_rss_single": peak(single), "peak_rss_stream": peak(stream),
             "peak_rss_ratio": round(peak(stream) / peak(single), 3),
+            "rss_before_single": single["rss_before"], "rss_before_stream": stream["rss_before"],
+            "peak_above_before_ratio": round((peak(stream) - stream["rss_before"]) / (peak(single) - single["rss_before"]), 3),
             "phases_single": single["timings"], "phases_stream": stream["timings"],
             "memory_single": single["memory"], "memory_stream": stream["memory"]}
 
@@ -87,7 +99,7 @@ def main() -> None:
     if not args.json:
         for key in ("removed_single", "removed_stream", "same_removals", "perplexity_single", "perplexity_stream",
                     "seconds_single", "seconds_stream", "time_ratio", "peak_rss_single", "peak_rss_stream",
-                    "peak_rss_ratio"):
+                    "peak_rss_ratio", "rss_before_single", "rss_before_stream", "peak_above_before_ratio"):
             print(f"{key:>18}  {result[key]}")
     print(json.dumps(result))
 

@@ -112,3 +112,21 @@ def test_streaming_from_host_memory_keeps_a_copy_per_block_and_pins_for_accelera
     assert sorted(stream.home.blocks) == [0, 1, 2]
     assert all(p.is_meta for p in adapter_for(model.config).layers(model).parameters())
     stream.close()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_a_streamed_model_is_evaluated_block_by_block_to_the_same_perplexity(dense_models, tmp_path, family,
+                                                                             batch) -> None:
+    from twossp.evaluate.perplexity import perplexity
+
+    model = dense_models[family]
+    windows = random_tokens(5, 16, seed=9)
+    cpu = torch.device("cpu")
+    expected = perplexity(model, adapter_for(model.config), windows, cpu, batch=batch)
+    streamed, stream = placed(model, "stream from disk", tmp_path)
+    got = perplexity(streamed, adapter_for(streamed.config), windows, cpu, batch=batch)
+    assert got.tokens == expected.tokens and got.windows == expected.windows
+    assert got.nll_sum == pytest.approx(expected.nll_sum, rel=1e-6)
+    assert stream.loads == len(adapter_for(streamed.config).layers(streamed))  # each block read once
+    stream.close()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -127,6 +127,10 @@ class Placement:
     def max_resident(self) -> int | None:
         """The most blocks a streamed model ever had on the device at once (None: not streamed)."""
         return None
+
+    #: whether a pass over many sequences should run blocks outside and sequences inside
+    #: (``prune.calibration.walk``) rather than one forward per sequence: what a streamed model needs
+    blockwise = False
 
     def install(self, model: nn.Module, adapter: FamilyAdapter) -> None:
         """Hooks that make every forward, ours or a library's, follow the placement."""
@@ -300,12 +304,14 @@ class Stream(Placement):
     """Blocks brought to ``device`` one at a time from ``home`` (module docstring)."""
 
     kind = "stream"
+    blockwise = True
 
     def __init__(self, device: torch.device, home: Home, capacity: int = 2) -> None:
         super().__init__(device)
         self.home, self.capacity = home, capacity
         self._slots: dict[nn.Module, _Slot] = {}
-        self._order: list[nn.Module] = []          # the blocks in model order, for the prefetch
+        self._order: list[nn.Module] = []          # the blocks as installed (a replaced one: its successor)
+        self._layers: Callable[[], Sequence[nn.Module]] = lambda: self._order  # the model's blocks now
         self._resident: OrderedDict[nn.Module, None] = OrderedDict()  # least recently entered first
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twossp-prefetch")
         self._copier = Copier(device)
@@ -325,6 +331,7 @@ class Stream(Placement):
     def install(self, model: nn.Module, adapter: FamilyAdapter) -> None:
         """Take over the model's blocks: those with real weights give them to the home; every block
         is then evicted (``meta``) until its first forward."""
+        self._layers = lambda: adapter.layers(model)
         for index, block in enumerate(adapter.layers(model)):
             self._slots[block] = _Slot(index)
             self._order.append(block)
@@ -398,12 +405,13 @@ class Stream(Placement):
             return self._copier.copy({name: read[name].to(wanted[name].dtype) for name in wanted})
 
     def _prefetch_after(self, block: nn.Module) -> None:
-        """Start reading the block after ``block`` (in model order) while ``block`` computes, when
-        there is room for it."""
-        at = self._slots[block].index + 1
-        if at >= len(self._order):
+        """Start reading the block after ``block`` in the model as it is now (whole blocks may have
+        been removed) while ``block`` computes, when there is room for it."""
+        layers = list(self._layers())
+        at = next((i + 1 for i, layer in enumerate(layers) if layer is block), len(layers))
+        if at >= len(layers):
             return
-        following = self._order[at]
+        following = layers[at]
         slot = self._slots.get(following)
         if slot is None or following in self._resident or slot.prefetch is not None:
             return
