@@ -17,6 +17,7 @@ from twossp.errors import PlacementError, UnsupportedArchitecture
 from twossp.families import adapter_for
 from twossp.families.base import slice_rows
 from twossp.placement import DiskHome, HostHome, Stream, placement_of
+from twossp.prune.calibration import block_calls, walk
 from twossp.prune.two_stage import prune_2ssp
 
 
@@ -130,3 +131,45 @@ def test_a_streamed_model_is_evaluated_block_by_block_to_the_same_perplexity(den
     assert got.nll_sum == pytest.approx(expected.nll_sum, rel=1e-6)
     assert stream.loads == len(adapter_for(streamed.config).layers(streamed))  # each block read once
     stream.close()
+
+
+@pytest.mark.parametrize("how", ["stream from disk", "stream from host"])
+@pytest.mark.parametrize("kind", ["attention", "ffn"])
+def test_a_bypass_that_outlives_a_blocks_residency_loses_and_leaks_nothing(dense_models, tmp_path, how, kind) -> None:
+    """BlockPruner and stage 2 run the blocks after a candidate with its submodule set aside: the
+    block is evicted meanwhile, and its set-aside submodule comes back after. Nothing of it may be
+    lost from the home, and the block must compute with real weights when it next runs."""
+    model = dense_models["llama"]
+    streamed, stream = placed(model, how, tmp_path)
+    adapter = adapter_for(streamed.config)
+    layers = adapter.layers(streamed)
+    ids = random_tokens(2, 12)
+    before = logits(streamed, ids)  # every block has been resident once
+    bypass = adapter.attention_bypassed if kind == "attention" else adapter.ffn_bypassed
+    for block in (layers[-1], layers[-2], layers[0]):  # resident when set aside (the last two), and not
+        with bypass(block):
+            logits(streamed, ids)  # the walk goes on past the block: it is evicted with its submodule aside
+        torch.testing.assert_close(logits(streamed, ids), before, rtol=0, atol=0)
+    assert stream.max_resident <= 2
+    stream.close()
+
+
+@pytest.mark.parametrize("how", ["stream from disk", "stream from host"])
+def test_a_block_evicted_with_a_submodule_set_aside_keeps_it_at_home(dense_models, tmp_path, how) -> None:
+    """Stage 2 runs blocks i..N-1 with block i's attention set aside: block i leaves the device
+    before the attention is put back, and must find it at home when it next runs."""
+    model = dense_models["llama"]
+    streamed, stream = placed(model, how, tmp_path)
+    adapter = adapter_for(streamed.config)
+    layers = adapter.layers(streamed)
+    ids = random_tokens(2, 12)
+    hidden = torch.randn(1, 12, 64)
+    firsts, kwargs = block_calls(streamed, adapter, ids[:1], torch.device("cpu"))
+    expected = logits(model, ids)
+    with torch.no_grad():
+        layers[2](firsts[0], **kwargs[2])  # block 2 resident, its attention real
+        with adapter.attention_bypassed(layers[2]):
+            walk(layers, [hidden], kwargs, start=2)  # blocks 3, 4, 5 evict block 2 meanwhile
+    torch.testing.assert_close(logits(streamed, ids), expected, rtol=0, atol=1e-6)
+    stream.close()
+

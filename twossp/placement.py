@@ -222,7 +222,8 @@ class Home(Protocol):
 
     def read(self, block: int, names: list[str]) -> Tensors: ...
 
-    def write(self, block: int, tensors: Tensors) -> None: ...
+    def write(self, block: int, tensors: Tensors) -> None:
+        """Keep ``tensors`` as the block's (replacing those of the same names; the others stay)."""
 
     def close(self) -> None: ...
 
@@ -243,7 +244,8 @@ class HostHome:
 
     def write(self, block: int, tensors: Tensors) -> None:
         host = {name: t.detach().to("cpu") for name, t in tensors.items()}
-        self.blocks[block] = {name: t.pin_memory() if self.pin else t for name, t in host.items()}
+        kept = self.blocks.setdefault(block, {})
+        kept.update({name: t.pin_memory() if self.pin else t for name, t in host.items()})
 
     def close(self) -> None:
         self.blocks.clear()
@@ -276,12 +278,22 @@ class DiskHome:
             found[name] = read_tensor(self.keys[key], key)
         return found
 
+    def names(self, block: int) -> list[str]:
+        """The names of the tensors the home has of ``block``."""
+        if block in self.rewritten:
+            return list(_header(self._file(block))[0])
+        own = f"{self.prefix}{block}."
+        return [key[len(own):] for key in self.keys if key.startswith(own)]
+
     def write(self, block: int, tensors: Tensors) -> None:
+        """The block's file rewritten whole: ``tensors``, and what the home had of the others."""
         from safetensors.torch import save_file
 
         with self._lock:
+            others = [name for name in self.names(block) if name not in tensors]
+            whole = {**self.read(block, others), **{name: t.detach().to("cpu") for name, t in tensors.items()}}
             self.scratch.mkdir(parents=True, exist_ok=True)
-            save_file({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}, str(self._file(block)))
+            save_file({name: t.contiguous() for name, t in whole.items()}, str(self._file(block)))
             self.rewritten.add(block)
 
     def close(self) -> None:
@@ -431,14 +443,18 @@ class Stream(Placement):
         return True
 
     def _evict(self, block: nn.Module) -> None:
-        """Give ``block`` back: written to its home first if its tensors changed, then freed."""
+        """Give ``block`` back: its tensors that changed since it arrived written to its home first
+        (a submodule set aside meanwhile, as a bypass does, is not a change: what the home has of it
+        stays), then freed."""
         slot = self._slots[block]
-        if slot.loaded != _fingerprint(block):
+        now = _fingerprint(block)
+        changed = {name for name, mark in now.items() if (slot.loaded or {}).get(name) != mark}
+        if changed:
             tensors = block_tensors(block)
-            if any(t.is_meta for t in tensors.values()):
+            if any(tensors[name].is_meta for name in changed):
                 raise PlacementError(f"block {slot.index} was changed with weights that are not real "
                                      "(edited outside `Placement.resident`)")
-            self.home.write(slot.index, tensors)
+            self.home.write(slot.index, {name: tensors[name] for name in changed})
         self._evict_tensors(block)
         slot.loaded = None
         del self._resident[block]
