@@ -36,13 +36,17 @@ def child(placement: str) -> dict:
     """One run placed ``placement``, as the worker records it."""
     import yaml
 
+    import lm_eval  # noqa: F401 - imported before the baseline is read, as the run imports them
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
     from twossp.plan import plan_sweep
     from twossp.runtime.worker import execute_run
     from twossp.spec import parse_sweep
 
     data = {**SWEEP, "runtime": {"device": "cpu", "dtype": "float32", "placement": placement, "offload": "disk"}}
     run = plan_sweep(parse_sweep(yaml.safe_dump(data), "stream-smollm2.yaml", check_files=False))[0]
-    before = resident_bytes()  # the interpreter and its libraries, before the run loads anything
+    before = resident_bytes()  # the interpreter, torch, transformers and lm-eval, before the run loads anything
     result = execute_run(run)
     if result.error:
         raise SystemExit(result.error)

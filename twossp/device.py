@@ -58,6 +58,29 @@ def free_memory(device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+#: allocations at least this large come from the system and go back to it when freed (``return_freed_host_memory``)
+HOST_MMAP_THRESHOLD = 8 << 20
+
+
+def return_freed_host_memory() -> None:
+    """Make the host's allocator give large freed blocks (``HOST_MMAP_THRESHOLD`` and up: a streamed
+    block's weights) back to the system at once. glibc otherwise raises its threshold to the
+    largest block freed, after which blocks of that size are carved from the heap and stay counted
+    as the process's memory when freed: a kernel memory limit then refuses a streamed pass that
+    never holds more than two blocks. Elsewhere than glibc on Linux, a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    m_mmap_threshold = -3
+    mallopt(m_mmap_threshold, HOST_MMAP_THRESHOLD)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

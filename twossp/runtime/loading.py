@@ -157,7 +157,10 @@ def load_placed(spec: ModelSpec, dtype: "torch.dtype", placement: str, devices: 
       the embeddings, final norm and LM head read from the checkpoint's safetensors shards onto
       ``devices[0]``, and the blocks left in the shards (``DiskHome``)."""
     from twossp import placement as placed
+    from twossp.device import return_freed_host_memory
 
+    if placement == "stream":
+        return_freed_host_memory()  # an evicted block's memory goes back to the system, not to the heap
     if placement == "stream" and offload == "disk":
         return _load_streamed_from_disk(spec, dtype, devices[0])
     model = _load_on_host(spec, dtype)
