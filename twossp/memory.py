@@ -7,7 +7,8 @@ A run's peak on one device is
     overhead + weights + max(max(walk, states) + candidates, evaluation)
 
 - ``overhead``: what a device holds before any tensor (``RUNTIME_OVERHEAD``: the CUDA context on
-  a GPU; the interpreter and its libraries when the host computes).
+  a GPU; ``HOST_OVERHEAD``: the interpreter, its libraries and the allocator's slack when the host
+  computes).
 - ``weights``: the parameters resident on the device, in the run's dtype. ``single``: all of them;
   ``split`` over G devices: ceil(N / G) blocks each, the first device also holding the embeddings,
   the final norm and the LM head; ``stream``: those and ``STREAMED_BLOCKS`` blocks (the current one
@@ -44,6 +45,10 @@ from twossp.plan import RunSpec, StepSpec
 GiB = 1 << 30
 #: bytes a device holds before any tensor (the CUDA context is about this much)
 RUNTIME_OVERHEAD = GiB // 2
+#: the same when the host computes: the interpreter, torch, transformers, lm-eval (and a Ray worker),
+#: and the allocator's slack. Measured on the quickstart's runs (CPU, Ray workers): peaks up to 0.29 GB
+#: above the estimate made with ``RUNTIME_OVERHEAD``, so the host's is twice that.
+HOST_OVERHEAD = GiB
 #: blocks a streamed model holds on its device at once: the one running and the next, prefetched
 STREAMED_BLOCKS = 2
 #: positions turned into logits at once when a loss is computed (``families.base.nll_sum``)
@@ -106,6 +111,7 @@ class MemoryInputs:
     eval_batch: int       # perplexity windows per forward
     task_batch: int       # the largest lm-eval batch_size (0: no tasks)
     speed_tokens: int     # prompt + new tokens of the speed test (0: none)
+    overhead: int = RUNTIME_OVERHEAD  # what the device holds before any tensor (the host: ``HOST_OVERHEAD``)
 
     @property
     def dtype_bytes(self) -> int:
@@ -130,6 +136,7 @@ def memory_inputs(config: dict[str, Any], counts: BlockCounts, run: RunSpec, dev
         eval_len=evaluation.seq_len or (run.calibration.seq_len if run.calibration else 0),
         eval_batch=batch if evaluation.perplexity else 0,
         task_batch=max((task.batch_size for task in evaluation.tasks), default=0),
+        overhead=HOST_OVERHEAD if device_type == "cpu" else RUNTIME_OVERHEAD,
         speed_tokens=speed.prompt_tokens + speed.new_tokens if speed else 0)
 
 
@@ -215,7 +222,7 @@ def device_memory(inputs: MemoryInputs, placement: str, devices: int = 1,
     states wait in host memory."""
     m, size = inputs.model, inputs.dtype_bytes
     work = {"candidates": candidates_bytes(inputs), "evaluation": evaluation_bytes(inputs),
-            "walk": states_bytes(inputs, inputs.walked)}
+            "walk": states_bytes(inputs, inputs.walked), "overhead": inputs.overhead}
     states = states_bytes(inputs)
     if placement == "single":
         return [DeviceMemory(m.params * size, states, **work)]
@@ -241,7 +248,8 @@ def step_memory_inputs(config: dict[str, Any], counts: BlockCounts, step: StepSp
     return MemoryInputs(model=shape, dtype=step.runtime.dtype, calib_len=step.calibration.seq_len,
                         walked=2 * samples, states=states, one_window_states=min(one, states),
                         windows_field="`calibration.samples`", candidates=batch if entry.batched else 1,
-                        eval_len=0, eval_batch=0, task_batch=0, speed_tokens=0)
+                        eval_len=0, eval_batch=0, task_batch=0, speed_tokens=0,
+                        overhead=HOST_OVERHEAD if device_type == "cpu" else RUNTIME_OVERHEAD)
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,6 +452,6 @@ def plan_placement(run: RunSpec, config: dict[str, Any], counts: BlockCounts, ho
 
 
 __all__ = ["DTYPE_BYTES", "DeviceMemory", "GiB", "LOGITS_CHUNK", "MemoryInputs", "ModelShape", "PlacementChoice",
-           "RUNTIME_OVERHEAD", "STREAMED_BLOCKS", "block_workspace", "candidates_bytes", "choose_placement",
+           "HOST_OVERHEAD", "RUNTIME_OVERHEAD", "STREAMED_BLOCKS", "block_workspace", "candidates_bytes", "choose_placement",
            "device_memory", "evaluation_bytes", "gib", "logits_chunk", "memory_inputs", "plan_placement",
            "states_bytes", "step_memory_inputs", "unplanned"]
