@@ -173,3 +173,22 @@ def test_a_block_evicted_with_a_submodule_set_aside_keeps_it_at_home(dense_model
     torch.testing.assert_close(logits(streamed, ids), expected, rtol=0, atol=1e-6)
     stream.close()
 
+
+
+@pytest.mark.parametrize("how", PLACEMENTS)
+def test_stage_2_batched_chooses_the_same_placed(dense_models, tmp_path, how) -> None:
+    """Candidates scored four to a pass (``runtime.batch``), placed, choose what one at a time does
+    on one device."""
+    model = dense_models["qwen2"]
+    calibration = random_tokens(4, 16, seed=3)
+    cpu = torch.device("cpu")
+    reference = copy.deepcopy(model)
+    expected = prune_2ssp(reference, adapter_for(reference.config), calibration, 0.5, cpu,
+                          num_calibration_second_stage=2, batch=1)
+    placed_model, placement = placed(model, how, tmp_path)
+    got = prune_2ssp(placed_model, adapter_for(placed_model.config), calibration, 0.5, cpu,
+                     num_calibration_second_stage=2, batch=4)
+    assert got.removed_attention == expected.removed_attention
+    assert got.calibration_perplexity == pytest.approx(expected.calibration_perplexity, rel=1e-6)
+    torch.testing.assert_close(logits(placed_model, calibration), logits(reference, calibration), rtol=0, atol=1e-5)
+    placement.close()

@@ -394,6 +394,7 @@ class Stream(Placement):
         slot = self._slot(block)
         if block in self._resident:
             self._resident.move_to_end(block)
+            self._complete(block)
             return
         self._make_room(0 if slot.prefetch else 1, protect=block)
         tensors = self._copier.take(*slot.prefetch.result()) if slot.prefetch else None
@@ -407,11 +408,21 @@ class Stream(Placement):
         self._most = max(self._most, len(self._resident))
         self.loads += 1
 
-    def _fetch(self, block: nn.Module) -> tuple[Tensors, Any]:
-        """The block's tensors read from its home and copied to the device, in the dtypes its
-        placeholders have (with the copy's fence: ``Copier.take`` waits for it)."""
+    def _complete(self, block: nn.Module) -> None:
+        """A resident block's submodules put back since it arrived (a bypass undone) brought in too:
+        their tensors read from the home, as they were when the block arrived."""
+        missing = [name for name, tensor in block_tensors(block).items() if tensor.is_meta]
+        if missing:
+            for name, tensor in self._copier.take(*self._fetch(block, missing)).items():
+                _assign(block, name, tensor)
+            slot, now = self._slots[block], _fingerprint(block)
+            slot.loaded = {**(slot.loaded or {}), **{name: now[name] for name in missing}}
+
+    def _fetch(self, block: nn.Module, names: list[str] | None = None) -> tuple[Tensors, Any]:
+        """The block's tensors (or those ``names``) read from its home and copied to the device, in
+        the dtypes its placeholders have (with the copy's fence: ``Copier.take`` waits for it)."""
         slot = self._slots[block]
-        wanted = block_tensors(block)
+        wanted = {name: t for name, t in block_tensors(block).items() if names is None or name in names}
         with torch.inference_mode(False):  # ordinary tensors, even when a forward under inference mode asks
             read = self.home.read(slot.index, list(wanted))
             return self._copier.copy({name: read[name].to(wanted[name].dtype) for name in wanted})
@@ -446,11 +457,13 @@ class Stream(Placement):
         """Give ``block`` back: its tensors that changed since it arrived written to its home first
         (a submodule set aside meanwhile, as a bypass does, is not a change: what the home has of it
         stays), then freed."""
-        slot = self._slots[block]
-        now = _fingerprint(block)
-        changed = {name for name, mark in now.items() if (slot.loaded or {}).get(name) != mark}
+        slot, tensors = self._slots[block], block_tensors(block)
+        loaded, now = slot.loaded or {}, _fingerprint(block)
+        # a submodule put back after the block arrived and never run since is not a change: its
+        # tensors are still placeholders, and the home has them as they were
+        changed = {name for name, mark in now.items()
+                   if loaded.get(name) != mark and not (tensors[name].is_meta and name not in loaded)}
         if changed:
-            tensors = block_tensors(block)
             if any(tensors[name].is_meta for name in changed):
                 raise PlacementError(f"block {slot.index} was changed with weights that are not real "
                                      "(edited outside `Placement.resident`)")
