@@ -46,7 +46,7 @@ def _windows(tokenizer, data_dir: Path | None, name: str, count: int, seq_len: i
 def child(args: argparse.Namespace) -> dict:
     import torch
 
-    from twossp.device import DTYPES, run_devices
+    from twossp.device import run_devices, torch_dtype
     from twossp.evaluate.perplexity import perplexity
     from twossp.families import adapter_for
     from twossp.prune.two_stage import prune_2ssp
@@ -57,7 +57,7 @@ def child(args: argparse.Namespace) -> dict:
     spec = ModelSpec(path=str(args.model))
     devices = run_devices(torch.device("cuda"), args.gpus if placement == "split" else 1)
     begin = time.perf_counter()
-    model, placed = load_placed(spec, DTYPES[args.dtype], placement, devices, offload)
+    model, placed = load_placed(spec, torch_dtype(args.dtype), placement, devices, offload)
     loaded = time.perf_counter() - begin
     tokenizer = load_tokenizer(spec)
     vocab = model.config.vocab_size

@@ -69,7 +69,7 @@ def timed(device: torch.device, fn: Any) -> tuple[Any, float]:
 
 def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
     from twossp.budget import two_stage_budget
-    from twossp.device import DTYPES, device_name, peak_memory, release_memory, reset_peak_memory, resolve_device
+    from twossp.device import device_name, peak_memory, release_memory, reset_peak_memory, resolve_device, torch_dtype
     from twossp.evaluate.perplexity import make_windows, perplexity
     from twossp.families import adapter_for
     from twossp.prune.depth import remove_attention_greedy
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
     device = resolve_device(args.device)
     dtype = args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
     spec = ModelSpec(path=str(args.model)) if args.model else ModelSpec(builtin="smollm2-135m-instruct")
-    dense, tokenizer = load_model(spec, DTYPES[dtype], device)
+    dense, tokenizer = load_model(spec, torch_dtype(dtype), device)
     adapter = adapter_for(dense.config)
     log(f"{spec.label} on {device_name(device)} in {dtype}: {len(adapter.layers(dense))} blocks")
     calibration_text, wiki = read_texts(args.data_dir)

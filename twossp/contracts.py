@@ -22,12 +22,6 @@ if TYPE_CHECKING:
 #: Tensor types a GGUF export can be written in (``twossp.serve.gguf.TENSOR_TYPES`` describes them).
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0",
               "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_m", "q2_k")
-#: ``runtime.batch: auto``: candidate removals (2SSP stage 2, BlockPruner) or perplexity windows one
-#: forward holds, per device type. On the CPU one at a time: batching measured 0.93x on SmolLM2's
-#: stage 2 there, inside the machine's noise (benchmarks/README.md); an accelerator is kept busy by
-#: a batch (not measured here: benchmarks/stage2_batched.py is the script for a GPU host). Here, not
-#: in ``twossp.device``, so the torch-free memory plan reads the same numbers the worker uses.
-AUTO_BATCH = {"cpu": 1, "cuda": 8, "mps": 4}
 #: The config key of a SliceGPT model: how ``slice_model`` rebuilt it (its checkpoints need twossp to load).
 SLICEGPT_CONFIG_KEY = "twossp_slicegpt"
 

@@ -1,4 +1,7 @@
-"""The one place that names accelerator devices. Everything else takes a ``torch.device``."""
+"""The one place that names accelerator devices. Everything else takes a ``torch.device``.
+
+Importing it does not import torch (each function does), so the torch-free planner reads
+``AUTO_BATCH`` from here too."""
 
 from __future__ import annotations
 
@@ -7,11 +10,25 @@ import sys
 import time
 from collections.abc import Callable
 
-import torch
+from typing import TYPE_CHECKING
 
-from twossp.contracts import AUTO_BATCH
+if TYPE_CHECKING:
+    import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: ``runtime.batch: auto``: candidate removals (2SSP stage 2, BlockPruner) or perplexity windows one
+#: forward holds, per device type. On the CPU one at a time: batching measured 0.93x on SmolLM2's
+#: stage 2 there, inside the machine's noise (benchmarks/README.md); an accelerator is kept busy by
+#: a batch (not measured here: benchmarks/stage2_batched.py is the script for a GPU host).
+AUTO_BATCH = {"cpu": 1, "cuda": 8, "mps": 4}
+#: the device type a run with GPUs computes on (what the torch-free memory plan plans for)
+ACCELERATOR = "cuda"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of ``runtime.dtype``'s name (``float32``, ``bfloat16``, ``float16``)."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def batch_size(device: torch.device, setting: int | str = "auto") -> int:
@@ -21,6 +38,8 @@ def batch_size(device: torch.device, setting: int | str = "auto") -> int:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, then Apple MPS, else the CPU."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -35,6 +54,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 def run_devices(device: torch.device, count: int = 1) -> list[torch.device]:
     """The devices of a run on ``device``'s type: CUDA, the first ``count`` GPUs it sees (under Ray,
     those of its task); elsewhere ``device`` itself."""
+    import torch
+
     if device.type == "cuda":
         first = device.index or 0
         return [torch.device("cuda", first + i) for i in range(max(1, min(count, torch.cuda.device_count() - first)))]
@@ -44,6 +65,8 @@ def run_devices(device: torch.device, count: int = 1) -> list[torch.device]:
 def free_memory(device: torch.device) -> int:
     """Bytes free on ``device`` now: CUDA, what the driver reports free; the host, the kernel's
     ``MemAvailable`` (else the physical memory)."""
+    import torch
+
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:
@@ -82,6 +105,8 @@ def return_freed_host_memory() -> None:
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
@@ -89,6 +114,8 @@ def device_name(device: torch.device) -> str:
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued kernels so wall-clock timings are honest."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -97,12 +124,16 @@ def synchronize(device: torch.device) -> None:
 
 def out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` says the device (or the host) ran out of memory."""
+    import torch
+
     if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def release_memory(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -113,6 +144,8 @@ def elapsed(device: torch.device, fn: Callable[[], object]) -> float:
     CUDA: the time between two CUDA events recorded on the device's current stream around the call
     (kernels run asynchronously, so host clocks would measure only the launches). Elsewhere: host
     wall-clock (``time.perf_counter``), with queued work drained before and after the call."""
+    import torch
+
     if device.type == "cuda":
         with torch.cuda.device(device):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -139,6 +172,8 @@ def reset_peak_memory(device: torch.device) -> None:
     CUDA: resets torch's allocator statistics. CPU: on Linux, writing "5" to /proc/self/clear_refs
     resets the process's VmHWM (peak resident set); where that is impossible (another OS, no
     permission) ``peak_memory`` falls back to the peak since the process started."""
+    import torch
+
     global _rss_peak_reset
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -162,6 +197,8 @@ def peak_memory(device: torch.device) -> tuple[str, int] | None:
       since it started (``getrusage``'s ``ru_maxrss``), so it may include anything the process did
       before the measurement.
     - None on other devices (MPS), which have no such counter here."""
+    import torch
+
     if device.type == "cuda":
         return "peak_cuda_allocated_bytes", int(torch.cuda.max_memory_allocated(device))
     if device.type != "cpu":
@@ -187,10 +224,14 @@ class Copier:
     (so the allocator never hands it out while a kernel still reads it)."""
 
     def __init__(self, device: torch.device) -> None:
+        import torch
+
         self.device = device
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def copy(self, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], object | None]:
+        import torch
+
         if self.stream is None:
             return {name: t.to(self.device) for name, t in tensors.items()}, None
         with torch.cuda.stream(self.stream):
@@ -200,6 +241,8 @@ class Copier:
         return copies, fence
 
     def take(self, tensors: dict[str, torch.Tensor], fence: object | None) -> dict[str, torch.Tensor]:
+        import torch
+
         if fence is not None:
             compute = torch.cuda.current_stream(self.device)
             compute.wait_event(fence)

@@ -38,7 +38,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
-from twossp.contracts import AUTO_BATCH, BlockCounts
+from twossp.contracts import BlockCounts
+from twossp.device import ACCELERATOR, AUTO_BATCH
 from twossp.methods import SHARED_STEPS, method_of
 from twossp.plan import RunSpec, StepSpec
 
@@ -118,7 +119,7 @@ class MemoryInputs:
         return DTYPE_BYTES[self.dtype]
 
 
-def memory_inputs(config: dict[str, Any], counts: BlockCounts, run: RunSpec, device_type: str = "cuda") -> MemoryInputs:
+def memory_inputs(config: dict[str, Any], counts: BlockCounts, run: RunSpec, device_type: str = ACCELERATOR) -> MemoryInputs:
     """The numbers of ``run`` on a ``device_type`` device (``runtime.batch: auto`` is ``AUTO_BATCH``
     of it). Raises ``KeyError``/``TypeError`` for an incomplete config."""
     shape, entry = ModelShape.of(config, counts), method_of(run.method)
@@ -237,7 +238,7 @@ def device_memory(inputs: MemoryInputs, placement: str, devices: int = 1,
 
 
 def step_memory_inputs(config: dict[str, Any], counts: BlockCounts, step: StepSpec,
-                       device_type: str = "cuda") -> MemoryInputs:
+                       device_type: str = ACCELERATOR) -> MemoryInputs:
     """A shared step's numbers: its pass over the calibration windows and the states its search keeps
     (``SharedStep.states``; the BlockPruner path's); no evaluation."""
     shape, entry = ModelShape.of(config, counts), SHARED_STEPS[step.kind]
@@ -440,7 +441,7 @@ def plan_placement(run: RunSpec, config: dict[str, Any], counts: BlockCounts, ho
     count = model.gpus if gpus is None else gpus
     on_gpu = count > 0 and run.runtime.device != "cpu"
     host = int(model.memory) if model.memory else host_memory
-    inputs = memory_inputs(config, counts, run, ("mps" if run.runtime.device == "mps" else "cuda") if on_gpu else "cpu")
+    inputs = memory_inputs(config, counts, run, ("mps" if run.runtime.device == "mps" else ACCELERATOR) if on_gpu else "cpu")
     requested = run.runtime.placement
     if not on_gpu:
         return choose_placement(inputs, requested, 0, [], host, run.runtime.offload)

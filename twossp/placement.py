@@ -262,6 +262,7 @@ class DiskHome:
         self.keys, self.prefix, self.scratch = keys, prefix, scratch
         self.rewritten: set[int] = set()
         self._lock = threading.Lock()
+        self._headers: dict[Path, tuple[dict[str, Any], int]] = {}  # the checkpoint's: its files never change
 
     def _file(self, block: int) -> Path:
         return self.scratch / f"block-{block}.safetensors"
@@ -275,7 +276,10 @@ class DiskHome:
             if key not in self.keys:
                 raise PlacementError(f"the checkpoint has no tensor {key!r}: stream it from host memory "
                                      "(`runtime.offload: host`) or load it whole (`runtime.placement: single`)")
-            found[name] = read_tensor(self.keys[key], key)
+            path = self.keys[key]
+            if path not in self._headers:
+                self._headers[path] = _header(path)
+            found[name] = read_tensor(path, key, self._headers[path])
         return found
 
     def names(self, block: int) -> list[str]:
@@ -540,12 +544,13 @@ def _header(path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + size
 
 
-def read_tensor(path: Path, name: str) -> torch.Tensor:
+def read_tensor(path: Path, name: str, header: tuple[dict[str, Any], int] | None = None) -> torch.Tensor:
     """One tensor of a safetensors file, read into memory of its own with plain reads. (The library's
     loader maps the whole file copy-on-write, which counts the file's size as the process's private
-    memory: a kernel memory limit then refuses a 500 MB shard to read one 30 MB tensor.)"""
-    header, start = _header(path)
-    entry = header[name]
+    memory: a kernel memory limit then refuses a 500 MB shard to read one 30 MB tensor.) ``header``:
+    the file's ``_header`` where the caller keeps it."""
+    entries, start = header or _header(path)
+    entry = entries[name]
     begin, end = entry["data_offsets"]
     data = torch.empty(end - begin, dtype=torch.uint8)
     with open(path, "rb") as f:

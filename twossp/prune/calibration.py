@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Container, Iterator, Literal, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -63,30 +63,6 @@ class _Stop(Exception):
 def hidden_input(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
     """A decoder layer's input hidden state, passed positionally or by name."""
     return args[0] if args else kwargs["hidden_states"]
-
-
-@torch.no_grad()
-def block_inputs(model: nn.Module, adapter: FamilyAdapter, window: torch.Tensor, device: torch.device,
-                 keep_hidden: Container[int] | None = None, stop_after: int | None = None) -> list[BlockCall]:
-    """One decoder forward of ``window`` (L tokens; no KV cache), and every block's call.
-
-    ``keep_hidden``: the blocks whose input hidden state is kept (default: all). ``stop_after``: end
-    the forward once that block's input is captured (the later blocks' calls are then absent)."""
-    layers = adapter.layers(model)
-    calls: list[BlockCall] = []
-
-    def capture(i: int, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        hidden = hidden_input(args, kwargs) if keep_hidden is None or i in keep_hidden else None
-        calls.append(BlockCall(hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
-        if i == stop_after:
-            raise _Stop
-
-    with hooked(layers, capture):
-        try:
-            adapter.decoder(model)(input_ids=window.view(1, -1).to(device), use_cache=False)
-        except _Stop:
-            pass
-    return calls
 
 
 def first_lowest(scores: Sequence[float]) -> int | None:

@@ -186,7 +186,7 @@ def export_run(db: Any, key: str, directory: str | Path, device: str = "cpu", ov
     written to a sibling folder and renamed into place, so a failed export leaves nothing behind."""
     import torch
 
-    from twossp.device import DTYPES
+    from twossp.device import torch_dtype
     from twossp.families import adapter_for
     from twossp.prune.masks import apply_masks
     from twossp.runtime.loading import load_model
@@ -209,7 +209,7 @@ def export_run(db: Any, key: str, directory: str | Path, device: str = "cpu", ov
         from twossp.serve.gguf import layout_for
 
         layout_for(load_config(run.spec.model))  # a refusal before the weights are loaded
-    model, tokenizer = load_model(run.spec.model, DTYPES[run.spec.runtime.dtype], torch.device(device))
+    model, tokenizer = load_model(run.spec.model, torch_dtype(run.spec.runtime.dtype), torch.device(device))
     apply_masks(model, adapter_for(model.config), run.masks)
     measure = (lambda path: measure_gguf(path, run.spec, tokenizer)) if evaluate else None
     saved = save_model(model, tokenizer, directory, save_format, tensor_type, run.provenance, measure)

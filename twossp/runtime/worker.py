@@ -193,7 +193,7 @@ class _Loaded:
         import torch
 
         from twossp.families import adapter_for
-        from twossp.device import DTYPES, device_name, resolve_device, run_devices
+        from twossp.device import device_name, resolve_device, run_devices, torch_dtype
         from twossp.runtime.loading import load_placed, load_tokenizer
 
         if self.spec.runtime.threads:
@@ -209,7 +209,7 @@ class _Loaded:
         self.track("load", 0, 1)
         choice = self.choose_placement(devices)
         used = devices[:choice.devices] if choice.placement == "split" else devices[:1]
-        self.model, self.placement = load_placed(self.spec.model, DTYPES[self.spec.runtime.dtype], choice.placement,
+        self.model, self.placement = load_placed(self.spec.model, torch_dtype(self.spec.runtime.dtype), choice.placement,
                                                  used, choice.offload or "disk")
         self.tokenizer = load_tokenizer(self.spec.model)
         self.result.placement = self.placement.describe()
