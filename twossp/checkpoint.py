@@ -1,75 +1,50 @@
 """Saving and reloading pruned models.
 
-A pruned model is saved with ``save_pretrained``; its config records the blocks whose attention was
-removed (``twossp_removed_attention``) and its uniform FFN width (``intermediate_size``). Where no
-attention was removed the directory is a plain Hugging Face checkpoint that any stock loader (and
-so any serving engine) reads. ``load_pruned`` replays the removals and then proves that every
-weight the model owns came from the checkpoint: transformers silently re-initialises weights a
-checkpoint lacks, which must never reach a user.
+``save_pruned`` writes a Hugging Face checkpoint that loads without twossp (``serve.hf``): the
+family's plain checkpoint where every block is whole, the Nemotron-NAS schema with its own modelling
+files where blocks differ, or (``hf-stock``) the stock architecture with removed parts as exact
+zeros; a SliceGPT model keeps twossp's own layout (rotations and shortcut matrices). ``load_pruned``
+reads every layout twossp has written, older ones included (a Llama config listing
+``twossp_removed_attention``), back into the pruned model twossp computed, and proves that every
+weight it keeps came from the checkpoint and that every part it drops was exactly zero:
+transformers silently re-initialises weights a checkpoint lacks, which must never reach a user.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from twossp.errors import CheckpointError
+from twossp.errors import CheckpointError, ExportUnsupported
 from twossp.families import adapter_for
 from twossp.families.base import FamilyAdapter
 from twossp.prune.slicegpt import CONFIG_KEY, READS_ATTENTION, READS_MLP, WRITES_ATTENTION, WRITES_MLP
 from twossp.prune.slicegpt import RMSNormalize, SlicedDecoderLayer, child_name, stream_linears
+from twossp.serve.hf import NAS_MODEL_TYPE, PORTABLE, RECORD_KEY, STOCK, HfCheckpoint, folder_size
+from twossp.serve.hf import refusal, write_checkpoint
 
+#: what older versions of twossp wrote instead of ``RECORD_KEY`` (still read)
 REMOVED_KEY = "twossp_removed_attention"
 REMOVED_FFN_KEY = "twossp_removed_ffn"
+FORMATS = (PORTABLE, STOCK)
 
 
-@dataclass(frozen=True)
-class SavedCheckpoint:
-    directory: Path
-    stock: bool                  # loadable by plain AutoModelForCausalLM.from_pretrained
-    removed_attention: list[int]
-    removed_ffn: list[int] = ()  # type: ignore[assignment]
-
-    @property
-    def note(self) -> str:
-        if self.stock:
-            return ("a plain Hugging Face checkpoint: AutoModelForCausalLM.from_pretrained (and serving engines) "
-                    "load it as it is")
-        gone = [f"attention removed in blocks {self.removed_attention}"] if self.removed_attention else []
-        gone += [f"FFN removed in blocks {list(self.removed_ffn)}"] if self.removed_ffn else []
-        return f"{' and '.join(gone)}, which a stock config cannot express: load it with twossp.load_pruned(DIR)"
-
-
-def save_pruned(model: nn.Module, tokenizer: Any, directory: str | Path) -> SavedCheckpoint:
-    """Save ``model`` (pruned in place by twossp) and its tokenizer to ``directory``."""
+def save_pruned(model: nn.Module, tokenizer: Any, directory: str | Path, save_format: str = PORTABLE) -> HfCheckpoint:
+    """Save ``model`` (pruned in place by twossp) and its tokenizer to ``directory`` as
+    ``save_format`` (``serve.hf``); ``ExportUnsupported`` names what to use where it cannot."""
     directory = Path(directory)
     if is_sliced(model.config):  # rotated and sliced: shortcut matrices, not masks
+        reason = refusal(model.config, save_format)
+        if reason:
+            raise ExportUnsupported(f"cannot write a Hugging Face checkpoint: {reason}")
         return save_sliced(model, tokenizer, directory)
-    adapter = adapter_for(model.config)
-    layers = adapter.layers(model)
-    removed = [i for i, layer in enumerate(layers) if not adapter.is_attention_present(layer)]
-    removed_ffn = [i for i, layer in enumerate(layers) if not adapter.is_ffn_present(layer)]
-    widths = {adapter.ffn_width(layer) for layer in layers if adapter.is_ffn_present(layer)}
-    if len(widths) > 1:
-        raise CheckpointError(f"FFN widths differ between blocks ({sorted(widths)}); a config cannot express that")
-    for key, blocks in ((REMOVED_KEY, removed), (REMOVED_FFN_KEY, removed_ffn)):
-        if blocks:
-            setattr(model.config, key, blocks)
-        elif hasattr(model.config, key):
-            delattr(model.config, key)  # nothing non-standard left of this kind
-    model.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    return SavedCheckpoint(directory, stock=not removed and not removed_ffn, removed_attention=removed,
-                           removed_ffn=removed_ffn)
+    return write_checkpoint(model, tokenizer, directory, save_format)
 
 
 def written_atomically(directory: Path, write: Callable[[Path], Any]) -> Any:
@@ -89,37 +64,48 @@ def written_atomically(directory: Path, write: Callable[[Path], Any]) -> Any:
     return result
 
 
-def save_atomically(model: Any, tokenizer: Any, directory: Path) -> Any:
-    """``save_pruned`` through ``written_atomically``."""
-    saved = written_atomically(directory, lambda folder: save_pruned(model, tokenizer, folder))
-    return dataclasses.replace(saved, directory=directory)
-
-
 def load_pruned(directory: str | Path, dtype: torch.dtype | None = None,
                 device: torch.device | str = "cpu") -> nn.Module:
-    """Reload a model saved by ``save_pruned`` to identical logits; raise ``CheckpointError`` if any
-    weight it keeps is not in the checkpoint."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Reload a model saved by twossp to identical logits; raise ``CheckpointError`` if any weight
+    it keeps is not in the checkpoint or any part it drops is not exactly zero."""
+    from transformers import AutoConfig
 
+    directory = Path(directory)
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{directory} has no readable config.json ({exc})") from None
+    if raw.get("model_type") == NAS_MODEL_TYPE:
+        return _load_nas(directory, raw, dtype).to(device).eval()
     config = AutoConfig.from_pretrained(directory)
     if is_sliced(config):  # rotated and sliced: rebuilt from config.twossp_slicegpt
         return load_sliced(directory, config, dtype).to(device).eval()
-    removed = list(getattr(config, REMOVED_KEY, None) or [])
-    removed_ffn = list(getattr(config, REMOVED_FFN_KEY, None) or [])
-    adapter = adapter_for(config)
+    return _load_stock(directory, config, dtype).to(device).eval()
+
+
+def _quietly_loaded(directory: Path, dtype: torch.dtype | None) -> tuple[nn.Module, dict[str, Any]]:
+    """``AutoModelForCausalLM.from_pretrained`` with its loading report (checked by the caller)."""
+    from transformers import AutoModelForCausalLM
+
     log = logging.getLogger("transformers.modeling_utils")
     level = log.level
-    log.setLevel(logging.ERROR)  # the removed attentions are reported missing; checked below instead
+    log.setLevel(logging.ERROR)  # an older layout's removed attentions are reported missing; checked instead
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or "auto",
-                                                           output_loading_info=True)
+        return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or "auto", output_loading_info=True)
     finally:
         log.setLevel(level)
+
+
+def _load_stock(directory: Path, config: Any, dtype: torch.dtype | None) -> nn.Module:
+    """A plain or zero-filled stock checkpoint, or one of an older layout whose config lists the
+    removed attentions and FFNs: loaded by transformers, then brought back to the pruned model."""
+    model, info = _quietly_loaded(directory, dtype)
+    adapter = adapter_for(config)
+    removed = list(getattr(config, REMOVED_KEY, None) or [])
+    removed_ffn = list(getattr(config, REMOVED_FFN_KEY, None) or [])
     layer_prefix = _layer_prefix(model, adapter)
-    removable = {f"{layer_prefix}.{i}.{attr}." for i in removed
-                 for attr in (adapter.attention_attr, *adapter.attention_norm_attrs)}
-    removable |= {f"{layer_prefix}.{i}.{attr}." for i in removed_ffn
-                  for attr in (adapter.ffn_attr, *adapter.ffn_norm_attrs)}
+    removable = {f"{layer_prefix}.{i}.{attr}." for i in removed for attr in adapter.attention_parts}
+    removable |= {f"{layer_prefix}.{i}.{attr}." for i in removed_ffn for attr in adapter.ffn_parts}
     for i in removed:
         adapter.remove_attention(model, i)
     for i in removed_ffn:
@@ -132,7 +118,103 @@ def load_pruned(directory: str | Path, dtype: torch.dtype | None = None,
             f"{directory} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"mismatched {mismatched[:5]}; refusing a model with re-initialised weights"
         )
-    return model.to(device).eval()
+    record = getattr(config, RECORD_KEY, None)
+    if record:
+        _restore(model, adapter, record, directory)
+    _forget_layout(model.config)
+    return model
+
+
+def _load_nas(directory: Path, raw: dict[str, Any], dtype: torch.dtype | None) -> nn.Module:
+    """A Nemotron-NAS checkpoint twossp wrote: its family's model built without initialising, each
+    block shaped as ``block_configs`` says, every tensor loaded strictly, then ``_restore``. The
+    folder's own code is not run: twossp holds the same configuration class."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    from twossp.serve.hf_files.configuration_twossp_nas import TwosspNasConfig
+
+    record = raw.get(RECORD_KEY)
+    if not record or "architecture" not in record:
+        raise CheckpointError(f"{directory} is a Nemotron-NAS checkpoint twossp did not write (no {RECORD_KEY} "
+                              "record): load it with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)")
+    nas = TwosspNasConfig(**{k: v for k, v in raw.items() if k not in ("model_type", "auto_map")})
+    family = {k: v for k, v in raw.items()
+              if k not in ("block_configs", "auto_map", "architectures", "model_type", RECORD_KEY)}
+    config = AutoConfig.for_model(record["model_type"], **family)
+    config.architectures = [record["architecture"]]
+    saved = raw.get("dtype") or raw.get("torch_dtype") or "float32"
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype or getattr(torch, saved))
+    adapter = adapter_for(config)
+    for n, layer in enumerate(adapter.layers(model)):
+        if not nas.has_attention(n):
+            adapter.remove_attention(model, n)
+        width = nas.block_ffn_width(n)
+        if width is None:
+            adapter.remove_ffn(model, n)
+        elif width != adapter.ffn_width(layer):
+            adapter.prune_ffn(layer, torch.arange(width))  # its shape only: every weight is loaded below
+    _load_every_tensor(model, directory, "its Nemotron-NAS config")
+    _restore(model, adapter, record, directory)
+    _forget_layout(model.config)
+    return model
+
+
+def _load_every_tensor(model: nn.Module, directory: Path, what: str) -> None:
+    """Load the checkpoint's tensors into ``model``; any missing (but a tied head), unexpected or
+    mis-shaped one raises ``CheckpointError``."""
+    tensors = _checkpoint_tensors(directory)
+    expected = model.state_dict()
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = {k for k in expected if head is not None and head.weight is embedding.weight and k.endswith("lm_head.weight")}
+    missing = sorted(set(expected) - set(tensors) - tied)
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{directory} does not match {what}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"mismatched {mismatched[:5]}; refusing a model with re-initialised weights")
+    model.load_state_dict(tensors, strict=False)
+
+
+def _restore(model: nn.Module, adapter: FamilyAdapter, record: dict[str, Any], directory: Path) -> None:
+    """Undo what the writer added for the file's sake (``serve.hf``): zero-filled attentions and FFNs
+    removed again, padded FFNs cut back to their width. Each part dropped must be exactly zero."""
+    layers = adapter.layers(model)
+    widths = record.get("ffn_widths") or []
+    if len(widths) != len(layers):
+        raise CheckpointError(f"{directory}: {RECORD_KEY} lists {len(widths)} blocks, the checkpoint has {len(layers)}")
+
+    def dropped_is_zero(n: int, what: str, tensors: list[torch.Tensor]) -> None:
+        if any(t.count_nonzero() for t in tensors):
+            raise CheckpointError(f"{directory}: block {n}'s {what} should be all zero (twossp wrote it so) but is "
+                                  "not; the checkpoint was changed after export")
+
+    for n in record.get("zero_attention") or []:
+        dropped_is_zero(n, "attention", list(adapter.attention(layers[n]).parameters()))
+        adapter.remove_attention(model, n)
+    for n, (layer, width) in enumerate(zip(layers, widths)):
+        if width is None and adapter.is_ffn_present(layer):
+            dropped_is_zero(n, "FFN", list(adapter.mlp(layer).parameters()))
+            adapter.remove_ffn(model, n)
+        elif width is not None and width != adapter.ffn_width(layer):
+            full = adapter.ffn_width(layer)
+            before = {f"{adapter.ffn_attr}.{k}": t.clone() for k, t in adapter.mlp(layer).state_dict().items()}
+            adapter.prune_ffn(layer, torch.arange(width))
+            again = adapter.padded_ffn(layer, full)  # the kept neurons, padded with zeros as written
+            if any(not torch.equal(before[k], t) for k, t in again.items()):
+                raise CheckpointError(f"{directory}: block {n}'s FFN neurons beyond {width} should be zero padding "
+                                      "(twossp wrote them so) but are not; the checkpoint was changed after export")
+    widths_left = {adapter.ffn_width(layer) for layer in layers if adapter.is_ffn_present(layer)}
+    if len(widths_left) == 1:
+        adapter.set_uniform_ffn_width(model, widths_left.pop())
+
+
+def _forget_layout(config: Any) -> None:
+    """The config of the model in memory, not of the file it came from."""
+    if hasattr(config, RECORD_KEY):
+        delattr(config, RECORD_KEY)
 
 
 def _layer_prefix(model: nn.Module, adapter: FamilyAdapter) -> str:
@@ -183,25 +265,18 @@ def rebuild_sliced(model: nn.Module, adapter: FamilyAdapter) -> None:
             getattr(layer, "attention_type", None))
 
 
-@dataclass(frozen=True)
-class SlicedCheckpoint(SavedCheckpoint):
-    width: int = 0
-    dense_width: int = 0
-
-    @property
-    def note(self) -> str:
-        return (f"SliceGPT: hidden width {self.width} of {self.dense_width}, with shortcut matrices on every residual "
-                "connection, which a stock config cannot express: load it with twossp.load_pruned(DIR)")
-
-
-def save_sliced(model: nn.Module, tokenizer: Any, directory: Path) -> SlicedCheckpoint:
-    """``save_pretrained``; ``config.twossp_slicegpt`` tells ``load_sliced`` how to rebuild."""
+def save_sliced(model: nn.Module, tokenizer: Any, directory: Path) -> HfCheckpoint:
+    """``save_pretrained``; ``config.twossp_slicegpt`` tells ``load_sliced`` how to rebuild. Its
+    embedding is narrower than its config's ``hidden_size``, so a plain loader fails on it loudly."""
     record = getattr(model.config, CONFIG_KEY)
     model.save_pretrained(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    return SlicedCheckpoint(Path(directory), stock=False, removed_attention=[],
-                            width=record["sliced_hidden_size"], dense_width=record["hidden_size"])
+    layers = adapter_for(model.config).layers(model)
+    return HfCheckpoint(Path(directory), "sliced", model.config.architectures[0], len(layers), len(layers),
+                        rewrites=[f"hidden width sliced to {record['sliced_hidden_size']} of {record['hidden_size']}, "
+                                  "PCA rotations fused into the weights, a shortcut matrix on every residual connection"],
+                        size=folder_size(Path(directory)))
 
 
 def _checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:

@@ -64,6 +64,13 @@ def slice_columns(linear: nn.Linear, keep: torch.Tensor) -> nn.Linear:
     return new_linear(linear.weight[:, keep], linear.bias, linear)
 
 
+def zero_padded(tensor: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """``tensor`` extended with zeros along ``dim`` to ``size``."""
+    shape = list(tensor.shape)
+    shape[dim] = size - shape[dim]
+    return torch.cat([tensor.detach(), tensor.new_zeros(shape)], dim=dim)
+
+
 def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -80,6 +87,16 @@ class FamilyAdapter:
     #: The same for the FFN (removed whole by BlockPruner).
     ffn_attr = "mlp"
     ffn_norm_attrs: tuple[str, ...] = ("post_attention_layernorm",)
+
+    @property
+    def attention_parts(self) -> tuple[str, ...]:
+        """The attributes a removed attention takes with it."""
+        return (self.attention_attr, *self.attention_norm_attrs)
+
+    @property
+    def ffn_parts(self) -> tuple[str, ...]:
+        """The attributes a removed FFN takes with it."""
+        return (self.ffn_attr, *self.ffn_norm_attrs)
 
     # --- where things are -------------------------------------------------------------------
     def decoder(self, model: nn.Module) -> nn.Module:
@@ -131,6 +148,11 @@ class FamilyAdapter:
 
     # --- surgery (structural: weights really removed, config updated) -----------------------
     def prune_ffn(self, layer: nn.Module, keep: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def padded_ffn(self, layer: nn.Module, width: int) -> dict[str, torch.Tensor]:
+        """The FFN's tensors (named as in ``layer.state_dict()``) widened to ``width`` neurons with
+        zero neurons, which add exactly 0; ``layer`` is left as it is."""
         raise NotImplementedError
 
     def set_uniform_ffn_width(self, model: nn.Module, width: int) -> None:

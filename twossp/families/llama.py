@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from twossp.errors import UnsupportedArchitecture
-from twossp.families.base import FamilyAdapter, slice_columns, slice_rows
+from twossp.families.base import FamilyAdapter, slice_columns, slice_rows, zero_padded
 
 
 class LlamaAdapter(FamilyAdapter):
@@ -28,6 +28,19 @@ class LlamaAdapter(FamilyAdapter):
         mlp.down_proj = slice_columns(mlp.down_proj, keep)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = len(keep)
+
+    def padded_ffn(self, layer: nn.Module, width: int) -> dict[str, torch.Tensor]:
+        mlp, name = layer.mlp, self.ffn_attr
+        tensors = {f"{name}.gate_proj.weight": zero_padded(mlp.gate_proj.weight, 0, width),
+                   f"{name}.up_proj.weight": zero_padded(mlp.up_proj.weight, 0, width),
+                   f"{name}.down_proj.weight": zero_padded(mlp.down_proj.weight, 1, width)}
+        for part in ("gate_proj", "up_proj"):
+            bias = getattr(mlp, part).bias
+            if bias is not None:
+                tensors[f"{name}.{part}.bias"] = zero_padded(bias, 0, width)
+        if mlp.down_proj.bias is not None:
+            tensors[f"{name}.down_proj.bias"] = mlp.down_proj.bias.detach()
+        return tensors
 
     #: Layer types whose KV-cache slots ``_renumber_cache_slots`` can assign: a cache builds one
     #: key/value layer per entry of ``config.layer_types``, sliding or full. Mixed types (Qwen2/3
@@ -68,3 +81,9 @@ class Phi3Adapter(LlamaAdapter):
         width = mlp.down_proj.in_features
         mlp.gate_up_proj = slice_rows(mlp.gate_up_proj, torch.cat([keep, keep + width]))
         mlp.down_proj = slice_columns(mlp.down_proj, keep)
+
+    def padded_ffn(self, layer: nn.Module, width: int) -> dict[str, torch.Tensor]:
+        mlp, name = layer.mlp, self.ffn_attr
+        gate, up = mlp.gate_up_proj.weight.chunk(2)
+        return {f"{name}.gate_up_proj.weight": torch.cat([zero_padded(gate, 0, width), zero_padded(up, 0, width)]),
+                f"{name}.down_proj.weight": zero_padded(mlp.down_proj.weight, 1, width)}
