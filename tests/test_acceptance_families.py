@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from tests.support.models import FAMILIES, layer_numel, tiny_model
+from tests.support.models import FAMILIES, hf_format, layer_numel, tiny_model
 from twossp.checkpoint import load_pruned, save_pruned
 from twossp.errors import UnsupportedArchitecture
 from twossp.families import adapter_for
@@ -60,7 +60,7 @@ def test_prune_generate_save_reload(dense_models, tiny, cpu, tmp_path, family, m
         assert torch.equal(model.generate(prompt, use_cache=True, **kwargs),
                            model.generate(prompt, use_cache=False, **kwargs))
 
-    save_pruned(model, None, tmp_path)
+    save_pruned(model, None, tmp_path, "safetensors" if method == "slicegpt" else hf_format(family))
     reloaded = load_pruned(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(tokens).logits, logits, rtol=0, atol=0)

@@ -11,9 +11,10 @@ from safetensors.torch import load_file, save_file
 from sqlalchemy import select
 from transformers import AutoModelForCausalLM
 
-from tests.support.models import logits
+from tests.support.models import hf_format, logits
 from twossp import cli
-from twossp.checkpoint import REMOVED_KEY, load_pruned, save_pruned
+from twossp.checkpoint import load_pruned, save_pruned
+from twossp.serve.hf import RECORD_KEY
 from twossp.errors import CheckpointError
 from twossp.db.models import Run
 from twossp.db.database import Database
@@ -29,9 +30,11 @@ def test_pruned_model_round_trips_to_identical_logits_and_weights(tiny, cpu, tmp
     model = tiny.model(family, num_layers=6)
     outcome = prune_2ssp(model, adapter_for(model.config), tiny.tokens(3, 24), 0.5, cpu)
     assert outcome.removed_attention  # the interesting case: attention really gone
-    saved = save_pruned(model, None, tmp_path)
-    assert not saved.stock and saved.removed_attention == sorted(outcome.removed_attention)
-    assert json.loads((tmp_path / "config.json").read_text())[REMOVED_KEY] == sorted(outcome.removed_attention)
+    save_format = hf_format(family)
+    saved = save_pruned(model, None, tmp_path, save_format)
+    assert not saved.stock if save_format == "safetensors" else saved.layout == "stock"
+    record = json.loads((tmp_path / "config.json").read_text())[RECORD_KEY]
+    assert record["blocks"] == list(range(6))
 
     reloaded = load_pruned(tmp_path)
     tokens = tiny.tokens(2, 20, seed=7)
@@ -52,7 +55,7 @@ def test_width_only_pruning_exports_a_stock_checkpoint(tiny, cpu, tmp_path) -> N
     prune_width(model, adapter, [top_neurons(torch.rand(128, generator=gen), 80) for _ in range(4)])
     saved = save_pruned(model, None, tmp_path)
     assert saved.stock and "AutoModelForCausalLM.from_pretrained" in saved.note
-    assert REMOVED_KEY not in json.loads((tmp_path / "config.json").read_text())
+    assert RECORD_KEY not in json.loads((tmp_path / "config.json").read_text())
 
     stock = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # plain transformers, no twossp
     assert stock.config.intermediate_size == 80
@@ -87,7 +90,7 @@ def test_export_rebuilds_a_run_from_the_database_alone(tiny_checkpoint, tmp_path
     out = tmp_path / "pruned"
     result = runner.invoke(cli.main, ["export", key[:8], str(out), "--db", db_url])
     assert result.exit_code == 0, result.output
-    assert "twossp.load_pruned" in result.output
+    assert "trust_remote_code=True" in result.output and "Nemotron-NAS" in result.output
 
     expected = AutoModelForCausalLM.from_pretrained(tiny_checkpoint.model_dir).eval()
     apply_masks(expected, adapter_for(expected.config), masks)

@@ -166,8 +166,9 @@ def _load_every_tensor(model: nn.Module, directory: Path, what: str) -> None:
     mis-shaped one raises ``CheckpointError``."""
     tensors = _checkpoint_tensors(directory)
     expected = model.state_dict()
-    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    tied = {k for k in expected if head is not None and head.weight is embedding.weight and k.endswith("lm_head.weight")}
+    head = model.get_output_embeddings()
+    tied_head = getattr(model.config, "tie_word_embeddings", False) and head is not None
+    tied = {f"{name}.weight" for name, module in model.named_modules() if tied_head and module is head}
     missing = sorted(set(expected) - set(tensors) - tied)
     unexpected = sorted(set(tensors) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
@@ -176,6 +177,8 @@ def _load_every_tensor(model: nn.Module, directory: Path, what: str) -> None:
             f"{directory} does not match {what}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"mismatched {mismatched[:5]}; refusing a model with re-initialised weights")
     model.load_state_dict(tensors, strict=False)
+    if tied:
+        model.tie_weights()
 
 
 def _restore(model: nn.Module, adapter: FamilyAdapter, record: dict[str, Any], directory: Path) -> None:

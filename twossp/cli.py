@@ -584,14 +584,17 @@ def runs_cmd(db_url: str | None, status: str | None, show_scores: bool) -> None:
 
 
 @main.command("export", help="Save a completed run's pruned model to DIR, rebuilt from the dense weights "
-              "and the masks stored in the database: a Hugging Face checkpoint (twossp.load_pruned(DIR) reloads "
-              "it) or, with --format gguf, one GGUF file that llama.cpp runs with the removed blocks absent, "
-              "with a model card (README.md) beside it.")
+              "and the masks stored in the database, with a model card (README.md): a Hugging Face checkpoint that "
+              "loads without twossp (plain where every block is whole; the Nemotron-NAS schema that transformers "
+              "with trust_remote_code=True, vLLM and SGLang load where blocks differ), the stock architecture with "
+              "removed parts as zeros (--format hf-stock), or one GGUF file that llama.cpp runs with the removed "
+              "parts absent (--format gguf). twossp.load_pruned(DIR) reads any of the checkpoints back.")
 @click.argument("run_key")
 @click.argument("directory", type=click.Path(file_okay=False))
 @DB_OPTION
-@click.option("--format", "save_format", type=click.Choice(["safetensors", "gguf"]), default="safetensors",
-              show_default=True, help="A Hugging Face checkpoint, or one GGUF file for llama.cpp.")
+@click.option("--format", "save_format", type=click.Choice(["safetensors", "hf-stock", "gguf"]),
+              default="safetensors", show_default=True,
+              help="A portable Hugging Face checkpoint, the stock architecture with zeros, or one GGUF file.")
 @click.option("--type", "tensor_type", type=click.Choice(list(GGUF_TYPES)), default=None,
               help="GGUF tensor type (default f16): f32 is the model exactly; q8_0 and the 4- and 5-bit types "
                    "quantise after pruning; the K-quant mixes (q6_k ... q2_k) are made by llama.cpp's own quantiser "

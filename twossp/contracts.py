@@ -246,6 +246,8 @@ class RunResult:
     #: peak memory per phase and device: (phase, device, metric, bytes); ``twossp.device.peak_memory``'s
     #: metrics (the CUDA allocator's peak per GPU, the process's peak resident set on the CPU)
     memory: list[tuple[str, str, str, int]] = field(default_factory=list)
+    #: what ``save_to:`` wrote, one ``exports`` row each (``runtime.export.export_row``)
+    exports: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def failure(cls, key: str, error: str) -> "RunResult":

@@ -237,6 +237,10 @@ class Method:
     preview: Preview | None = None
     export_refusal: str | None = None   # why ``twossp export`` cannot rebuild it from masks; None: it can
     gguf_refusal: str | None = None     # why its models cannot be written as GGUF for llama.cpp; None: they can
+    stock_refusal: str | None = None    # why its models cannot be written as a stock checkpoint; None: they can
+    #: its models are saved in twossp's own checkpoint layout whatever the family (SliceGPT's
+    #: rotations and shortcut matrices), not in a portable one
+    own_checkpoint: bool = False
     #: a search run to a higher sparsity holds every lower one's as a prefix (BlockPruner's greedy
     #: path does not depend on the target), so one search measures every sparsity
     prefix_search: bool = False
@@ -284,7 +288,11 @@ _ENTRIES = (
                           "`save_to: DIR` in the sweep",
            gguf_refusal="its rotated, narrowed residual stream with a shortcut matrix on every residual connection "
                         "has no llama.cpp architecture; save it with `format: safetensors` and load it with "
-                        "twossp.load_pruned"),
+                        "twossp.load_pruned",
+           stock_refusal="its rotated, narrowed residual stream with a shortcut matrix on every residual connection "
+                         "has no stock architecture; save it with `format: safetensors` (twossp's own SliceGPT "
+                         "checkpoint) and load it with twossp.load_pruned",
+           own_checkpoint=True),
 )
 
 METHODS: Registry[Method] = Registry("method", {entry.name: entry for entry in _ENTRIES})

@@ -104,7 +104,7 @@ class RunSpec(_Keyed):
     evaluation: EvaluationSpec
     runtime: RuntimeSpec
     save_to: str | None = None  # where the pruned model goes (not in the key: it changes no number)
-    save_format: Literal["safetensors", "gguf"] = "safetensors"
+    save_format: Literal["safetensors", "hf-stock", "gguf"] = "safetensors"
     save_type: str = "f16"      # the GGUF tensor type (``GGUF_TYPES``)
     weights: dict[str, Any] | None = None
     #: Each task's data as planned (``task_data_identity``), frozen like ``weights``.

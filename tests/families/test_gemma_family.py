@@ -218,7 +218,7 @@ def test_every_sliding_attention_removed(tiny, tmp_path, family, removed):
     apply_masks(rebuilt, adapter, list(reversed(layer_masks(6, 128, None, removed))))
     assert rebuilt.config.layer_types == model.config.layer_types
     torch.testing.assert_close(logits(rebuilt, ids), expected, rtol=0, atol=0)
-    save_pruned(model, None, tmp_path)
+    save_pruned(model, None, tmp_path, "hf-stock")
     reloaded = load_pruned(tmp_path)
     torch.testing.assert_close(logits(reloaded, ids), expected, rtol=0, atol=0)
     _assert_cache_equals_no_cache(reloaded, tiny.tokens(1, 9, seed=4))
@@ -293,8 +293,8 @@ def test_2ssp_end_to_end(tiny, cpu, tmp_path, family, sparsity):
     apply_masks(rebuilt, adapter, layer_masks(n, 128, outcome.kept_ffn, outcome.removed_attention))
     torch.testing.assert_close(logits(rebuilt, ids), expected, rtol=0, atol=0)
 
-    saved = save_pruned(model, None, tmp_path)
-    assert not saved.stock and saved.removed_attention == sorted(outcome.removed_attention)
+    saved = save_pruned(model, None, tmp_path, "hf-stock")
+    assert saved.layout == "stock" and saved.attention_blocks == n - len(outcome.removed_attention)
     reloaded = load_pruned(tmp_path)
     torch.testing.assert_close(logits(reloaded, ids), expected, rtol=0, atol=0)
     assert reloaded.state_dict().keys() == model.state_dict().keys()
@@ -349,5 +349,5 @@ def test_submodule_removal_through_masks_and_checkpoint(tiny, tmp_path, family):
     apply_masks(rebuilt, adapter, layer_masks(6, 128, None, [0, 4], removed_ffn=[0, 2]))
     assert len(adapter.layers(rebuilt)) == 5  # block 0 became the identity and was deleted
     torch.testing.assert_close(logits(rebuilt, ids), expected, rtol=0, atol=0)
-    save_pruned(rebuilt, None, tmp_path)
+    save_pruned(rebuilt, None, tmp_path, "hf-stock")
     torch.testing.assert_close(logits(load_pruned(tmp_path), ids), expected, rtol=0, atol=0)

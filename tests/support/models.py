@@ -128,3 +128,9 @@ def layer_call(model: torch.nn.Module, layer: torch.nn.Module, ids: torch.Tensor
     finally:
         handle.remove()
     return captured["inp"], captured["kwargs"], captured["out"]
+
+
+def hf_format(family: str) -> str:
+    """The Hugging Face export format that writes a pruned ``family`` model: the portable
+    (Nemotron-NAS) one for the Llama block, the zero-filled stock one for the rest."""
+    return "safetensors" if family in ("llama", "mistral") else "hf-stock"

@@ -167,6 +167,7 @@ def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run
                                         ffn_width=m.ffn_width, ffn_mask=m.ffn_mask) for m in result.masks]
         row.generations = [Generation(position=i, prompt=prompt, output=output, new_tokens=new_tokens)
                            for i, (prompt, output, new_tokens) in enumerate(result.generations)]
+        row.exports.extend(new_export(**export) for export in result.exports)
     return row
 
 
@@ -222,11 +223,19 @@ def add_export(session: Session, key: str, save_format: str, path: str, size_byt
     run = session.scalar(select(Run).where(Run.key == key))
     if run is None:
         raise LookupError(f"no run {key}")
-    export = Export(run=run, format=save_format, path=path, size_bytes=size_bytes, tensor_type=tensor_type,
-                    architecture=architecture, sha256=sha256, engine=engine, details=details,
-                    scores=[ExportScore(dataset=d, metric=m, value=v) for d, m, v in scores])
-    session.add(export)
+    export = new_export(save_format, path, size_bytes, tensor_type=tensor_type, architecture=architecture,
+                        sha256=sha256, engine=engine, details=details, scores=scores)
+    run.exports.append(export)
     return export
+
+
+def new_export(save_format: str, path: str, size_bytes: int, *, tensor_type: str | None = None,
+               architecture: str | None = None, sha256: str | None = None, engine: str | None = None,
+               details: dict[str, Any] | None = None, scores: Iterable[tuple[str, str, float]] = ()) -> Export:
+    """An ``exports`` row (and its engine's figures), not yet attached to a run."""
+    return Export(format=save_format, path=path, size_bytes=size_bytes, tensor_type=tensor_type,
+                  architecture=architecture, sha256=sha256, engine=engine, details=details,
+                  scores=[ExportScore(dataset=d, metric=m, value=v) for d, m, v in scores])
 
 
 #: Score rows every leaderboard cell summarises beside its per-dataset metric: downstream accuracy

@@ -1,7 +1,7 @@
 """``twossp export``: a completed run's pruned model rebuilt from the dense weights and the layer
-masks stored in the database alone, then saved as a Hugging Face checkpoint
-(``checkpoint.save_pruned``) or as one GGUF file for llama.cpp with its model card
-(``serve.gguf``, ``serve.card``). A sweep's ``save_to:`` saves through the same ``save_model``."""
+masks stored in the database alone, then saved as a Hugging Face checkpoint (``serve.hf``: portable
+or stock) or as one GGUF file for llama.cpp (``serve.gguf``), with its model card (``serve.card``).
+A sweep's ``save_to:`` saves through the same ``save_model``; every export is an ``exports`` row."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from typing import Any, Callable
 
 from twossp.contracts import LayerMask, RunStatus
 from twossp.db import store
-from twossp.errors import CheckpointError
+from twossp.errors import CheckpointError, ExportUnsupported
 from twossp.methods import method_of
 from twossp.plan import RunSpec
 from twossp.serve.card import Provenance
+from twossp.serve.hf import folder_size
 
-FORMATS = ("safetensors", "gguf")
+#: portable Hugging Face (plain or Nemotron-NAS), stock Hugging Face (zero-filled), GGUF
+FORMATS = ("safetensors", "hf-stock", "gguf")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,30 @@ def provenance(spec: RunSpec, key: str, masks: list[LayerMask], achieved: float 
     model = spec.model
     return Provenance(run_key=key, model=model.label, source=model_source(model),
                       method=spec.method.model_dump(), target_sparsity=spec.sparsity, achieved_sparsity=achieved,
-                      masks=masks, scores=list(scores), versions=dict(versions or {}))
+                      masks=masks, scores=list(scores), versions=dict(versions or {}), base_model=model.hub,
+                      license=base_license(model))
+
+
+def base_license(model: Any) -> str | None:
+    """The dense model's license, from the YAML front matter of the model card beside its
+    config.json (a local folder or a downloaded hub snapshot), where there is one."""
+    import yaml
+
+    from twossp.runtime.loading import config_path
+
+    config = config_path(model)
+    card = config.parent / "README.md" if config else None
+    if card is None or not card.is_file():
+        return None
+    text = card.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return None
+    try:
+        meta = yaml.safe_load(text.split("---", 2)[1])
+    except (yaml.YAMLError, IndexError):
+        return None
+    value = meta.get("license") if isinstance(meta, dict) else None
+    return str(value) if value else None
 
 
 def find_run(db: Any, key: str) -> StoredRun:
@@ -75,6 +100,26 @@ def find_run(db: Any, key: str) -> StoredRun:
         masks = [LayerMask(m.layer, m.attention_kept, m.ffn_width, m.ffn_mask) for m in run.layer_masks]
         scores = [(s.dataset, s.metric, s.value) for s in run.scores]
         return StoredRun(spec, masks, provenance(spec, run.key, masks, run.achieved_sparsity, scores, run.versions))
+
+
+def export_refusal(config: Any, method: Any, save_format: str, masks: list[LayerMask] | None = None) -> str | None:
+    """Why a run of ``method`` on a model of ``config`` (a config.json dict or a transformers
+    config) cannot be saved as ``save_format``, naming what to use instead; None when it can.
+    ``masks`` (a finished run's) say whether its blocks stayed whole; unknown, they may not."""
+    from twossp.serve.gguf import refusal as gguf_refusal
+    from twossp.serve.hf import refusal as hf_refusal
+
+    entry = method_of(method)
+    if save_format == "gguf":
+        return entry.gguf_refusal or gguf_refusal(config)
+    if save_format == "hf-stock":
+        return entry.stock_refusal
+    if entry.own_checkpoint or not entry.prunes:
+        return None
+    kept = [m for m in masks or [] if not m.removed_block]
+    whole = masks is not None and all(m.attention_kept and m.ffn_kept for m in kept) \
+        and len({m.ffn_kept for m in kept}) == 1
+    return hf_refusal(config, save_format, pruned=not whole)
 
 
 def gguf_name(p: Provenance, tensor_type: str) -> str:
@@ -116,15 +161,22 @@ def measure_gguf(path: Path, spec: RunSpec, tokenizer: Any) -> list[tuple[str, s
 def save_model(model: Any, tokenizer: Any, directory: Path, save_format: str, tensor_type: str,
                origin: Provenance, measure: Callable[[Path], list[tuple[str, str, float]]] | None = None) -> Any:
     """Save ``model`` to ``directory`` (atomically: written beside it, then renamed) as a Hugging
-    Face checkpoint or as one GGUF file plus its model card. ``measure(file)`` (GGUF only) gives
-    the engine's figures for the card."""
-    from twossp.checkpoint import save_atomically, written_atomically
+    Face checkpoint (``safetensors``: portable; ``hf-stock``) or as one GGUF file, with its model
+    card. ``measure(file)`` (GGUF only) gives the engine's figures for the card."""
+    from twossp.checkpoint import save_pruned, written_atomically
+    from twossp.serve.card import render_card
 
-    if save_format == "safetensors":
-        return save_atomically(model, tokenizer, directory)
-    if save_format != "gguf":
+    if save_format not in FORMATS:
         raise CheckpointError(f"unknown export format {save_format!r}; formats: {', '.join(FORMATS)}")
-    from twossp.serve.card import metadata, render_card
+    if save_format != "gguf":
+        def write_checkpoint(folder: Path) -> Any:
+            saved = save_pruned(model, tokenizer, folder, save_format)
+            (folder / "README.md").write_text(render_card(origin, saved), encoding="utf-8")
+            return dataclasses.replace(saved, size=folder_size(folder))
+
+        saved = written_atomically(directory, write_checkpoint)
+        return dataclasses.replace(saved, directory=directory)
+    from twossp.serve.card import metadata
     from twossp.serve.gguf import layout_for, write_gguf
 
     layout_for(model.config)  # refused before anything is written
@@ -154,30 +206,39 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def record_export(db: Any, key: str, saved: Any, evaluated: bool) -> None:
-    """The export's row (and the engine's figures) in the database."""
+def export_row(saved: Any, evaluated: bool = False) -> dict[str, Any]:
+    """The ``exports`` row of what ``save_model`` wrote (without the run), as ``store.add_export``
+    takes it: the format, where, how big, and what the file holds."""
     if isinstance(saved, SavedGguf):
         f = saved.file
-        from twossp.serve.engine import engine_version
+        engine = None
+        if evaluated:
+            from twossp.serve.engine import engine_version
 
-        fields = dict(path=str(f.path), size_bytes=f.size, tensor_type=f.tensor_type, architecture=f.architecture,
-                      sha256=_sha256(f.path), engine=f"llama-cpp-python {engine_version()}" if evaluated else None,
-                      details={"blocks": f.blocks, "attention_blocks": f.attention_blocks,
-                               "ffn_widths": f.ffn_widths, "rewrites": f.rewrites, "tensor_types": f.types},
-                      scores=saved.scores)
-        save_format = "gguf"
-    else:
-        size = sum(p.stat().st_size for p in Path(saved.directory).rglob("*") if p.is_file())
-        fields = dict(path=str(saved.directory), size_bytes=size, details={"stock": saved.stock})
-        save_format = "safetensors"
+            engine = f"llama-cpp-python {engine_version()}"
+        return dict(save_format="gguf", path=str(f.path), size_bytes=f.size, tensor_type=f.tensor_type,
+                    architecture=f.architecture, sha256=_sha256(f.path), engine=engine,
+                    details={"blocks": f.blocks, "attention_blocks": f.attention_blocks,
+                             "ffn_widths": f.ffn_widths, "rewrites": f.rewrites, "tensor_types": f.types},
+                    scores=saved.scores)
+    return dict(save_format="hf-stock" if saved.layout == "stock" else "safetensors", path=str(saved.directory),
+                size_bytes=saved.size, architecture=saved.architecture,
+                details={"layout": saved.layout, "stock": saved.stock, "blocks": saved.blocks,
+                         "attention_blocks": saved.attention_blocks, "ffn_widths": saved.ffn_widths,
+                         "rewrites": saved.rewrites})
+
+
+def record_export(db: Any, key: str, saved: Any, evaluated: bool) -> None:
+    """The export's row (and the engine's figures) in the database."""
+    row = export_row(saved, evaluated)
     with db.session() as session:
-        store.add_export(session, key, save_format, **fields)
+        store.add_export(session, key, row.pop("save_format"), **row)
 
 
 def export_run(db: Any, key: str, directory: str | Path, device: str = "cpu", overwrite: bool = False,
                save_format: str = "safetensors", tensor_type: str = "f16", evaluate: bool = False) -> Any:
     """Rebuild a completed run's pruned model from the dense weights and its stored masks and save
-    it to ``directory`` (``checkpoint.SavedCheckpoint`` or ``SavedGguf``). ``key`` may be a unique
+    it to ``directory`` (``serve.hf.HfCheckpoint`` or ``SavedGguf``). ``key`` may be a unique
     prefix. The export is recorded in the database (``exports``); ``evaluate`` (GGUF) also
     measures it in llama.cpp (``measure_gguf``) and stores the figures (``export_scores``).
 
@@ -204,11 +265,13 @@ def export_run(db: Any, key: str, directory: str | Path, device: str = "cpu", ov
         from twossp.serve.engine import engine_version
 
         engine_version()  # llama-cpp-python installed, before any work
-    if save_format == "gguf":
-        from twossp.runtime.loading import load_config
-        from twossp.serve.gguf import layout_for
+    if save_format not in FORMATS:
+        raise CheckpointError(f"unknown export format {save_format!r}; formats: {', '.join(FORMATS)}")
+    from twossp.runtime.loading import load_config
 
-        layout_for(load_config(run.spec.model))  # a refusal before the weights are loaded
+    reason = export_refusal(load_config(run.spec.model), run.spec.method, save_format, run.masks)
+    if reason:  # before the weights are loaded
+        raise ExportUnsupported(f"cannot export run {run.provenance.run_key}: {reason}")
     model, tokenizer = load_model(run.spec.model, torch_dtype(run.spec.runtime.dtype), torch.device(device))
     apply_masks(model, adapter_for(model.config), run.masks)
     measure = (lambda path: measure_gguf(path, run.spec, tokenizer)) if evaluate else None

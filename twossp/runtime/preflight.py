@@ -14,8 +14,8 @@ from twossp.errors import BudgetError, TwosspError, UnsupportedArchitecture
 from twossp.families import config_block_counts, family_of
 from twossp.methods import method_of
 from twossp.plan import RunSpec
+from twossp.runtime.export import export_refusal
 from twossp.runtime.loading import config_path
-from twossp.serve.gguf import refusal as gguf_refusal
 
 
 @dataclass
@@ -44,10 +44,11 @@ def preflight(runs: list[RunSpec]) -> Preflight:
         if config is None:
             report.previews[run.key] = "?"
             continue
-        if run.save_to and run.save_format == "gguf":
-            why = method_of(run.method).gguf_refusal or gguf_refusal(config)
+        if run.save_to and method_of(run.method).prunes:
+            why = export_refusal(config, run.method, run.save_format)
             if why:
-                report.problems.append(f"{run.label}: `save_to` asks for GGUF, which cannot be written: {why}")
+                report.problems.append(f"{run.label}: `save_to` asks for {run.save_format}, which cannot be "
+                                       f"written: {why}")
         try:
             counts = report.counts[label] = config_block_counts(config)
             report.configs[label] = config

@@ -432,7 +432,7 @@ class _Run(_Loaded):
 
     def save(self) -> None:
         self.track("save", 0, 1)
-        from twossp.runtime.export import provenance, save_model
+        from twossp.runtime.export import export_row, provenance, save_model
 
         spec, result = self.spec, self.result
         import torch
@@ -446,6 +446,7 @@ class _Run(_Loaded):
             result.details["saved_gguf"] = saved.file.path.name
         else:
             result.details["saved_stock_checkpoint"] = saved.stock
+        result.exports.append(export_row(saved))
         self.clock.lap("save")
 
 

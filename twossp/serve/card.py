@@ -1,6 +1,7 @@
-"""Where an exported model came from, said twice: as a model card (``README.md`` beside the file)
-and as ``general.*`` and ``twossp.*`` metadata inside the GGUF, so that a shared file still says
-which run of which model it is, what was removed and what that cost."""
+"""Where an exported model came from: a model card (``README.md`` in every export, with the YAML
+front matter the Hugging Face hub reads) and, in a GGUF file, ``general.*`` and ``twossp.*``
+metadata, so that a shared model still says which run of which model it is, what was removed, what
+that cost, and how to load and serve it."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ class Provenance:
     masks: list[LayerMask]                  # one per dense block
     scores: list[tuple[str, str, float]] = field(default_factory=list)  # (dataset, metric, value)
     versions: dict[str, Any] = field(default_factory=dict)             # of the run
+    base_model: str | None = None           # the dense model's hub id, where it came from the hub
+    license: str | None = None              # the dense model's license, where its card says
 
     @property
     def method_name(self) -> str:
@@ -99,14 +102,87 @@ def _widths(provenance: Provenance) -> str:
 
 
 def render_card(provenance: Provenance, written: Any, engine: dict[str, Any] | None = None) -> str:
-    """The model card (Markdown) of ``written`` (a ``serve.gguf.GgufFile``). ``engine`` adds the
-    figures llama.cpp measured on the file (``twossp export --evaluate``)."""
+    """The model card (Markdown with YAML front matter) of ``written``: a ``serve.gguf.GgufFile`` or a
+    ``serve.hf.HfCheckpoint``. ``engine`` adds the figures llama.cpp measured on a GGUF file
+    (``twossp export --evaluate``)."""
+    from twossp.serve.hf import HfCheckpoint
+
     p = provenance
-    lines = [*_introduction(p, written), *_pruned(p, written), *_scores(p), *_engine_figures(engine)]
+    hf = isinstance(written, HfCheckpoint)
+    introduction, how_written, use_it = (_hf_introduction, _hf_how_written, _hf_use_it) if hf else \
+        (_introduction, _how_written, _use_it)
+    lines = [*front_matter(p, written), *introduction(p, written), *_pruned(p, written), *_scores(p),
+             *_engine_figures(engine)]
     if p.removed_blocks() and written.rewrites:
         lines += ["Below, blocks are numbered as in the pruned model, whose whole blocks removed are gone.", ""]
-    lines += [*_how_written(written), *_use_it(written), *_provenance(p, written)]
+    lines += [*how_written(written), *use_it(written), *_provenance(p, written)]
     return "\n".join(lines)
+
+
+def front_matter(p: Provenance, written: Any) -> list[str]:
+    """The YAML block the hub reads: base model, library, license, task and tags."""
+    from twossp.serve.hf import HfCheckpoint
+
+    layout = getattr(written, "layout", None)
+    tags = ["twossp", "pruned", "structured-pruning", p.method_name]
+    tags += ["nemotron-nas"] if layout == "nas" else ["gguf"] if not isinstance(written, HfCheckpoint) else []
+    lines = ["---"]
+    if p.base_model:
+        lines.append(f"base_model: {json.dumps(p.base_model)}")
+    if isinstance(written, HfCheckpoint):
+        lines.append("library_name: transformers")
+    if p.license:
+        lines.append(f"license: {json.dumps(p.license)}")
+    lines += ["pipeline_tag: text-generation", "tags:", *[f"- {json.dumps(t)}" for t in tags], "---", ""]
+    return lines
+
+
+def _hf_introduction(p: Provenance, written: Any) -> list[str]:
+    size = written.size / 2**20
+    return [f"# {p.title}", "", f"A Hugging Face checkpoint ({size:,.1f} MiB) written by twossp {twossp_version()} "
+            f"from run `{p.run_key}`: {written.note}.", ""]
+
+
+def _hf_how_written(written: Any) -> list[str]:
+    """The layout, the architecture declared and every exact rewrite the checkpoint took."""
+    layout = {
+        "plain": "The family's own architecture: every block kept its attention and FFN, one FFN width.",
+        "nas": "NVIDIA's Nemotron-NAS schema (`DeciLMForCausalLM`, `model_type: nemotron-nas`): one `block_configs` "
+               "entry per block says whether it has an attention and an FFN and how wide the FFN is; the tensors "
+               "have Llama names and a removed part has none. `configuration_twossp_nas.py` and "
+               "`modeling_twossp_nas.py` (named by `auto_map`) build it in transformers.",
+        "stock": "The family's own architecture with every removed attention present as zeros and every FFN "
+                 "widened with zero neurons to the widest one, for tools that accept only stock checkpoints. "
+                 "It keeps the FFN and whole-block savings and gives up the attention's: a zero attention still "
+                 "computes and keeps a KV cache. The default export (`--format safetensors`) removes them.",
+        "sliced": "twossp's own SliceGPT layout: rotated weights, a narrowed residual stream and a shortcut matrix "
+                  "on every residual connection, which no stock or portable architecture expresses.",
+    }[written.layout]
+    return ["## How the checkpoint is written", "", layout, "",
+            f"- Architecture `{written.architecture}`, {written.blocks} blocks, {written.attention_blocks} with "
+            "attention.", *[f"- {r[0].upper()}{r[1:]}." for r in written.rewrites], ""]
+
+
+def _hf_use_it(written: Any) -> list[str]:
+    """How to load and serve the checkpoint, by layout."""
+    if written.layout == "sliced":
+        return ["## Use it", "", "```python", "import twossp", "model = twossp.load_pruned(\"DIR\")", "```", ""]
+    remote = written.layout == "nas"
+    trust = ", trust_remote_code=True" if remote else ""
+    flag = " --trust-remote-code" if remote else ""
+    lines = ["## Use it", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+             f"model = AutoModelForCausalLM.from_pretrained(\"DIR\"{trust})",
+             "tokenizer = AutoTokenizer.from_pretrained(\"DIR\")", "```", "",
+             "Serving (GPU):", "", "```sh", f"vllm serve DIR{flag}",
+             f"python -m sglang.launch_server --model-path DIR{flag}", "```", ""]
+    if remote:
+        lines += ["The remote code only builds the configuration in vLLM and SGLang (their own model code runs "
+                  "it); without `trust_remote_code`, transformers refuses the folder instead of loading it with "
+                  "random weights.", ""]
+    lines += ["llama.cpp: `twossp export RUN DIR --format gguf` writes a GGUF file with the removed parts absent "
+              "(llama.cpp's own `convert_hf_to_gguf.py` also reads this folder).", "",
+              "`twossp.load_pruned(\"DIR\")` loads it back into the pruned model twossp computed, exactly.", ""]
+    return lines
 
 
 def _introduction(p: Provenance, written: Any) -> list[str]:
@@ -192,5 +268,16 @@ def _provenance(p: Provenance, written: Any) -> list[str]:
     return ["## Provenance", "",
             f"- Run key `{p.run_key}`; twossp {p.versions.get('twossp') or 'unknown'} computed it{git}{libraries}.",
             f"- Exported by twossp {twossp_version()}; `twossp show {p.run_key}` shows the run, "
-            f"`twossp export {p.run_key} DIR --format gguf --type {written.tensor_type}` writes this file again.",
+            f"`twossp export {p.run_key} DIR {_format_flags(written)}` writes this {_what(written)} again.",
             ""]
+
+
+def _format_flags(written: Any) -> str:
+    layout = getattr(written, "layout", None)
+    if layout is None:
+        return f"--format gguf --type {written.tensor_type}"
+    return "--format hf-stock" if layout == "stock" else "--format safetensors"
+
+
+def _what(written: Any) -> str:
+    return "file" if getattr(written, "layout", None) is None else "checkpoint"

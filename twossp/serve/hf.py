@@ -61,12 +61,9 @@ def refusal(config: Any, save_format: str, pruned: bool = True) -> str | None:
     written as ``save_format``, naming what to use instead; None when it can. ``pruned`` False: the
     model's blocks are known to stay whole (a plain checkpoint), which every family can be."""
     arch = (_get(config, "architectures", None) or ["?"])[0]
-    if _get(config, SLICEGPT_KEY, None):
-        if save_format == STOCK:
-            return ("a SliceGPT model (a rotated, narrowed residual stream with a shortcut matrix on every "
-                    "residual connection) has no stock architecture; save it with `format: safetensors` "
-                    "(twossp's own SliceGPT checkpoint, loaded with twossp.load_pruned)")
-        return None
+    if _get(config, SLICEGPT_KEY, None):  # saved in twossp's own layout (``checkpoint.save_sliced``)
+        return ("a SliceGPT model has no stock architecture; use `--format safetensors` (twossp's own SliceGPT "
+                "checkpoint, loaded with twossp.load_pruned)") if save_format == STOCK else None
     if save_format == STOCK or not pruned:
         return None
     if arch not in NAS_FAMILIES:
@@ -183,7 +180,8 @@ def _plan(model: Any, adapter: Any, layout: str) -> _Planned:
             planned.tensors[name] = _of(tensor)
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     if head is not None and head.weight is embedding.weight:  # tied: the embedding is the head
-        planned.tensors = {k: v for k, v in planned.tensors.items() if not _is_param(model, k, head.weight)}
+        head_name = next(name for name, module in model.named_modules() if module is head)
+        planned.tensors.pop(f"{head_name}.weight", None)
     present = [(i, layer, adapter.is_attention_present(layer), adapter.is_ffn_present(layer))
                for i, layer in enumerate(layers)]
     kept = [p for p in present if p[2] or p[3]]
@@ -202,6 +200,8 @@ def _plan(model: Any, adapter: Any, layout: str) -> _Planned:
         width = adapter.ffn_width(layer) if has_ffn else None
         if layout == "stock":
             target = stock_width
+        elif layout == "plain":
+            target = width
         elif width:
             target = _nas_width(width)
         else:  # llama.cpp's converter would drop the attention of a block without FFN: zero neurons
@@ -228,14 +228,6 @@ def _plan(model: Any, adapter: Any, layout: str) -> _Planned:
                                                        kv_heads, target))
         planned.live_attention += has_attention
     return planned
-
-
-def _is_param(model: Any, name: str, weight: Any) -> bool:
-    module_name, _, attr = name.rpartition(".")
-    try:
-        return model.get_submodule(module_name).get_parameter(attr) is weight
-    except AttributeError:
-        return False
 
 
 def _layer_prefix(model: Any, layers: Any) -> str:
@@ -300,6 +292,7 @@ def _config(model: Any, layout: str, planned: _Planned) -> dict[str, Any]:
     """config.json of the file: the model's own, the blocks renumbered, the twossp record; for
     ``nas`` the schema's keys and ``auto_map``."""
     config = model.config.to_dict()
+    config["dtype"] = config.get("dtype") or str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
     family = {"architecture": config["architectures"][0], "model_type": config["model_type"]}
     for key in ("twossp_removed_attention", "twossp_removed_ffn", "_name_or_path"):
         config.pop(key, None)

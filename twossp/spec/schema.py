@@ -435,11 +435,13 @@ class RuntimeSpec(Strict):
 
 class SaveSpec(Strict):
     """Folder where every pruned model is saved, one sub-folder per run key (on a cluster: a path
-    every node can write), and in which format: a Hugging Face checkpoint (``safetensors``) or one
-    GGUF file for llama.cpp (``gguf``, with its tensor ``type``, default f16)."""
+    every node can write), and in which format: a Hugging Face checkpoint that loads without twossp
+    (``safetensors``: plain, or the Nemotron-NAS schema where blocks differ), the stock architecture
+    with removed parts as zeros (``hf-stock``), or one GGUF file for llama.cpp (``gguf``, with its
+    tensor ``type``, default f16)."""
 
     path: Annotated[str, _not_blank("`save_to`")]
-    format: Literal["safetensors", "gguf"] = "safetensors"
+    format: Literal["safetensors", "hf-stock", "gguf"] = "safetensors"
     type: Literal[GGUF_TYPES] | None = None  # type: ignore[valid-type]
 
     _resolve = field_validator("path")(_relative_to_sweep)
