@@ -619,6 +619,19 @@ def export(run_key: str, directory: str, db_url: str | None, save_format: str, t
         say(f"  llama.cpp {metric.replace('_', ' ')}{'' if dataset == 'speed' else f' ({dataset})'}: {value:.6g}")
 
 
+@main.command("check", help="Check an exported Hugging Face folder against the loading rules of vLLM, SGLang, "
+              "llama.cpp's converter and transformers, reading only config.json and the safetensors headers (no "
+              "weights, no GPU): a table of rules; exit 1 when one fails.")
+@click.argument("directory", type=click.Path(file_okay=False))
+def check(directory: str) -> None:
+    from twossp.serve.check import check_folder
+
+    report = check_folder(directory)
+    click.echo(report.render())
+    if not report.ok:
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------------------------- list
 @main.group("list", cls=TwosspGroup, help="What twossp supports.")
 def list_group() -> None:

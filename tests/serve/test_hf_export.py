@@ -13,14 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from click.testing import CliRunner
+from sqlalchemy import select
 from transformers import AutoModelForCausalLM
 
 from tests.support.models import logits
+from twossp import cli
+from twossp.db.database import Database
+from twossp.db.models import Export, Run
 from twossp.checkpoint import load_pruned, save_pruned
 from twossp.errors import CheckpointError, ExportUnsupported
 from twossp.families import adapter_for
 from twossp.prune.two_stage import prune_2ssp
 from twossp.runtime.export import export_refusal
+from twossp.serve.check import check_folder
 from twossp.methods import SliceGPTMethod, TwoSSPMethod
 
 NO_TWOSSP = Path(__file__).parents[1] / "support" / "no_twossp.py"
@@ -70,6 +76,8 @@ def test_a_pruned_model_loads_without_twossp_with_identical_logits(tiny, tmp_pat
     assert seen["max_logit_diff"] <= 1e-5
     assert seen["cached_equals_uncached"]
     assert seen["plain"].startswith("ValueError") and "trust_remote_code" in seen["plain"]
+    report = check_folder(tmp_path / "out")  # vLLM's and SGLang's loading rules, read offline
+    assert report.ok, report.render()
     assert seen["warnings"] == [] and "MISSING" not in seen["printed"] and "newly initialized" not in seen["printed"]
 
     back = load_pruned(tmp_path / "out")  # twossp reads it back into the pruned model itself
@@ -83,6 +91,7 @@ def test_hf_stock_loads_as_the_stock_class_with_no_warning(tiny, tmp_path, famil
     model = pruned(tiny, family)
     saved = save_pruned(model, None, tmp_path, "hf-stock")
     assert saved.layout == "stock" and saved.stock
+    assert check_folder(tmp_path).ok
     capfd.readouterr()
     with caplog.at_level(logging.WARNING), _no_warnings():
         stock = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
@@ -147,6 +156,7 @@ def test_plain_transformers_never_loads_an_export_with_new_weights(tiny, tmp_pat
                 assert "use" in str(exc)  # a refusal names what to use instead
                 continue
             tried += 1
+            assert check_folder(folder).ok or method == "slicegpt", check_folder(folder).render()
             try:
                 plain, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
             except (ValueError, RuntimeError, OSError) as exc:  # refused: fine, it is loud
@@ -210,3 +220,31 @@ def test_an_older_twossp_folder_still_loads(tiny, cpu, tmp_path) -> None:
     assert json.loads((tmp_path / "config.json").read_text())["twossp_removed_attention"] == [1]
     tokens = tiny.tokens(2, 12, seed=2)
     assert torch.equal(logits(load_pruned(tmp_path), tokens), logits(model, tokens))
+
+
+def test_a_sweep_saves_portable_checkpoints_with_cards_and_exports_rows(tiny_checkpoint, tmp_path) -> None:
+    sweep = tiny_checkpoint.write_sweep(tmp_path / "tiny.yaml", "hf-save", methods=["dense", "2ssp", "shortgpt"],
+                                        sparsities=[0.5], save_to={"path": "saved"})
+    db_url = f"sqlite:///{tmp_path / 'results.db'}"
+    runner = CliRunner()
+    result = runner.invoke(cli.main, ["sweep", "run", str(sweep), "--db", db_url, "--executor", "local"])
+    assert result.exit_code == 0, result.output
+    with Database(db_url) as db, db.session() as session:
+        rows = {run.method: [(e.format, e.path, e.architecture, e.details["layout"]) for e in run.exports]
+                for run in session.scalars(select(Run)).all()}
+        assert session.scalar(select(Export).where(Export.path.like("%saved%"))) is not None
+    assert rows["dense"] == []  # nothing pruned, nothing saved
+    (fmt, path, arch, layout), = rows["2ssp"]
+    assert fmt == "safetensors" and arch == "DeciLMForCausalLM" and layout == "nas"
+    assert rows["shortgpt"][0][3] == "plain"  # whole blocks removed: the family's own checkpoint
+    card = (Path(path) / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: transformers" in card and "pipeline_tag: text-generation" in card
+    assert "trust_remote_code=True" in card and "vllm serve" in card and "nemotron-nas" in card
+    checked = runner.invoke(cli.main, ["check", path])
+    assert checked.exit_code == 0 and "every rule passes" in checked.output, checked.output
+    config = Path(path) / "config.json"
+    broken = json.loads(config.read_text())
+    broken["block_configs"][0]["attention"]["no_op"] = True
+    config.write_text(json.dumps(broken))
+    failed = runner.invoke(cli.main, ["check", path])
+    assert failed.exit_code == 1 and "first-attention" in failed.output
