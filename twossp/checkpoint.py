@@ -155,19 +155,18 @@ def _load_nas(directory: Path, raw: dict[str, Any], dtype: torch.dtype | None) -
             adapter.remove_ffn(model, n)
         elif width != adapter.ffn_width(layer):
             adapter.prune_ffn(layer, torch.arange(width))  # its shape only: every weight is loaded below
-    _load_every_tensor(model, directory, "its Nemotron-NAS config")
+    _load_every_tensor(model, directory, "its Nemotron-NAS config", bool(getattr(config, "tie_word_embeddings", False)))
     _restore(model, adapter, record, directory)
     _forget_layout(model.config)
     return model
 
 
-def _load_every_tensor(model: nn.Module, directory: Path, what: str) -> None:
-    """Load the checkpoint's tensors into ``model``; any missing (but a tied head), unexpected or
-    mis-shaped one raises ``CheckpointError``."""
+def _load_every_tensor(model: nn.Module, directory: Path, what: str, tied_head: bool) -> None:
+    """Load the checkpoint's tensors into ``model``; any missing (but the head where ``tied_head``:
+    it is the embedding), unexpected or mis-shaped one raises ``CheckpointError``."""
     tensors = _checkpoint_tensors(directory)
     expected = model.state_dict()
     head = model.get_output_embeddings()
-    tied_head = getattr(model.config, "tie_word_embeddings", False) and head is not None
     tied = {f"{name}.weight" for name, module in model.named_modules() if tied_head and module is head}
     missing = sorted(set(expected) - set(tensors) - tied)
     unexpected = sorted(set(tensors) - set(expected))
@@ -313,14 +312,5 @@ def load_sliced(directory: str | Path, config: Any, dtype: torch.dtype | None = 
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     adapter = adapter_for(config)
     rebuild_sliced(model, adapter)
-    tensors = _checkpoint_tensors(directory)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{directory} does not match its SliceGPT config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"mismatched {mismatched[:5]}; refusing a model with re-initialised weights")
-    model.load_state_dict(tensors, strict=True)
+    _load_every_tensor(model, directory, "its SliceGPT config", tied_head=False)  # its head is its own
     return model.eval()
