@@ -248,3 +248,18 @@ def test_a_sweep_saves_portable_checkpoints_with_cards_and_exports_rows(tiny_che
     config.write_text(json.dumps(broken))
     failed = runner.invoke(cli.main, ["check", path])
     assert failed.exit_code == 1 and "first-attention" in failed.output
+
+
+def test_save_to_a_format_the_family_cannot_take_is_refused_before_any_work(tiny, tiny_checkpoint, tmp_path) -> None:
+    gemma = tmp_path / "tiny-gemma2"
+    tiny.config("gemma2").save_pretrained(gemma)  # the plan reads config.json alone
+    for name, methods, save_to, said in (
+            ("gemma-portable", ["2ssp"], {"path": "saved"}, "hf-stock"),
+            ("slicegpt-stock", ["slicegpt"], {"path": "saved", "format": "hf-stock"}, "format: safetensors")):
+        models = [{"path": str(gemma)}] if name.startswith("gemma") else [{"path": str(tiny_checkpoint.model_dir)}]
+        sweep = tiny_checkpoint.write_sweep(tmp_path / f"{name}.yaml", name, methods=methods, sparsities=[0.25],
+                                            models=models, save_to=save_to)
+        result = CliRunner().invoke(cli.main, ["sweep", "validate", str(sweep)])
+        assert result.exit_code == 2, result.output
+        assert "`save_to` asks for" in result.output and said in result.output
+        assert not (tmp_path / "saved").exists()
