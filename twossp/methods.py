@@ -241,6 +241,9 @@ class Method:
     #: its models are saved in twossp's own checkpoint layout whatever the family (SliceGPT's
     #: rotations and shortcut matrices), not in a portable one
     own_checkpoint: bool = False
+    #: it deletes whole blocks only, so every block left is whole and its models save as the
+    #: family's plain checkpoint
+    whole_blocks: bool = False
     #: a search run to a higher sparsity holds every lower one's as a prefix (BlockPruner's greedy
     #: path does not depend on the target), so one search measures every sparsity
     prefix_search: bool = False
@@ -275,13 +278,14 @@ _ENTRIES = (
     Method(TwoSSPMethod, Lazy("twossp.prune.two_stage:run"), _two_ssp_preview, shared="ffn scores",
            work=_two_ssp_work, states=_two_ssp_states, batched=True),
     Method(ShortGPTMethod, Lazy("twossp.prune.blocks:run_shortgpt"), _whole_blocks_preview, shared="block states",
-           work=_whole_blocks_work),
+           work=_whole_blocks_work, whole_blocks=True),
     Method(WindowMethod, Lazy("twossp.prune.blocks:run_window"), _whole_blocks_preview, shared="block states",
-           work=_whole_blocks_work),
+           work=_whole_blocks_work, whole_blocks=True),
     Method(BlockPrunerMethod, Lazy("twossp.prune.blockpruner:run"), _submodules_preview, prefix_search=True,
            shared="blockpruner path", work=_blockpruner_work, states=_blockpruner_states,
            batched=True),
-    Method(EvoPressMethod, Lazy("twossp.prune.evopress:run"), _whole_blocks_preview, states=_first_and_last_states),
+    Method(EvoPressMethod, Lazy("twossp.prune.evopress:run"), _whole_blocks_preview, states=_first_and_last_states,
+           whole_blocks=True),
     Method(SliceGPTMethod, Lazy("twossp.prune.slicegpt:run"), _slicegpt_preview, states=_first_and_last_states,
            export_refusal="its PCA rotations are not layer masks and are not stored in the database, so it "
                           "cannot be rebuilt from there: a sliced model is saved while it runs, with "

@@ -27,7 +27,7 @@ from twossp.families import adapter_for
 from twossp.prune.two_stage import prune_2ssp
 from twossp.runtime.export import export_refusal
 from twossp.serve.check import check_folder
-from twossp.methods import SliceGPTMethod, TwoSSPMethod
+from twossp.methods import ShortGPTMethod, SliceGPTMethod, TwoSSPMethod
 
 NO_TWOSSP = Path(__file__).parents[1] / "support" / "no_twossp.py"
 
@@ -181,6 +181,7 @@ def test_families_the_schema_cannot_express_are_refused_with_what_to_use(tiny, t
             save_pruned(model, None, tmp_path)
         assert not (tmp_path / "config.json").exists()
     assert config  # the model was pruned either way
+    assert export_refusal(tiny.config(family).to_dict(), ShortGPTMethod(), "safetensors") is None  # plain
     assert export_refusal(tiny.config(family).to_dict(), SliceGPTMethod(), "hf-stock")
     assert export_refusal(tiny.config(family).to_dict(), SliceGPTMethod(), "safetensors") is None
 

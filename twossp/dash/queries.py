@@ -374,7 +374,8 @@ def memory_frame(run: Run) -> Frame:
 
 
 def exports_frame(run: Run) -> Frame:
-    """The files ``twossp export`` wrote from ``run``, with what llama.cpp measured on each."""
+    """The models ``twossp export`` or the sweep's ``save_to:`` wrote from ``run``, with what llama.cpp
+    measured on each (GGUF with ``--evaluate``)."""
     def measured(export: Any, metric: str) -> float | None:  # the first dataset's perplexity, the speeds
         return next((s.value for s in sorted(export.scores, key=lambda s: s.id) if s.metric == metric), None)
 

@@ -114,7 +114,7 @@ def export_refusal(config: Any, method: Any, save_format: str, masks: list[Layer
         return entry.gguf_refusal or gguf_refusal(config)
     if save_format == "hf-stock":
         return entry.stock_refusal
-    if entry.own_checkpoint or not entry.prunes:
+    if entry.own_checkpoint or entry.whole_blocks or not entry.prunes:
         return None
     kept = [m for m in masks or [] if not m.removed_block]
     whole = masks is not None and all(m.attention_kept and m.ffn_kept for m in kept) \

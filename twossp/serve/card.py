@@ -176,9 +176,9 @@ def _hf_use_it(written: Any) -> list[str]:
              "Serving (GPU):", "", "```sh", f"vllm serve DIR{flag}",
              f"python -m sglang.launch_server --model-path DIR{flag}", "```", ""]
     if remote:
-        lines += ["The remote code only builds the configuration in vLLM and SGLang (their own model code runs "
-                  "it); without `trust_remote_code`, transformers refuses the folder instead of loading it with "
-                  "random weights.", ""]
+        lines += ["The modelling files import only torch and transformers (5.x). The remote code only builds the "
+                  "configuration in vLLM and SGLang (their own model code runs it); without `trust_remote_code`, "
+                  "transformers refuses the folder instead of loading it with random weights.", ""]
     lines += ["llama.cpp: `twossp export RUN DIR --format gguf` writes a GGUF file with the removed parts absent "
               "(llama.cpp's own `convert_hf_to_gguf.py` also reads this folder).", "",
               "`twossp.load_pruned(\"DIR\")` loads it back into the pruned model twossp computed, exactly.", ""]
