@@ -72,7 +72,7 @@ def test_the_command_tree() -> None:
     assert {" ".join(p) for p, _ in COMMANDS} == {
         "", "sweep", "sweep validate", "sweep plan", "sweep run", "sweep cancel", "leaderboard", "runs", "db", "db upgrade",
         "db current", "db sql", "list", "list methods", "list families", "list tasks", "sweep tasks", "export", "show",
-        "dash", "dash list", "dash show"}
+        "dash", "dash list", "dash show", "check"}
 
 
 @pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) or "twossp" for p, _ in COMMANDS])
