@@ -115,7 +115,7 @@ def render_card(provenance: Provenance, written: Any, engine: dict[str, Any] | N
              *_engine_figures(engine)]
     if p.removed_blocks() and written.rewrites:
         lines += ["Below, blocks are numbered as in the pruned model, whose whole blocks removed are gone.", ""]
-    lines += [*how_written(written), *use_it(written), *_provenance(p, written)]
+    lines += [*how_written(written), *use_it(p, written), *_provenance(p, written)]
     return "\n".join(lines)
 
 
@@ -139,14 +139,16 @@ def front_matter(p: Provenance, written: Any) -> list[str]:
 
 def _hf_introduction(p: Provenance, written: Any) -> list[str]:
     size = written.size / 2**20
+    note = written.note
     return [f"# {p.title}", "", f"A Hugging Face checkpoint ({size:,.1f} MiB) written by twossp {twossp_version()} "
-            f"from run `{p.run_key}`: {written.note}.", ""]
+            f"from run `{p.run_key}`. {note[0].upper()}{note[1:]}.", ""]
 
 
 def _hf_how_written(written: Any) -> list[str]:
     """The layout, the architecture declared and every exact rewrite the checkpoint took."""
     layout = {
-        "plain": "The family's own architecture: every block kept its attention and FFN, one FFN width.",
+        "plain": "The family's own architecture: every block in the checkpoint has its attention and its FFN, all "
+                 "of one width.",
         "nas": "NVIDIA's Nemotron-NAS schema (`DeciLMForCausalLM`, `model_type: nemotron-nas`): one `block_configs` "
                "entry per block says whether it has an attention and an FFN and how wide the FFN is; the tensors "
                "have Llama names and a removed part has none. `configuration_twossp_nas.py` and "
@@ -163,7 +165,7 @@ def _hf_how_written(written: Any) -> list[str]:
             "attention.", *[f"- {r[0].upper()}{r[1:]}." for r in written.rewrites], ""]
 
 
-def _hf_use_it(written: Any) -> list[str]:
+def _hf_use_it(p: Provenance, written: Any) -> list[str]:
     """How to load and serve the checkpoint, by layout."""
     if written.layout == "sliced":
         return ["## Use it", "", "```python", "import twossp", "model = twossp.load_pruned(\"DIR\")", "```", ""]
@@ -179,7 +181,7 @@ def _hf_use_it(written: Any) -> list[str]:
         lines += ["The modelling files import only torch and transformers (5.x). The remote code only builds the "
                   "configuration in vLLM and SGLang (their own model code runs it); without `trust_remote_code`, "
                   "transformers refuses the folder instead of loading it with random weights.", ""]
-    lines += ["llama.cpp: `twossp export RUN DIR --format gguf` writes a GGUF file with the removed parts absent "
+    lines += [f"llama.cpp: `twossp export {p.run_key} DIR --format gguf` writes a GGUF file with the removed parts absent "
               "(llama.cpp's own `convert_hf_to_gguf.py` also reads this folder).", "",
               "`twossp.load_pruned(\"DIR\")` loads it back into the pruned model twossp computed, exactly.", ""]
     return lines
@@ -252,7 +254,7 @@ def _how_written(written: Any) -> list[str]:
             ""]
 
 
-def _use_it(written: Any) -> list[str]:
+def _use_it(p: Provenance, written: Any) -> list[str]:
     """How to run the file: llama.cpp's tools and its Python binding."""
     name = written.path.name
     return ["## Use it", "",
