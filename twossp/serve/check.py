@@ -510,6 +510,17 @@ def schema_width(ffn_mult: float, hidden: int) -> int:
     return -(-width // FFN_MULTIPLE) * FFN_MULTIPLE
 
 
+#: the rules of every exported folder, whatever its schema: its weight files, dtype and tokenizer
+FOLDER_RULES: tuple[Rule, ...] = (
+    Rule("weight-files", (*SERVING, TRANSFORMERS), "the loaders read the files the index names, each tensor "
+         "once", _weight_files),
+    Rule("dtype", SERVING, "without it vLLM and SGLang guess from the tensors or take float32, served as "
+         "float16", _dtype, WARNING),
+    Rule("tokenizer", (*ALL_ENGINES, TRANSFORMERS), "a folder may be saved without one, but every engine "
+         "needs one to serve it", _tokenizer, WARNING),
+)
+
+
 NAS_RULES: tuple[Rule, ...] = (
     Rule("architecture", (*ALL_ENGINES, TRANSFORMERS), "the engines pick their DeciLM model by the architecture; "
          "with trust_remote_code they build the config from auto_map's files", _nas_architecture),
@@ -535,12 +546,7 @@ NAS_RULES: tuple[Rule, ...] = (
          "its block has no FFN", _attention_without_ffn),
     Rule("tensors", (*SERVING, TRANSFORMERS), "vLLM: a weight with no parameter raises KeyError, a parameter "
          "with no weight fails the load; SGLang leaves it uninitialised", _nas_tensors),
-    Rule("weight-files", (*SERVING, TRANSFORMERS), "the loaders read the files the index names, each tensor "
-         "once", _weight_files),
-    Rule("dtype", SERVING, "without it vLLM and SGLang guess from the tensors or take float32, served as "
-         "float16", _dtype, WARNING),
-    Rule("tokenizer", (*ALL_ENGINES, TRANSFORMERS), "a folder may be saved without one, but every engine "
-         "needs one to serve it", _tokenizer, WARNING),
+    *FOLDER_RULES,
 )
 
 
@@ -595,12 +601,7 @@ def _stock_tensors(folder: Folder) -> Verdict:
 STOCK_RULES: tuple[Rule, ...] = (
     Rule("tensors", (*SERVING, TRANSFORMERS), "vLLM: a weight with no parameter raises KeyError, a parameter "
          "with no weight fails the load; transformers initialises a missing one at random", _stock_tensors),
-    Rule("weight-files", (*SERVING, TRANSFORMERS), "the loaders read the files the index names, each tensor "
-         "once", _weight_files),
-    Rule("dtype", SERVING, "without it vLLM and SGLang guess from the tensors or take float32, served as "
-         "float16", _dtype, WARNING),
-    Rule("tokenizer", (*ALL_ENGINES, TRANSFORMERS), "a folder may be saved without one, but every engine "
-         "needs one to serve it", _tokenizer, WARNING),
+    *FOLDER_RULES,
 )
 
 
