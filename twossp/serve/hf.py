@@ -239,7 +239,9 @@ def _part_of(name: str, attrs: tuple[str, ...]) -> bool:
 
 
 def _of(tensor: Any) -> tuple[tuple[int, ...], Any, Callable[[], Any]]:
-    return tuple(tensor.shape), tensor.dtype, lambda: tensor.detach().contiguous()
+    """A tensor of the model as the writer takes it: copied to host memory only when its shard is
+    written (a model on an accelerator is never copied whole)."""
+    return tuple(tensor.shape), tensor.dtype, lambda: tensor.detach().to("cpu").contiguous()
 
 
 def _zeros_of(dense: Any, attrs: tuple[str, ...]) -> dict[str, Any]:
