@@ -19,9 +19,7 @@ Needs the reference data (``--data-dir`` or ``TWOSSP_BENCH_DATA``). Run it alone
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -72,55 +70,29 @@ def child(folder: str, inputs: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from prune_smollm2 import fail
+    from prune_smollm2 import window_arguments
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=os.environ.get("TWOSSP_BENCH_DATA"),
-                   help="folder with wikitext-2-raw/wiki.test.raw and c4/c4_validation_2k.derived.jsonl")
+    window_arguments(p)
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5])
-    p.add_argument("--seq-len", type=int, default=512, help="calibration and evaluation window length L")
-    p.add_argument("--num-calibration", type=int, default=8, help="calibration windows for stage 1")
-    p.add_argument("--eval-windows", type=int, default=8, help="WikiText-2 windows evaluated")
     p.add_argument("--keep", type=Path, default=None, help="keep the exports in this folder")
-    args = p.parse_args(argv)
-    if args.data_dir is None:
-        fail("give the reference data folder with --data-dir (or TWOSSP_BENCH_DATA)")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from prune_smollm2 import Log, read_texts, tokenize
+    from prune_smollm2 import Log, pruned_2ssp
     from twossp.checkpoint import save_pruned
-    from twossp.evaluate.perplexity import make_windows, perplexity
-    from twossp.families import adapter_for
-    from twossp.methods import METHODS
-    from twossp.prune import PruneContext, prune
-    from twossp.runtime.loading import load_model
     from twossp.serve.check import check_folder
-    from twossp.spec import ModelSpec
 
     args = parse_args(argv)
     log = Log()
-    calibration_text, evaluation_text = read_texts(args.data_dir)
-    torch.set_num_threads(2)
-    device = torch.device("cpu")
-    dense, tokenizer = load_model(ModelSpec(builtin="smollm2-135m-instruct"), torch.float32, device)
-    adapter = adapter_for(dense.config)
-    calibration = make_windows(tokenize(tokenizer, calibration_text), args.seq_len, args.num_calibration)
-    evaluation = make_windows(tokenize(tokenizer, evaluation_text), args.seq_len, args.eval_windows)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="twossp-hf-"))
     folder.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for sparsity in args.sparsities:
-        model = copy.deepcopy(dense)
-        outcome = prune(PruneContext(model=model, adapter=adapter, calibration=calibration, sparsity=sparsity,
-                                     method=METHODS["2ssp"].spec(), device=device,
-                                     progress=log.progress(f"2ssp {sparsity}")))
-        own = perplexity(model, adapter, evaluation, device).perplexity
-        log(f"2ssp {sparsity}: twossp perplexity {own:.4f}, attention removed {sorted(outcome.removed_attention)}, "
-            f"FFN width {model.config.intermediate_size}")
+        model, tokenizer, _, evaluation, own = pruned_2ssp(args, log, sparsity)
         inputs = folder / f"inputs-{sparsity:g}.pt"
         with torch.no_grad():
             first = model(evaluation[:1]).logits[0].float()

@@ -21,8 +21,6 @@ version, downloaded from the package index with pip. Needs the reference data (`
 from __future__ import annotations
 
 import argparse
-import copy
-import os
 import subprocess
 import sys
 import tarfile
@@ -33,21 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from prune_smollm2 import fail
+    from prune_smollm2 import window_arguments
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=os.environ.get("TWOSSP_BENCH_DATA"),
-                   help="folder with wikitext-2-raw/wiki.test.raw and c4/c4_validation_2k.derived.jsonl")
+    window_arguments(p)
     p.add_argument("--llama-cpp", type=Path, default=None, help="llama.cpp source folder with convert_hf_to_gguf.py")
     p.add_argument("--sparsity", type=float, default=0.5)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--num-calibration", type=int, default=8)
-    p.add_argument("--eval-windows", type=int, default=8)
     p.add_argument("--keep", type=Path, default=None, help="keep the files in this folder")
-    args = p.parse_args(argv)
-    if args.data_dir is None:
-        fail("give the reference data folder with --data-dir (or TWOSSP_BENCH_DATA)")
-    return args
+    return p.parse_args(argv)
 
 
 def converter_source(given: Path | None, scratch: Path) -> Path:
@@ -84,37 +75,18 @@ def convert(llama_cpp: Path, folder: Path, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from prune_smollm2 import Log, read_texts, tokenize
+    from prune_smollm2 import Log, pruned_2ssp
     from twossp.checkpoint import save_pruned
-    from twossp.evaluate.perplexity import make_windows, perplexity
-    from twossp.families import adapter_for
-    from twossp.methods import METHODS
-    from twossp.prune import PruneContext, prune
-    from twossp.runtime.loading import load_model
     from twossp.serve.engine import Engine
     from twossp.serve.gguf import write_gguf
-    from twossp.spec import ModelSpec
 
     args = parse_args(argv)
     log = Log()
-    calibration_text, evaluation_text = read_texts(args.data_dir)
-    torch.set_num_threads(2)
-    device = torch.device("cpu")
     folder = args.keep or Path(tempfile.mkdtemp(prefix="twossp-convert-"))
     folder.mkdir(parents=True, exist_ok=True)
     llama_cpp = converter_source(args.llama_cpp, folder)
     log(f"llama.cpp converter from {llama_cpp}")
-    dense, tokenizer = load_model(ModelSpec(builtin="smollm2-135m-instruct"), torch.float32, device)
-    adapter = adapter_for(dense.config)
-    calibration = make_windows(tokenize(tokenizer, calibration_text), args.seq_len, args.num_calibration)
-    evaluation = make_windows(tokenize(tokenizer, evaluation_text), args.seq_len, args.eval_windows)
-    model = copy.deepcopy(dense)
-    outcome = prune(PruneContext(model=model, adapter=adapter, calibration=calibration, sparsity=args.sparsity,
-                                 method=METHODS["2ssp"].spec(), device=device, progress=log.progress("2ssp")))
-    own = perplexity(model, adapter, evaluation, device).perplexity
-    log(f"2ssp {args.sparsity}: twossp perplexity {own:.4f}, attention removed {sorted(outcome.removed_attention)}")
+    model, tokenizer, _, evaluation, own = pruned_2ssp(args, log, args.sparsity)
     export = folder / "export"
     saved = save_pruned(model, tokenizer, export)
     log(f"exported: {saved.layout}, {saved.blocks} blocks, {saved.attention_blocks} with attention")

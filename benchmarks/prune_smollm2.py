@@ -163,6 +163,41 @@ def read_texts(data_dir: Path) -> tuple[str, str]:
     return calibration, wiki.read_text(encoding="utf-8").replace("\r", "")
 
 
+def window_arguments(p: argparse.ArgumentParser) -> None:
+    """The reference data and window options of the export benchmarks (8 windows of 512 tokens)."""
+    p.add_argument("--data-dir", type=Path, default=os.environ.get("TWOSSP_BENCH_DATA"),
+                   help=f"folder with the reference data ({C4_FILE}, {WIKITEXT_FILE}); env TWOSSP_BENCH_DATA")
+    p.add_argument("--seq-len", type=int, default=512, help="calibration and evaluation window length L")
+    p.add_argument("--num-calibration", type=int, default=8, help="C4 calibration windows for stage 1")
+    p.add_argument("--eval-windows", type=int, default=8, help="WikiText-2 windows evaluated")
+
+
+def pruned_2ssp(args: argparse.Namespace, log: "Log", sparsity: float) -> tuple[Any, Any, Any, torch.Tensor, float]:
+    """SmolLM2 (fp32, CPU, 2 threads) pruned with 2SSP at ``sparsity`` on ``args``' C4 windows: the
+    pruned model, its tokenizer, its adapter, the WikiText-2 windows and twossp's perplexity on them."""
+    from twossp.evaluate.perplexity import make_windows, perplexity
+    from twossp.families import adapter_for
+    from twossp.prune import PruneContext, prune
+    from twossp.runtime.loading import load_model
+    from twossp.spec import ModelSpec
+
+    if args.data_dir is None:
+        fail("give the reference data folder with --data-dir (or TWOSSP_BENCH_DATA)")
+    calibration_text, evaluation_text = read_texts(args.data_dir)
+    torch.set_num_threads(2)
+    device = torch.device("cpu")
+    model, tokenizer = load_model(ModelSpec(builtin="smollm2-135m-instruct"), torch.float32, device)
+    adapter = adapter_for(model.config)
+    calibration = make_windows(tokenize(tokenizer, calibration_text), args.seq_len, args.num_calibration)
+    evaluation = make_windows(tokenize(tokenizer, evaluation_text), args.seq_len, args.eval_windows)
+    outcome = prune(PruneContext(model=model, adapter=adapter, calibration=calibration, sparsity=sparsity,
+                                 method=REGISTRY["2ssp"].spec(), device=device, progress=log.progress(f"2ssp {sparsity}")))
+    own = perplexity(model, adapter, evaluation, device).perplexity
+    log(f"2ssp {sparsity}: twossp perplexity {own:.4f}, attention removed {sorted(outcome.removed_attention)}, "
+        f"FFN width {model.config.intermediate_size}")
+    return model, tokenizer, adapter, evaluation, own
+
+
 def git_revision() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -24,6 +24,7 @@ from torch import nn
 from twossp.errors import CheckpointError, ExportUnsupported
 from twossp.families import adapter_for
 from twossp.families.base import FamilyAdapter
+from twossp.placement import blocks_prefix
 from twossp.prune.slicegpt import CONFIG_KEY, READS_ATTENTION, READS_MLP, WRITES_ATTENTION, WRITES_MLP
 from twossp.prune.slicegpt import RMSNormalize, SlicedDecoderLayer, child_name, stream_linears
 from twossp.serve.hf import NAS_MODEL_TYPE, PORTABLE, RECORD_KEY, STOCK, HfCheckpoint, folder_size
@@ -103,9 +104,9 @@ def _load_stock(directory: Path, config: Any, dtype: torch.dtype | None) -> nn.M
     adapter = adapter_for(config)
     removed = list(getattr(config, REMOVED_KEY, None) or [])
     removed_ffn = list(getattr(config, REMOVED_FFN_KEY, None) or [])
-    layer_prefix = _layer_prefix(model, adapter)
-    removable = {f"{layer_prefix}.{i}.{attr}." for i in removed for attr in adapter.attention_parts}
-    removable |= {f"{layer_prefix}.{i}.{attr}." for i in removed_ffn for attr in adapter.ffn_parts}
+    prefix = blocks_prefix(model, adapter)
+    removable = {f"{prefix}{i}.{attr}." for i in removed for attr in adapter.attention_parts}
+    removable |= {f"{prefix}{i}.{attr}." for i in removed_ffn for attr in adapter.ffn_parts}
     for i in removed:
         adapter.remove_attention(model, i)
     for i in removed_ffn:
@@ -217,11 +218,6 @@ def _forget_layout(config: Any) -> None:
     """The config of the model in memory, not of the file it came from."""
     if hasattr(config, RECORD_KEY):
         delattr(config, RECORD_KEY)
-
-
-def _layer_prefix(model: nn.Module, adapter: FamilyAdapter) -> str:
-    layers = adapter.layers(model)
-    return next(name for name, module in model.named_modules() if module is layers)
 
 
 # --- SliceGPT checkpoints: rotations and shortcut matrices, rebuilt from config.twossp_slicegpt ----

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from twossp.contracts import SLICEGPT_CONFIG_KEY
 from twossp.errors import ExportUnsupported
 
 #: the formats of a Hugging Face export: portable (plain or Nemotron-NAS) and stock (zero-filled)
@@ -47,7 +49,6 @@ FFN_MULTIPLE = 256
 NAS_FAMILIES = ("LlamaForCausalLM", "MistralForCausalLM")
 #: the most bytes of tensors in one safetensors shard
 SHARD_BYTES = 5 * 2**30
-SLICEGPT_KEY = "twossp_slicegpt"
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
@@ -61,7 +62,7 @@ def refusal(config: Any, save_format: str, pruned: bool = True) -> str | None:
     written as ``save_format``, naming what to use instead; None when it can. ``pruned`` False: the
     model's blocks are known to stay whole (a plain checkpoint), which every family can be."""
     arch = (_get(config, "architectures", None) or ["?"])[0]
-    if _get(config, SLICEGPT_KEY, None):  # saved in twossp's own layout (``checkpoint.save_sliced``)
+    if _get(config, SLICEGPT_CONFIG_KEY, None):  # saved in twossp's own layout (``checkpoint.save_sliced``)
         return ("a SliceGPT model has no stock architecture; use `--format safetensors` (twossp's own SliceGPT "
                 "checkpoint, loaded with twossp.load_pruned)") if save_format == STOCK else None
     if save_format == STOCK or not pruned:
@@ -172,11 +173,13 @@ def folder_size(folder: Path) -> int:
 
 def _plan(model: Any, adapter: Any, layout: str) -> _Planned:
     """The file's tensors, block by block (see the module docstring for the rules of each layout)."""
+    from twossp.placement import blocks_prefix
+
     layers = adapter.layers(model)
-    prefix = _layer_prefix(model, layers)
+    prefix = blocks_prefix(model, adapter)  # "model.layers."
     planned = _Planned()
     for name, tensor in model.state_dict().items():
-        if not name.startswith(prefix + "."):
+        if not name.startswith(prefix):
             planned.tensors[name] = _of(tensor)
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     if head is not None and head.weight is embedding.weight:  # tied: the embedding is the head
@@ -219,7 +222,7 @@ def _plan(model: Any, adapter: Any, layout: str) -> _Planned:
         missed = sorted(set(own) - set(tensors))
         if missed:  # every weight the pruned block owns goes into the file
             raise ExportUnsupported(f"block {i}: twossp cannot place {missed[:3]} in a checkpoint")
-        planned.tensors |= {f"{prefix}.{n}.{k}": v for k, v in sorted(tensors.items())}
+        planned.tensors |= {f"{prefix}{n}.{k}": v for k, v in sorted(tensors.items())}
         planned.dense_blocks.append(i)
         planned.ffn_widths.append(width)
         planned.written_widths.append(target or 0)
@@ -228,10 +231,6 @@ def _plan(model: Any, adapter: Any, layout: str) -> _Planned:
                                                        kv_heads, target))
         planned.live_attention += has_attention
     return planned
-
-
-def _layer_prefix(model: Any, layers: Any) -> str:
-    return next(name for name, module in model.named_modules() if module is layers)
 
 
 def _part_of(name: str, attrs: tuple[str, ...]) -> bool:
@@ -322,16 +321,14 @@ def _config(model: Any, layout: str, planned: _Planned) -> dict[str, Any]:
 
 def _with_rope_keys(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with RoPE also in the top-level keys older readers look at (SGLang reads
-    ``rope_theta``, llama.cpp ``rope_scaling``) and the dtype under both of its names."""
+    ``rope_theta``, llama.cpp ``rope_scaling``) and the dtype under its older name too."""
     from twossp.serve.gguf import rope_settings
 
     rope = rope_settings(config)
     config = {**config, "rope_theta": rope["rope_theta"]}
     if rope["rope_type"] != "default":
         config["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-    dtype = config.get("dtype") or config.get("torch_dtype")
-    if dtype:
-        config["dtype"] = config["torch_dtype"] = dtype
+    config["torch_dtype"] = config["dtype"]  # set by ``_config``; older readers take this name
     return config
 
 
@@ -370,7 +367,7 @@ def _write_tensors(planned: _Planned, folder: Path) -> None:
     size = 0
     total = 0
     for name, (shape, dtype, _) in planned.tensors.items():
-        nbytes = _numel(shape) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if shards[-1] and size + nbytes > SHARD_BYTES:
             shards.append([])
             size = 0
@@ -385,10 +382,3 @@ def _write_tensors(planned: _Planned, folder: Path) -> None:
         index = {"metadata": {"total_size": total},
                  "weight_map": {name: file for file, shard in zip(names, shards) for name in shard}}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
