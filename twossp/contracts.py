@@ -218,6 +218,23 @@ class PruneOutcome:
         return record
 
 
+@dataclass(frozen=True)
+class RecoveryStep:
+    """One optimiser step of a recovery (``twossp.recover``): the loss it minimised and its parts,
+    the learning rate it stepped with, the gradient norm before clipping, and the tokens and seconds
+    of training so far; at the evaluation steps, the held-out perplexity after the step."""
+
+    step: int                       # 1, 2, ...
+    loss: float                     # the mean over the step's tokens of what was minimised
+    kd_loss: float | None           # its forward-KL part (None: not distilling)
+    ce_loss: float | None           # the student's next-token cross-entropy (measured either way)
+    lr: float
+    grad_norm: float | None         # before clipping; None when not finite or not measured
+    tokens: int                     # training tokens seen up to and including this step
+    seconds: float                  # training wall time up to the end of this step
+    heldout_perplexity: float | None = None
+
+
 @dataclass
 class RunResult:
     """One finished run as plain data, cheap to pickle across Ray; the driver turns it into rows."""
@@ -248,6 +265,8 @@ class RunResult:
     memory: list[tuple[str, str, str, int]] = field(default_factory=list)
     #: what ``save_to:`` wrote, one ``exports`` row each (``runtime.export.export_row``)
     exports: list[dict[str, Any]] = field(default_factory=list)
+    #: a recovered run's loss curve, one entry per optimiser step (``recovery_steps`` rows)
+    recovery: list["RecoveryStep"] = field(default_factory=list)
 
     @classmethod
     def failure(cls, key: str, error: str) -> "RunResult":

@@ -19,7 +19,7 @@ from twossp.contracts import BlockCounts
 from twossp.errors import BudgetError, DataUnavailable
 from twossp.fingerprint import fingerprint_file
 from twossp.methods import SHARED_STEPS, method_of
-from twossp.spec import AnyMethod, EvaluationSpec, ModelSpec, RuntimeSpec, SweepSpec, TaskSpec, TextSource
+from twossp.spec import AnyMethod, EvaluationSpec, ModelSpec, RecoverySpec, RuntimeSpec, SweepSpec, TaskSpec, TextSource
 from twossp.spec import source_key
 from twossp.strict import Strict
 from twossp.tasks import locate
@@ -113,6 +113,9 @@ class RunSpec(_Keyed):
     #: prompt, frozen like ``weights``, so editing the file while a sweep runs changes neither the key
     #: nor what is asked; None: read when needed (a spec built by hand).
     prompts: FrozenPrompts | None = None
+    #: how the pruned model is healed before evaluation; None: it is evaluated as pruned. A recovered
+    #: run starts from its pruning run's model (``pruning_run``) rather than pruning again.
+    recovery: RecoverySpec | None = None
 
     def evaluation_identity(self) -> dict[str, Any]:
         """What determines how a run is evaluated, and nothing else: the order datasets and tasks are
@@ -152,7 +155,14 @@ class RunSpec(_Keyed):
         }
         if self.calibration:
             ident["calibration"] = {**self.calibration.model_dump(), "source": source_key(self.calibration.source)}
+        if self.recovery:
+            ident["recovery"] = self.recovery.identity()
         return ident
+
+    @property
+    def pruning_run(self) -> "RunSpec":
+        """The run whose pruned model this one starts from: itself without recovery."""
+        return self.model_copy(update={"recovery": None})
 
     @cached_property
     def evaluation_key(self) -> str:
@@ -166,6 +176,8 @@ class RunSpec(_Keyed):
         if self.calibration:
             parts.append(f"n={self.calibration.samples}")
             parts.append(f"seed={self.calibration.seed}")
+        if self.recovery:
+            parts.append(f"+{self.recovery.label}")
         return " ".join(parts)
 
     def generation_prompts(self) -> list[str]:
@@ -203,26 +215,31 @@ def plan_task_data(evaluation: EvaluationSpec) -> dict[str, Any]:
     return {t.name: task_data_identity(t, evaluation.task_data) for t in evaluation.tasks}
 
 
-def grid(spec: SweepSpec) -> list[tuple[ModelSpec, AnyMethod, float | None, CalibrationRun | None]]:
+Cell = tuple[ModelSpec, AnyMethod, "float | None", "CalibrationRun | None", "RecoverySpec | None"]
+
+
+def grid(spec: SweepSpec) -> list[Cell]:
     """The grid's cells in plan order, without their identities (nothing is read): per model, one
-    cell for a method that does not prune (dense), else one per sparsity x calibration size x seed."""
-    cells: list[tuple[ModelSpec, AnyMethod, float | None, CalibrationRun | None]] = []
+    cell for a method that does not prune (dense), else one per sparsity x calibration size x seed x
+    recovery, the unrecovered cell first and always (it is the recovered cells' starting point)."""
+    recoveries = [None, *(r for r in spec.recovery if r is not None)]
+    cells: list[Cell] = []
     for model in spec.models:
         for method in spec.methods:
             if not method_of(method).prunes:
-                cells.append((model, method, None, None))
+                cells.append((model, method, None, None, None))
                 continue
             for sparsity in spec.sparsities:
                 for samples in spec.calibration.samples:
                     for seed in spec.seeds:
-                        cells.append((model, method, sparsity, CalibrationRun(
-                            source=spec.calibration.source, samples=samples, seq_len=spec.calibration.seq_len,
-                            seed=seed)))
+                        calibration = CalibrationRun(source=spec.calibration.source, samples=samples,
+                                                     seq_len=spec.calibration.seq_len, seed=seed)
+                        cells += [(model, method, sparsity, calibration, recovery) for recovery in recoveries]
     return cells
 
 
 def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
-    """Expand the grid. The dense run takes no sparsity, calibration or seed: one per model."""
+    """Expand the grid. The dense run takes no sparsity, calibration, seed or recovery: one per model."""
     evaluation = spec.evaluation.model_copy(update={"seq_len": spec.eval_seq_len})
     task_data = plan_task_data(evaluation) if evaluation.tasks else None
     prompts = frozen_prompts(evaluation)
@@ -230,13 +247,12 @@ def plan_sweep(spec: SweepSpec) -> list[RunSpec]:
     runs: list[RunSpec] = []
     save = ({"save_to": spec.save_to.path, "save_format": spec.save_to.format, "save_type": spec.save_to.type or "f16"}
             if spec.save_to else {})
-    for model, method, sparsity, calibration in grid(spec):
+    for model, method, sparsity, calibration, recovery in grid(spec):
         if id(model) not in identities:
             identities[id(model)] = model.identity
         runs.append(RunSpec(sweep=spec.name, model=model, method=method, evaluation=evaluation, runtime=spec.runtime,
                             **save, weights=identities[id(model)], task_data=task_data, prompts=prompts,
-                            sparsity=sparsity,
-                            calibration=calibration))
+                            sparsity=sparsity, calibration=calibration, recovery=recovery))
     return runs
 
 
@@ -288,7 +304,7 @@ def plan_shared(runs: list[RunSpec]) -> SharedPlan:
     groups: dict[str, tuple[StepSpec, list[RunSpec]]] = {}
     for run in runs:
         kind = method_of(run.method).shared
-        if kind is None or run.calibration is None or run.sparsity is None:
+        if kind is None or run.calibration is None or run.sparsity is None or run.recovery:
             continue
         step = StepSpec(kind=kind, model=run.model, weights=run.weights, runtime=run.runtime,
                         calibration=run.calibration, params=SHARED_STEPS[kind].params(run.method))
@@ -302,6 +318,25 @@ def plan_shared(runs: list[RunSpec]) -> SharedPlan:
                                                       "sparsity": max(run.sparsity for run in members)}})
         plan.steps[step.key] = step
         plan.needs.update({run.key: step.key for run in members})
+    return plan
+
+
+#: The step a recovered run takes: its pruning run's pruned model, as the layer masks the database
+#: holds (never computed as a step: the pruning run is a run of the grid, done before it).
+PRUNED_MODEL = "pruned model"
+
+
+def plan_starts(runs: list[RunSpec]) -> SharedPlan:
+    """Each recovered run's starting point: a ``PRUNED_MODEL`` step per pruning run, which every
+    recovery setting of it takes (the driver reads its masks from the database)."""
+    plan = SharedPlan()
+    for run in runs:
+        if run.recovery is None or run.calibration is None:
+            continue
+        step = StepSpec(kind=PRUNED_MODEL, model=run.model, weights=run.weights, runtime=run.runtime,
+                        calibration=run.calibration, params={"run": run.pruning_run.key})
+        plan.steps.setdefault(step.key, step)
+        plan.needs[run.key] = step.key
     return plan
 
 
@@ -351,5 +386,5 @@ def estimate_work(runs: list[RunSpec], shared: SharedPlan, counts: dict[str, Blo
     return estimate
 
 
-__all__ = ["CalibrationRun", "FrozenPrompts", "RunSpec", "SharedPlan", "StepSpec", "WorkEstimate", "estimate_work",
-           "frozen_prompts", "grid", "plan_shared", "plan_sweep", "plan_task_data", "task_data_identity"]
+__all__ = ["PRUNED_MODEL", "CalibrationRun", "Cell", "FrozenPrompts", "RunSpec", "SharedPlan", "StepSpec", "WorkEstimate", "estimate_work",
+           "frozen_prompts", "grid", "plan_shared", "plan_starts", "plan_sweep", "plan_task_data", "task_data_identity"]

@@ -13,8 +13,9 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload
 
-from twossp.contracts import (DOWNSTREAM_ACC_MEAN, SPEED_DECODE_TOKENS_PER_SECOND, SPEED_PREFILL_SECONDS, RunResult,
-                              RunStatus, StepResult)
+from twossp.contracts import (DOWNSTREAM_ACC_MEAN, SPEED_DECODE_TOKENS_PER_SECOND, SPEED_PREFILL_SECONDS, LayerMask,
+                              RunResult, RunStatus, StepResult)
+from twossp.errors import last_line
 from twossp.db.models import (Export, ExportScore, Generation, LayerMaskRow, Run, RunMemory, Score, SharedStepRow,
                               Sweep, Timing, utcnow)
 from twossp.plan import RunSpec, StepSpec
@@ -213,6 +214,26 @@ def shared_results(session: Session, keys: Iterable[str]) -> dict[str, StepResul
                                 calibration_sha256=row.calibration_sha256, timings=row.timings or {},
                                 host=row.host, device=row.device, versions=row.versions or {}, stored=True)
             for row in rows}
+
+
+def pruned_models(session: Session, steps: dict[str, StepSpec]) -> dict[str, StepResult]:
+    """The starting points of recovered runs (``plan.plan_starts``), read back as ``StepResult``: per
+    step, its pruning run's layer masks (payload ``{"run": key, "masks": [LayerMask, ...]}``), or a
+    failure saying why there are none (the pruning run failed, or is not stored)."""
+    keys = {step.params["run"] for step in steps.values()}
+    rows = {row.key: row for row in session.scalars(select(Run).where(Run.key.in_(list(keys))))}
+    results = {}
+    for key, step in steps.items():
+        run = rows.get(step.params["run"])
+        if run is not None and run.status == RunStatus.COMPLETED:
+            masks = [LayerMask(m.layer, m.attention_kept, m.ffn_width, m.ffn_mask) for m in run.layer_masks]
+            results[key] = StepResult(key=key, kind=step.kind, status=RunStatus.COMPLETED,
+                                      payload={"run": run.key, "masks": masks}, stored=True)
+            continue
+        why = (f"its pruning run {step.params['run']} is not stored" if run is None else
+               f"its pruning run {run.key} is {run.status.value}" + (f": {last_line(run.error, '?')}" if run.error else ""))
+        results[key] = StepResult(key=key, kind=step.kind, status=RunStatus.FAILED, error=why, stored=True)
+    return results
 
 
 def add_export(session: Session, key: str, save_format: str, path: str, size_bytes: int, *,

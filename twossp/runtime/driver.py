@@ -9,6 +9,9 @@ executed by one driver at a time; while it runs, a background thread refreshes i
 is a process of this machine that no longer exists is claimed at once. Runs another live driver
 holds are waited for: a sweep ends with every run completed or failed, or says which are not.
 
+Runs that heal a pruned model (``recovery:``) go after every other run: each starts from its pruning
+run's model, rebuilt from the masks the database holds, so the pruning is never repeated.
+
 Work several of the runs to do share (``plan.plan_shared``; off with ``runtime.share: false``) is
 handed to the executor with them: the steps kept in the database are read back and not computed
 again; each step computed now is kept as it finishes, before the runs that took it are stored.
@@ -32,7 +35,7 @@ from twossp.db import store
 from twossp.db.models import utcnow
 from twossp.db.database import Database
 from twossp.errors import SweepCancelled, last_line
-from twossp.plan import RunSpec, StepSpec, plan_shared, plan_sweep
+from twossp.plan import RunSpec, StepSpec, plan_shared, plan_starts, plan_sweep
 from twossp.runtime.executors import Executor, SharedWork
 from twossp.spec import SweepSpec
 
@@ -165,12 +168,14 @@ class SweepDriver:
         beat.start()
         try:
             self.fail_unplaceable(candidates)
+            pruning = [r for r in candidates if r.recovery is None]
+            recovered = [r for r in candidates if r.recovery is not None]
             if self.share:
-                self.shared = self.plan_shared([r for r in candidates if r.key not in self.unplaceable])
-            waiting = self.execute(candidates)
-            while waiting:  # held by live drivers: theirs to finish, or ours once they die
-                time.sleep(self.poll_every)
-                waiting = self.execute(waiting)
+                self.shared = self.plan_shared([r for r in pruning if r.key not in self.unplaceable])
+            self.execute_all(pruning)
+            if recovered:  # once every pruning run is stored: each recovered run starts from its model
+                self.shared = self.start_points(recovered)
+                self.execute_all(recovered)
         except KeyboardInterrupt:
             if beat.cancelled:
                 raise SweepCancelled(f"sweep {self.spec.name!r} was cancelled") from None
@@ -182,6 +187,20 @@ class SweepDriver:
                 with self.db.session() as session:
                     store.release(session, self.owner, self.held)
         return self.outcome
+
+    def execute_all(self, runs: list[RunSpec]) -> None:
+        waiting = self.execute(runs)
+        while waiting:  # held by live drivers: theirs to finish, or ours once they die
+            time.sleep(self.poll_every)
+            waiting = self.execute(waiting)
+
+    def start_points(self, runs: list[RunSpec]) -> SharedWork:
+        """The pruned models the recovered runs start from: their pruning runs' masks, read from the
+        database (stored by this sweep or an earlier one), or why there are none."""
+        plan = plan_starts(runs)
+        with self.db.session() as session:
+            done = store.pruned_models(session, plan.steps)
+        return SharedWork(plan, done=done)
 
     def plan_shared(self, runs: list[RunSpec]) -> SharedWork:
         """The shared steps of the runs to do, those the database keeps read back."""

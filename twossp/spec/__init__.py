@@ -25,7 +25,9 @@ from twossp.spec.schema import (
     EvaluationSpec,
     FileSource,
     GenerateSpec,
+    LoraSpec,
     ModelSpec,
+    RecoverySpec,
     RuntimeSpec,
     SaveSpec,
     SpeedSpec,
@@ -41,6 +43,6 @@ from twossp.spec.yaml_file import MAX_DEPTH, MAX_NODES
 
 __all__ = [
     "BUILTIN_MODELS", "MAX_DEPTH", "MAX_NODES", "NAMED_SOURCES", "AnyMethod", "CalibrationSpec", "EvaluationSpec",
-    "FileSource", "GenerateSpec", "ModelSpec", "RuntimeSpec", "SaveSpec", "SpeedSpec", "SweepSpec", "TaskSpec",
+    "FileSource", "GenerateSpec", "LoraSpec", "ModelSpec", "RecoverySpec", "RuntimeSpec", "SaveSpec", "SpeedSpec", "SweepSpec", "TaskSpec",
     "TextSource", "load_sweep", "parse_sweep", "source_identity", "source_key", "source_label",
 ]

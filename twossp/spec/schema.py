@@ -453,6 +453,105 @@ class SaveSpec(Strict):
         return self
 
 
+class LoraSpec(Strict):
+    """LoRA adapters (peft) on the pruned model's live linear layers, merged into them at the end."""
+
+    rank: int = Field(default=8, ge=1, le=4096)
+    alpha: float = Field(default=16.0, gt=0, le=1e6)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    #: the layers' own names (``q_proj``, ``down_proj``, ...); default: every linear layer the pruned
+    #: blocks still have. The LM head and embeddings are never adapted.
+    targets: list[NonEmpty] | None = Field(default=None, min_length=1)
+
+
+class RecoverySpec(Strict):
+    """How a pruned model is healed before it is evaluated (``twossp.recover``): ``loss: kd`` (forward
+    KL to the dense model's next-token distribution at ``temperature``, mixed with the next-token
+    loss by ``ce_weight``) or ``loss: ce`` (the next-token loss alone); every weight trained
+    (``tune: full``) or LoRA adapters (``tune: lora``); ``steps`` optimiser steps of
+    ``batch_size`` x ``accumulation`` windows of ``seq_len`` tokens from ``data`` (shuffled by
+    ``seed``), AdamW at ``lr`` with ``warmup`` steps then ``schedule``. With ``eval_every``, the
+    held-out perplexity on ``eval_windows`` windows of ``data`` kept out of training is measured every
+    so many steps and, with ``keep_best``, the best step's weights are the ones evaluated."""
+
+    #: the label results show (not in the run key); default: from the loss and tuning
+    name: NonEmpty | None = None
+    loss: Literal["kd", "ce"] = "kd"
+    temperature: float = Field(default=1.0, gt=0, le=100)
+    ce_weight: float = Field(default=0.0, ge=0, le=1)
+    tune: Literal["full", "lora"] = "full"
+    lora: LoraSpec | None = None
+    steps: int = Field(default=100, ge=1, le=MAX_INT)
+    lr: float = Field(default=1e-4, gt=0, le=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup: int = Field(default=0, ge=0, le=MAX_INT)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0, le=1e6)
+    batch_size: int = Field(default=4, ge=1, le=4096)
+    seq_len: int = Field(default=256, ge=8, le=MAX_INT)
+    accumulation: int = Field(default=1, ge=1, le=4096)
+    data: TextSource = "c4-train"
+    seed: int = Field(default=0, ge=0, le=MAX_INT)
+    eval_every: int | None = Field(default=None, ge=1, le=MAX_INT)
+    eval_windows: int = Field(default=8, ge=1, le=MAX_INT)
+    keep_best: bool = True
+
+    @model_validator(mode="after")
+    def _settings_fit_together(self) -> "RecoverySpec":
+        problems = []
+        if self.loss == "ce" and self.ce_weight:
+            problems.append("`ce_weight` mixes the next-token loss into distillation: it needs `loss: kd`")
+        if self.loss == "ce" and self.temperature != 1.0:
+            problems.append("`temperature` softens the dense model's distribution: it needs `loss: kd`")
+        if self.lora is not None and self.tune != "lora":
+            problems.append("`lora:` settings need `tune: lora`")
+        if self.warmup >= self.steps:
+            problems.append(f"`warmup` ({self.warmup}) must be fewer steps than `steps` ({self.steps})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def adapters(self) -> LoraSpec:
+        """The LoRA settings (the defaults when ``lora:`` is absent)."""
+        return self.lora or LoraSpec()
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        tune = f"lora-r{self.adapters.rank}" if self.tune == "lora" else "full"
+        return f"{self.loss}-{tune}"
+
+    def identity(self) -> dict[str, Any]:
+        """What enters a recovered run's key: every setting but the label, the text as read."""
+        ident = self.model_dump(exclude={"name", "data", "lora"})
+        ident["data"] = source_key(self.data)
+        if self.tune == "lora":
+            ident["lora"] = self.adapters.model_dump()
+        return ident
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens over every step."""
+        return self.steps * self.accumulation * self.batch_size * self.seq_len
+
+
+#: ``recovery:`` entries that mean "no recovery" (the pruned model as it is)
+NO_RECOVERY = ("none",)
+
+
+def _recovery_shorthand(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and value in NO_RECOVERY):
+        return None
+    if isinstance(value, str):
+        if value not in ("kd", "ce"):
+            raise ValueError(f"unknown recovery {show(value)}{did_you_mean(value, ('none', 'kd', 'ce'))}; give "
+                             "`none`, `kd`, `ce` or a mapping of recovery settings")
+        return {"loss": value}
+    return value
+
+
 def _save_shorthand(value: Any) -> Any:
     if isinstance(value, str) and not value.strip():
         raise ValueError("`save_to` is empty")
@@ -474,6 +573,11 @@ class SweepSpec(Strict):
     #: Where and how every pruned model is saved (``save_to: DIR`` or ``save_to: {path, format,
     #: type}``). Not part of the run key: saving changes no number.
     save_to: Annotated[SaveSpec | None, BeforeValidator(_save_shorthand)] = None
+    #: How each pruned model is healed before evaluation: ``none`` and recovery settings, a grid
+    #: axis like ``sparsities`` (``RecoverySpec``). The unrecovered run is always planned: it is the
+    #: "before" of every recovered run, which starts from its pruned model instead of pruning again.
+    recovery: list[Annotated[RecoverySpec | None, BeforeValidator(_recovery_shorthand)]] = \
+        Field(default_factory=lambda: [None], min_length=1)
 
     @property
     def eval_seq_len(self) -> int:
