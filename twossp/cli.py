@@ -204,8 +204,9 @@ def _runs_table(name: str, runs: list[Any], statuses: dict[str, str], report: An
     from twossp.methods import method_of
 
     table = Table(title=Text(f"sweep {name}: {len(runs)} runs"))
-    for col in ("key", "model", "method", "sparsity", "calib", "seed", "will remove", "layer forwards", "shares",
-                "memory", "in database"):
+    recovering = any(run.recovery for run in runs)
+    for col in ("key", "model", "method", "sparsity", "calib", "seed", *(("recovery",) if recovering else ()),
+                "will remove", "layer forwards", "shares", "memory", "in database"):
         table.add_column(col)
     colours = {"completed": "green", "failed": "red", "new": "cyan"}
     for run in runs:
@@ -215,6 +216,7 @@ def _runs_table(name: str, runs: list[Any], statuses: dict[str, str], report: An
                       f"{run.sparsity:g}" if run.sparsity is not None else "-",
                       str(run.calibration.samples) if run.calibration else "-",
                       str(run.calibration.seed) if run.calibration else "-",
+                      *((run.recovery.label if run.recovery else "-",) if recovering else ()),
                       Text(report.previews.get(run.key, "?")),
                       f"{sum(forwards):,}" if forwards is not None else
                       ("-" if method_of(run.method).work is None else "?"),

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +29,18 @@ def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> Any:
+    """The context training forwards run in: mixed precision in ``dtype`` where it is not float32
+    (bf16 on a GPU; the weights being trained stay float32), else nothing."""
+    import contextlib
+
+    import torch
+
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def batch_size(device: torch.device, setting: int | str = "auto") -> int:

@@ -75,6 +75,11 @@ class SharedStepFailed(TwosspError):
     """The shared step a run needs failed: the run fails with its error."""
 
 
+class RecoveryFailed(TwosspError):
+    """A pruned model cannot be healed as asked (too little text, a LoRA target it does not have, a
+    loss that stopped being finite); the message says what to change."""
+
+
 class PlacementError(TwosspError):
     """A model's blocks cannot be placed as asked (streamed from a checkpoint that lacks a tensor,
     a block edited outside ``Placement.resident``)."""

@@ -4,7 +4,7 @@ the placement a run takes given its devices' free memory.
 
 A run's peak on one device is
 
-    overhead + weights + max(max(walk, states) + candidates, evaluation)
+    overhead + weights + max(max(walk, states) + candidates, evaluation, training)
 
 - ``overhead``: what a device holds before any tensor (``RUNTIME_OVERHEAD``: the CUDA context on
   a GPU; ``HOST_OVERHEAD``: the interpreter, its libraries and the allocator's slack when the host
@@ -26,7 +26,11 @@ A run's peak on one device is
   ``evaluation.seq_len``, logits a chunk at a time), lm-eval tasks (``batch_size`` sequences of at
   most ``evaluation.seq_len`` tokens with their whole logits), the speed test (its tokens, KV cache).
 
-Pruning and evaluation happen one after the other, so their workspaces are not added. The formulas
+- ``training``: a recovered run's training (``training_bytes``): the dense teacher, for full tuning
+  float32 weights with gradients and AdamW's moments, and every block's activations of a micro-batch
+  kept for the backward pass.
+
+Pruning, training and evaluation happen one after the other, so their workspaces are not added. The formulas
 are deliberately conservative (the dense weights throughout, an attention score matrix as the math
 path materialises it, three copies of the search's states): they say what is sure to fit, and the
 worker measures the real peaks (``RunResult.memory``).
@@ -113,6 +117,12 @@ class MemoryInputs:
     task_batch: int       # the largest lm-eval batch_size (0: no tasks)
     speed_tokens: int     # prompt + new tokens of the speed test (0: none)
     overhead: int = RUNTIME_OVERHEAD  # what the device holds before any tensor (the host: ``HOST_OVERHEAD``)
+    #: a recovered run's training (0 length: none): windows per micro-batch and their length, whether
+    #: the dense model is kept as a teacher, and whether every weight is trained (``tune: full``)
+    train_batch: int = 0
+    train_len: int = 0
+    teacher: bool = False
+    full_tuning: bool = False
 
     @property
     def dtype_bytes(self) -> int:
@@ -124,7 +134,8 @@ def memory_inputs(config: dict[str, Any], counts: BlockCounts, run: RunSpec, dev
     of it). Raises ``KeyError``/``TypeError`` for an incomplete config."""
     shape, entry = ModelShape.of(config, counts), method_of(run.method)
     batch = run.runtime.batch if isinstance(run.runtime.batch, int) else AUTO_BATCH.get(device_type, 1)
-    samples = run.calibration.samples if run.calibration else 0
+    samples = run.calibration.samples if run.calibration and not run.recovery else 0  # a recovered run does not prune
+    recovery = run.recovery
     states = entry.states(run.method, samples, shape.layers) if entry.states and samples else 0
     one = entry.states(run.method, 1, shape.layers) if entry.states and samples else 0
     evaluation, speed = run.evaluation, run.evaluation.speed
@@ -138,7 +149,9 @@ def memory_inputs(config: dict[str, Any], counts: BlockCounts, run: RunSpec, dev
         eval_batch=batch if evaluation.perplexity else 0,
         task_batch=max((task.batch_size for task in evaluation.tasks), default=0),
         overhead=HOST_OVERHEAD if device_type == "cpu" else RUNTIME_OVERHEAD,
-        speed_tokens=speed.prompt_tokens + speed.new_tokens if speed else 0)
+        speed_tokens=speed.prompt_tokens + speed.new_tokens if speed else 0,
+        train_batch=recovery.batch_size if recovery else 0, train_len=recovery.seq_len if recovery else 0,
+        teacher=bool(recovery and recovery.loss == "kd"), full_tuning=bool(recovery and recovery.tune == "full"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,6 +198,21 @@ def evaluation_bytes(inputs: MemoryInputs) -> int:
     return max(perplexity, tasks, speed)
 
 
+def training_bytes(inputs: MemoryInputs) -> int:
+    """A recovery (``twossp.recover``; 0 for a run without one), counted on the dense model's size as
+    an upper bound of the pruned one's: the dense teacher (distillation), for full tuning the float32
+    copy of every weight with its gradient and AdamW's two moments (LoRA's adapters are a few per
+    cent: not counted), every block's activations kept for the backward pass, and one chunk of the
+    student's and the teacher's logits."""
+    if not inputs.train_len:
+        return 0
+    m, size = inputs.model, inputs.dtype_bytes
+    teacher = m.params * size if inputs.teacher else 0
+    trained = m.params * (4 - size + 4 + 8) if inputs.full_tuning else 0
+    activations = m.layers * block_workspace(inputs, inputs.train_batch, inputs.train_len)
+    return teacher + trained + activations + 2 * logits_chunk(inputs, inputs.train_batch * inputs.train_len)
+
+
 def states_bytes(inputs: MemoryInputs, states: int | None = None) -> int:
     """Bytes of ``states`` (default: the kept ones) hidden states of the calibration length."""
     count = inputs.states if states is None else states
@@ -201,14 +229,16 @@ class DeviceMemory:
     evaluation: int
     walk: int = 0
     overhead: int = RUNTIME_OVERHEAD
+    training: int = 0
 
     @property
     def peak(self) -> int:
-        return self.overhead + self.weights + max(max(self.walk, self.states) + self.candidates, self.evaluation)
+        return self.overhead + self.weights + max(max(self.walk, self.states) + self.candidates, self.evaluation,
+                                                  self.training)
 
     def describe(self) -> str:
         parts = (("weights", self.weights), ("walk", self.walk), ("states", self.states), ("candidates", self.candidates),
-                 ("evaluation", self.evaluation), ("overhead", self.overhead))
+                 ("evaluation", self.evaluation), ("training", self.training), ("overhead", self.overhead))
         return ", ".join(f"{name} {gib(value)}" for name, value in parts if value)
 
 
@@ -223,7 +253,8 @@ def device_memory(inputs: MemoryInputs, placement: str, devices: int = 1,
     states wait in host memory."""
     m, size = inputs.model, inputs.dtype_bytes
     work = {"candidates": candidates_bytes(inputs), "evaluation": evaluation_bytes(inputs),
-            "walk": states_bytes(inputs, inputs.walked), "overhead": inputs.overhead}
+            "walk": states_bytes(inputs, inputs.walked), "overhead": inputs.overhead,
+            "training": training_bytes(inputs)}
     states = states_bytes(inputs)
     if placement == "single":
         return [DeviceMemory(m.params * size, states, **work)]

@@ -358,6 +358,8 @@ class WorkEstimate:
 
 
 def _work(run: RunSpec, counts: dict[str, BlockCounts], sparsity: float | None = None) -> tuple[int, int] | None:
+    if run.recovery:  # it starts from its pruning run's model
+        return 0, 0
     work, model_counts = method_of(run.method).work, counts.get(run.model.label)
     if work is None or model_counts is None:
         return None

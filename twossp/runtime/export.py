@@ -49,12 +49,19 @@ def model_source(model: Any) -> str:
 
 
 def provenance(spec: RunSpec, key: str, masks: list[LayerMask], achieved: float | None,
-               scores: list[tuple[str, str, float]], versions: dict[str, Any] | None) -> Provenance:
-    model = spec.model
+               scores: list[tuple[str, str, float]], versions: dict[str, Any] | None,
+               recovered: dict[str, Any] | None = None) -> Provenance:
+    """What a run's export says of it; ``recovered``: a recovered run's record (``details["recovery"]``)."""
+    from twossp.spec import source_label
+
+    model, recovery = spec.model, None
+    if spec.recovery:
+        recovery = {**spec.recovery.model_dump(exclude={"data"}), "data": source_label(spec.recovery.data),
+                    "record": recovered or {}}
     return Provenance(run_key=key, model=model.label, source=model_source(model),
                       method=spec.method.model_dump(), target_sparsity=spec.sparsity, achieved_sparsity=achieved,
                       masks=masks, scores=list(scores), versions=dict(versions or {}), base_model=model.hub,
-                      license=base_license(model))
+                      license=base_license(model), recovery=recovery)
 
 
 def base_license(model: Any) -> str | None:
@@ -94,6 +101,10 @@ def find_run(db: Any, key: str) -> StoredRun:
                 f"run {run.key} was computed from other weights than {spec.model.label} holds now "
                 f"({model_source(spec.model)}): its masks would be applied to weights "
                 "they were not chosen for; run the sweep again to prune the current weights")
+        if spec.recovery:
+            raise CheckpointError(f"run {run.key} is a recovered run: its weights were trained, and the database "
+                                  "holds its masks, not its weights; a recovered model is saved while it runs, with "
+                                  "`save_to: DIR` in the sweep")
         refusal = method_of(spec.method).export_refusal
         if refusal:
             raise CheckpointError(f"run {run.key} is a {spec.method.name} run: {refusal}")

@@ -2,7 +2,8 @@
 the database (the driver alone writes) and runs with or without Ray.
 
 A run is five steps, each timed by one stopwatch: load -> calibrate -> prune -> evaluate -> save
-(the dense run skips calibrate and prune; save happens when the sweep has ``save_to:``). A shared
+(the dense run skips calibrate and prune; save happens when the sweep has ``save_to:``). A recovered
+run is load -> rebuild its pruning run's model from its masks -> recover -> evaluate -> save. A shared
 step (``execute_step``) is load -> calibrate -> its computation; the runs it feeds check that their
 calibration windows are the ones it read before they take its result.
 """
@@ -287,6 +288,7 @@ class _Run(_Loaded):
     shared: StepResult | None = None
     outcome: Any = None
     first_window: Any = None  # the first perplexity window: what the speed measurement reads
+    start_masks: Any = None   # a recovered run's: the masks of the pruning run it starts from
 
     def execute(self) -> None:
         self.begin()
@@ -296,7 +298,9 @@ class _Run(_Loaded):
         self.check_tasks()
         try:
             self.load()
-            if method_of(self.spec.method).prunes:
+            if self.spec.recovery:
+                self.recover(self.start_from_pruning_run())
+            elif method_of(self.spec.method).prunes:
                 self.prune(self.calibrate())
             self.record_structure()
             self.evaluate()
@@ -334,6 +338,46 @@ class _Run(_Loaded):
             self.result.details["shared_step"] = record
         self.clock.skip()
 
+    def start_from_pruning_run(self) -> Any:
+        """The pruning run's model, rebuilt from the dense weights and its masks (the shared step
+        ``plan.PRUNED_MODEL``); returns the dense model, the teacher of a distillation (else None)."""
+        import copy
+
+        from twossp.errors import RecoveryFailed
+        from twossp.prune.masks import apply_masks
+
+        if self.shared is None:
+            raise RecoveryFailed("a recovered run starts from its pruning run's model, and none was given")
+        if self.placement.describe() != "single":
+            raise RecoveryFailed(f"recovery trains the whole model on one device, and this run's blocks are placed "
+                                 f"{self.placement.describe()!r}; give the run a device that holds the dense and the "
+                                 "pruned model (`runtime.placement: single`)")
+        self.track("rebuild", 0, 1)
+        teacher = copy.deepcopy(self.model) if self.spec.recovery.loss == "kd" else None
+        self.start_masks = self.shared.payload["masks"]
+        apply_masks(self.model, self.adapter, self.start_masks)
+        self.result.details["recovered_from"] = self.shared.payload["run"]
+        self.clock.lap("rebuild")
+        return teacher
+
+    def recover(self, teacher: Any) -> None:
+        """Heal the pruned model (``twossp.recover``) on the recovery text; its curve and record stored."""
+        from twossp.data.tokens import token_stream
+        from twossp.device import torch_dtype
+        from twossp.recover import recover
+
+        spec = self.spec.recovery
+        self.track("recovery", 0, spec.steps)
+        tokens = token_stream(self.tokenizer, spec.data, spec.seed)
+        outcome = recover(self.model, teacher, self.adapter, tokens, spec, self.device,
+                          torch_dtype(self.spec.runtime.dtype), self.track)
+        self.model = outcome.model
+        self.result.recovery = outcome.curve
+        self.result.details["recovery"] = {"from": self.shared.payload["run"], "label": spec.label,
+                                           "loss": spec.loss, "tune": spec.tune, "steps": spec.steps,
+                                           "data": source_label(spec.data), **outcome.details()}
+        self.clock.lap("recovery")
+
     def take_shared(self) -> tuple[Any, dict[str, Any] | None]:
         """The shared step's result if it was computed on this run's calibration windows (else the run
         computes its own, and says why), and what the run records of it."""
@@ -353,8 +397,11 @@ class _Run(_Loaded):
         pruned = self.adapter.block_counts(self.model)
         self.result.params_pruned = pruned.layer_params
         self.result.achieved_sparsity = 1 - pruned.layer_params / self.dense.layer_params
-        self.result.masks = (self.outcome.masks(self.dense.num_layers, self.dense.intermediate_size) if self.outcome
-                             else layer_masks(self.dense.num_layers, self.dense.intermediate_size, None, []))
+        if self.outcome:
+            self.result.masks = self.outcome.masks(self.dense.num_layers, self.dense.intermediate_size)
+        else:
+            self.result.masks = self.start_masks or layer_masks(self.dense.num_layers, self.dense.intermediate_size,
+                                                                None, [])
 
     def evaluate(self) -> None:
         """Perplexity per dataset, then what else the sweep asks for: lm-eval tasks, speed, generations."""
@@ -438,7 +485,8 @@ class _Run(_Loaded):
         import torch
 
         self.placement.gather(torch.device("cpu"))  # a streamed model is written whole, from the host
-        origin = provenance(spec, spec.key, result.masks, result.achieved_sparsity, result.scores, result.versions)
+        origin = provenance(spec, spec.key, result.masks, result.achieved_sparsity, result.scores, result.versions,
+                            result.details.get("recovery"))
         saved = save_model(self.model, self.tokenizer, Path(spec.save_to) / spec.key, spec.save_format,
                            spec.save_type, origin)
         result.details["saved_to"] = str(saved.directory)

@@ -36,6 +36,8 @@ class Provenance:
     versions: dict[str, Any] = field(default_factory=dict)             # of the run
     base_model: str | None = None           # the dense model's hub id, where it came from the hub
     license: str | None = None              # the dense model's license, where its card says
+    #: how the pruned model was healed (``RecoverySpec`` settings and the run's record); None: it was not
+    recovery: dict[str, Any] | None = None
 
     @property
     def method_name(self) -> str:
@@ -80,6 +82,8 @@ def metadata(provenance: Provenance) -> dict[str, Any]:
         "twossp.ffn_kept": p.ffn_kept(),
         "twossp.scores": json.dumps([list(s) for s in p.scores]),
     }
+    if p.recovery:
+        keys["twossp.recovery"] = json.dumps(p.recovery, sort_keys=True)
     if p.target_sparsity is not None:
         keys["twossp.target_sparsity"] = float(p.target_sparsity)
     if p.achieved_sparsity is not None:
@@ -111,7 +115,7 @@ def render_card(provenance: Provenance, written: Any, engine: dict[str, Any] | N
     hf = isinstance(written, HfCheckpoint)
     introduction, how_written, use_it = (_hf_introduction, _hf_how_written, _hf_use_it) if hf else \
         (_introduction, _how_written, _use_it)
-    lines = [*front_matter(p, written), *introduction(p, written), *_pruned(p, written), *_scores(p),
+    lines = [*front_matter(p, written), *introduction(p, written), *_pruned(p, written), *_recovered(p), *_scores(p),
              *_engine_figures(engine)]
     if p.removed_blocks() and written.rewrites:
         lines += ["Below, blocks are numbered as in the pruned model, whose whole blocks removed are gone.", ""]
@@ -223,6 +227,29 @@ def _pruned(p: Provenance, written: Any) -> list[str]:
         "Blocks are numbered as in the dense model.",
         "",
     ]
+
+
+def _recovered(p: Provenance) -> list[str]:
+    """"How it was recovered": the training after pruning, whose weights the file holds."""
+    r = p.recovery
+    if not r:
+        return []
+    objective = (f"distillation from the dense model (forward KL at temperature {r['temperature']:g}"
+                 + (f", mixed with the next-token loss at weight {r['ce_weight']:g}" if r.get("ce_weight") else "")
+                 + ")") if r["loss"] == "kd" else "the next-token loss"
+    lora = r.get("lora") or {}
+    tuned = (f"LoRA adapters (rank {lora.get('rank', 8)}, alpha {lora.get('alpha', 16):g}) on the pruned model's "
+             "linear layers, merged into their weights" if r["tune"] == "lora" else "every weight")
+    rows = [("objective", objective), ("trained", tuned), ("text", f"{r['data']} (seed {r['seed']})"),
+            ("steps", f"{r['steps']:,} of {r['batch_size']} x {r['accumulation']} windows of {r['seq_len']} tokens"),
+            ("optimiser", f"AdamW, lr {r['lr']:g}, {r['warmup']} warm-up steps then {r['schedule']}")]
+    done = r.get("record") or {}
+    if done.get("tokens"):
+        rows.append(("tokens seen", f"{done['tokens']:,} in {done.get('seconds', 0):,.0f} s"))
+    if done.get("best_step") is not None:
+        rows.append(("weights kept", f"step {done['best_step']} (lowest held-out perplexity)"))
+    return ["## How it was recovered", "", "After pruning, the model was trained as follows; the file holds the "
+            "trained weights.", "", "| | |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows], ""]
 
 
 def _scores(p: Provenance) -> list[str]:

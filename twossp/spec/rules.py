@@ -10,6 +10,7 @@ None), each on the valid parts it reads, in the same round as the type errors.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -183,6 +184,72 @@ def evaluation_text_is_held_out(sweep: SweepFile) -> Iterator[SpecProblem]:
                                 "evaluation text is the calibration text; they must not overlap")
 
 
+def _recoveries(sweep: SweepFile) -> list[tuple[int, Any]]:
+    """(index, settings) of the valid ``recovery:`` entries that recover (not ``none``)."""
+    return _valid(getattr(sweep.spec, "recovery", None))
+
+
+def _at(sweep: SweepFile, loc: tuple[Any, ...], field: str) -> tuple[Any, ...]:
+    """``loc`` + ``field`` where the file spells the field out, else ``loc`` (a default or shorthand)."""
+    node: Located | None = sweep.tree
+    for part in loc:
+        node = node.children.get(part) if node is not None else None
+    return (*loc, field) if node is not None and field in node.children else loc
+
+
+def recovery_text_is_held_out(sweep: SweepFile) -> Iterator[SpecProblem]:
+    """A pruned model is never healed on the text it is evaluated on: training on the evaluation text
+    would beat the dense model and mean nothing."""
+    evaluated = {source_identity(s): source_label(s) for _, s in _valid(sweep.datasets)}
+    for i, recovery in _recoveries(sweep):
+        label = evaluated.get(source_identity(recovery.data))
+        if label is not None:
+            yield sweep.problem(_at(sweep, ("recovery", i), "data"),
+                                f"recovery text is the evaluation text {label!r}: healing on it would flatter the "
+                                "recovered model; recover on other text (`data:`)")
+
+
+def recovery_labels_are_distinct(sweep: SweepFile) -> Iterator[SpecProblem]:
+    """Each recovery once, under a label of its own: results are shown under it."""
+    seen: dict[str, int] = {}
+    settings: dict[str, int] = {}
+    for i, recovery in _recoveries(sweep):
+        same = json.dumps(recovery.identity(), sort_keys=True)
+        if same in settings:
+            yield sweep.problem(("recovery", i), f"duplicate recovery (same settings as recovery[{settings[same]}])")
+        elif recovery.label in seen:
+            yield sweep.problem(("recovery", i), f"recovery label {recovery.label!r} is already used by "
+                                f"recovery[{seen[recovery.label]}]; give one of them a distinct `name:`")
+        seen.setdefault(recovery.label, i)
+        settings.setdefault(same, i)
+
+
+def recovery_has_a_pruned_model(sweep: SweepFile) -> Iterator[SpecProblem]:
+    """Recovery heals a pruned model, rebuilt from its pruning run's stored masks: a sweep with only
+    the dense method has none, and a method whose models are not masks (SliceGPT) cannot be rebuilt."""
+    recoveries = _recoveries(sweep)
+    if not recoveries:
+        return
+    methods, listed = sweep.methods, sweep.spec.methods
+    if listed is not None and len(methods) == len(listed) and methods and not sweep.pruning:
+        yield sweep.problem(("recovery",), "recovery given but only the dense method is listed: there is no pruned "
+                            "model to recover")
+    for i, method in methods:
+        if method_of(method).prunes and method_of(method).export_refusal:
+            yield sweep.problem(("methods", i), f"{method.name} runs cannot be recovered: a recovered run rebuilds "
+                                "its pruning run's model from the layer masks the database holds, and "
+                                f"{method.name}'s model is not its masks (its rotations are not stored); list it "
+                                "in a sweep without `recovery:`")
+
+
+def recovery_runs_on_one_device(sweep: SweepFile) -> Iterator[SpecProblem]:
+    """Recovery trains the whole model (and the dense teacher) on one device."""
+    placement = getattr(sweep.spec.runtime, "placement", None) if sweep.spec.runtime is not None else None
+    if _recoveries(sweep) and placement in ("split", "stream"):
+        yield sweep.problem(("runtime", "placement"), f"recovery trains the whole model on one device, not placed "
+                            f"`{placement}`; use `placement: single` or `auto`")
+
+
 def evaluation_datasets_are_distinct(sweep: SweepFile) -> Iterator[SpecProblem]:
     """Each perplexity dataset once: results are stored and shown under its label."""
     labels = [source_label(s) for _, s in _valid(sweep.datasets)]
@@ -297,9 +364,10 @@ def model_files_exist(sweep: SweepFile) -> Iterator[SpecProblem]:
 
 @_reads_files
 def text_files_exist(sweep: SweepFile) -> Iterator[SpecProblem]:
-    """Local calibration and evaluation text (``{path: FILE}``) exists, before any run starts."""
+    """Local calibration, evaluation and recovery text (``{path: FILE}``) exists, before any run starts."""
     sources = [(("calibration", "source"), sweep.calibration_source)]
     sources += [(("evaluation", "perplexity", i), s) for i, s in _valid(sweep.datasets)]
+    sources += [(("recovery", i, "data"), r.data) for i, r in _recoveries(sweep)]
     for loc, source in sources:
         if isinstance(source, FileSource):
             why = _missing_file(source.path, "text")
@@ -310,7 +378,9 @@ def text_files_exist(sweep: SweepFile) -> Iterator[SpecProblem]:
 #: Every rule, in the order their problems are reported (``finished`` then sorts them by line).
 RULES: tuple[Rule, ...] = (
     models_are_distinct, methods_are_distinct, values_are_distinct, pruning_has_sparsities,
-    sparsities_have_a_pruning_method, evaluation_text_is_held_out, evaluation_datasets_are_distinct,
+    sparsities_have_a_pruning_method, evaluation_text_is_held_out, recovery_text_is_held_out,
+    recovery_labels_are_distinct, recovery_has_a_pruned_model, recovery_runs_on_one_device,
+    evaluation_datasets_are_distinct,
     something_to_evaluate, tasks_are_listed_once, task_data_folder_exists, task_files_are_found,
     prompts_file_exists, calibration_has_enough_windows, model_files_exist, text_files_exist,
 )
