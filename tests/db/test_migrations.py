@@ -19,8 +19,8 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from twossp.contracts import RunStatus
-from twossp.db.models import (Base, Export, ExportScore, Generation, LayerMaskRow, Run, RunMemory, Score,
-                              SharedStepRow, Sweep, Timing)
+from twossp.db.models import (Base, Export, ExportScore, Generation, LayerMaskRow, RecoveryStepRow, Run, RunMemory,
+                              Score, SharedStepRow, Sweep, Timing)
 from twossp.db.database import Database
 from twossp.db.engines import make_engine
 from twossp.db.versioning import alembic_config, current_revision, head_revision
@@ -28,11 +28,12 @@ from twossp.plan import plan_sweep
 from twossp.spec import parse_sweep
 
 TABLES = {"sweeps", "runs", "scores", "timings", "layer_masks", "generations", "exports", "export_scores",
-          "shared_steps", "run_memory"}
+          "shared_steps", "run_memory", "recovery_steps"}
 SINCE_0006 = {"exports", "export_scores"}
 SINCE_0007 = {"shared_steps"}
 SINCE_0008 = {"run_memory"}
-BEFORE_0004 = TABLES - {"generations"} - SINCE_0006 - SINCE_0007 - SINCE_0008
+SINCE_0009 = {"recovery_steps"}
+BEFORE_0004 = TABLES - {"generations"} - SINCE_0006 - SINCE_0007 - SINCE_0008 - SINCE_0009
 
 
 def tables_of(url: str) -> set[str]:
@@ -60,7 +61,7 @@ def insert_one_of_each(url: str) -> None:
                       started_at=datetime.now(timezone.utc), finished_at=datetime.now(timezone.utc),
                       params_dense=100, params_pruned=75, spec={"sweep": "roundtrip"},
                       versions={"twossp": "0"}, details={"budget": {"ffn_keep": 96}}, shared_step="s" * 16,
-                      placement="split 2x cuda")
+                      placement="split 2x cuda", recovery="kd-full")
             run.scores = [Score(dataset="eval.txt", metric="perplexity", value=12.5)]
             run.timings = [Timing(phase="load", seconds=0.1)]
             run.layer_masks = [LayerMaskRow(layer=0, attention_kept=False, ffn_kept=8, ffn_width=8,
@@ -68,6 +69,8 @@ def insert_one_of_each(url: str) -> None:
             run.generations = [Generation(position=0, prompt="The river", output=" crossed", new_tokens=2)]
             run.memory = [RunMemory(phase="stage 1", device="cuda:1", metric="peak_cuda_allocated_bytes",
                                     bytes=80 * 2**30)]  # above 2**31: a BIGINT
+            run.recovery_steps = [RecoveryStepRow(step=1, loss=2.5, kd_loss=2.5, ce_loss=None, lr=1e-4, grad_norm=None,
+                                                  tokens=3 * 2**31, seconds=1.5, heldout_perplexity=21.5)]
             run.exports = [Export(format="gguf", tensor_type="q8_0", architecture="deci", path="/tmp/m.gguf",
                                   size_bytes=10, sha256="0" * 64, engine="llama-cpp-python 0.3.36",
                                   scores=[ExportScore(dataset="eval.txt", metric="perplexity", value=12.6)])]
@@ -83,6 +86,9 @@ def insert_one_of_each(url: str) -> None:
             assert [(g.position, g.output, g.new_tokens) for g in stored.generations] == [(0, " crossed", 2)]
             assert stored.placement == "split 2x cuda"
             assert [(m.phase, m.device, m.bytes) for m in stored.memory] == [("stage 1", "cuda:1", 80 * 2**30)]
+            assert stored.recovery == "kd-full"
+            assert [(s.step, s.loss, s.ce_loss, s.tokens, s.heldout_perplexity) for s in stored.recovery_steps] == [
+                (1, 2.5, None, 3 * 2**31, 21.5)]
 
 
 def counts(url: str, tables: set[str] = TABLES) -> dict[str, int]:
@@ -120,7 +126,7 @@ def insert_status(url: str, status: str, key: str = "raw") -> None:
 
 
 def test_head_revision(db_url: str) -> None:
-    assert head_revision(db_url) == "0008"
+    assert head_revision(db_url) == "0009"
 
 
 def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:
@@ -133,14 +139,25 @@ def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:
     assert with_data == {t: 1 for t in TABLES}
     assert set(check_constraints(db_url)) == {"ck_runs_status"}
 
+    # 0009 down and up: the loss curves go with their table and the recovery labels with their column,
+    # and come back empty
+    command.downgrade(cfg, "0008")
+    assert not SINCE_0009 & tables_of(db_url)
+    assert "recovery" not in {c["name"] for c in inspect(make_engine(db_url)).get_columns("runs")}
+    assert counts(db_url, TABLES - SINCE_0009) == {t: 1 for t in TABLES - SINCE_0009}
+    command.upgrade(cfg, "head")
+    assert counts(db_url) == {**with_data, "recovery_steps": 0}
+    with Database(db_url, create=False) as db, db.session() as session:
+        assert session.scalar(select(Run.recovery)) is None
+
     # 0008 down and up: the memory rows go with their table and the placement with its column, and
     # come back empty
     command.downgrade(cfg, "0007")
     assert not SINCE_0008 & tables_of(db_url)
     assert "placement" not in {c["name"] for c in inspect(make_engine(db_url)).get_columns("runs")}
-    assert counts(db_url, TABLES - SINCE_0008) == {t: 1 for t in TABLES - SINCE_0008}
+    assert counts(db_url, TABLES - SINCE_0008 - SINCE_0009) == {t: 1 for t in TABLES - SINCE_0008 - SINCE_0009}
     command.upgrade(cfg, "head")
-    assert counts(db_url) == {**with_data, "run_memory": 0}
+    assert counts(db_url) == {**with_data, "run_memory": 0, "recovery_steps": 0}
     with Database(db_url, create=False) as db, db.session() as session:
         assert session.scalar(select(Run.placement)) is None
 
@@ -149,13 +166,13 @@ def test_upgrade_downgrade_upgrade_round_trip_with_data(db_url: str) -> None:
     assert not SINCE_0007 & tables_of(db_url)
     assert "shared_step" not in {c["name"] for c in inspect(make_engine(db_url)).get_columns("runs")}
     command.upgrade(cfg, "head")
-    assert counts(db_url) == {**with_data, "shared_steps": 0, "run_memory": 0}
+    assert counts(db_url) == {**with_data, "shared_steps": 0, "run_memory": 0, "recovery_steps": 0}
 
     # 0006 down and up: the exports go with their tables, and come back as empty ones
     command.downgrade(cfg, "0005")
     assert not SINCE_0006 & tables_of(db_url)
     command.upgrade(cfg, "head")
-    emptied = {"exports": 0, "export_scores": 0, "shared_steps": 0, "run_memory": 0}
+    emptied = {"exports": 0, "export_scores": 0, "shared_steps": 0, "run_memory": 0, "recovery_steps": 0}
     assert counts(db_url) == {**with_data, **emptied}
 
     # 0004 down and up: the generations go with their table, and come back as an empty one
@@ -249,7 +266,7 @@ def test_upgrade_to_0006_adds_exports_that_belong_to_their_run(db_url: str) -> N
         engine.dispose()
     assert left == [("kept.gguf", 12.0)]
     command.downgrade(cfg, "0005")
-    assert tables_of(db_url) & TABLES == TABLES - SINCE_0006 - SINCE_0007 - SINCE_0008
+    assert tables_of(db_url) & TABLES == TABLES - SINCE_0006 - SINCE_0007 - SINCE_0008 - SINCE_0009
     assert counts(db_url, {"runs"}) == {"runs": 1}
 
 
@@ -280,7 +297,40 @@ def test_upgrade_to_0008_adds_memory_rows_that_belong_to_their_run(db_url: str) 
         engine.dispose()
     assert left == [("kept", "cuda:0", 70 * 2**30), ("kept", "cuda:1", 5)]
     command.downgrade(cfg, "0007")
-    assert tables_of(db_url) & TABLES == TABLES - SINCE_0008
+    assert tables_of(db_url) & TABLES == TABLES - SINCE_0008 - SINCE_0009
+    assert counts(db_url, {"runs"}) == {"runs": 1}
+
+
+def test_upgrade_to_0009_adds_loss_curves_that_belong_to_their_run(db_url: str) -> None:
+    """0009 on a database with runs: they stay, none recovered (``runs.recovery`` NULL); a step row
+    holds more than 2**31 tokens and a NULL loss (one that diverged), is unique per (run, step) and
+    is deleted with its run; the downgrade drops only the new table and column."""
+    cfg = alembic_config(db_url)
+    command.upgrade(cfg, "0008")
+    insert_status(db_url, "completed", key="kept")
+    insert_status(db_url, "completed", key="deleted")
+    command.upgrade(cfg, "0009")
+    engine = make_engine(db_url)
+    add = text("INSERT INTO recovery_steps (run_id, step, loss, lr, tokens, seconds) "
+               "SELECT id, :step, :loss, 0.0001, :tokens, 1.5 FROM runs")
+    try:
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT recovery FROM runs")).scalars().all() == [None, None]
+            conn.execute(text("UPDATE runs SET recovery = 'kd-full'"))
+            conn.execute(add, [{"step": 1, "loss": 2.5, "tokens": 3 * 2**31}, {"step": 2, "loss": None, "tokens": 5}])
+        with pytest.raises(IntegrityError):
+            with engine.begin() as conn:
+                conn.execute(add, {"step": 2, "loss": 1.0, "tokens": 6})
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM runs WHERE key = 'deleted'"))
+            left = conn.execute(text("SELECT r.key, r.recovery, s.step, s.loss, s.tokens FROM recovery_steps s "
+                                     "JOIN runs r ON r.id = s.run_id ORDER BY s.step")).tuples().all()
+    finally:
+        engine.dispose()
+    assert left == [("kept", "kd-full", 1, 2.5, 3 * 2**31), ("kept", "kd-full", 2, None, 5)]
+    command.downgrade(cfg, "0008")
+    assert tables_of(db_url) & TABLES == TABLES - SINCE_0009
+    assert "recovery" not in {c["name"] for c in inspect(make_engine(db_url)).get_columns("runs")}
     assert counts(db_url, {"runs"}) == {"runs": 1}
 
 

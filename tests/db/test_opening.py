@@ -195,17 +195,17 @@ def test_reading_an_existing_database(db_url: str) -> None:
     Database(db_url).close()  # a writing command creates it
     Database(db_url, create=False).close()
     assert database_exists(db_url)
-    assert describe_revision(db_url) == (f"{safe_url(db_url)}: schema 0008 (peak memory per phase and device, and where a run's blocks lived), "
-                                         f"up to date")
+    assert describe_revision(db_url) == (f"{safe_url(db_url)}: schema 0009 (recovery after pruning: a recovered "
+                                         "run's loss curve, and its recovery label), up to date")
 
 
 def test_an_outdated_schema_is_refused_with_the_upgrade_command(db_url: str) -> None:
     command.upgrade(alembic_config(db_url), "0002")
     for create in (True, False):  # neither a writing nor a reading command upgrades an existing schema
-        with pytest.raises(SchemaOutdated, match=rf"^database .* is at schema 0002, twossp needs 0008; "
+        with pytest.raises(SchemaOutdated, match=rf"^database .* is at schema 0002, twossp needs 0009; "
                                                  rf"run: twossp db upgrade --db '{re.escape(safe_url(db_url))}'$"):
             Database(db_url, create=create)
-    assert describe_revision(db_url).endswith(f"schema 0002, twossp needs 0008; run: twossp db upgrade --db "
+    assert describe_revision(db_url).endswith(f"schema 0002, twossp needs 0009; run: twossp db upgrade --db "
                                               f"'{safe_url(db_url)}'")
     upgrade(db_url)
     Database(db_url, create=False).close()

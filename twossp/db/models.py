@@ -6,6 +6,8 @@ from a run is an exports row, with what the serving engine measured on it in exp
 several runs share (a shared step) is a shared_steps row, its result kept for later sweeps; a run
 that took one names its key in ``runs.shared_step``. What a run measured of its memory (the peak per
 phase and device, and the plan's estimate) is in run_memory, where its blocks lived in ``runs.placement``.
+A recovered run (healed after pruning, starting from its pruning run's model) names its recovery's
+label in ``runs.recovery`` (NULL: not recovered) and keeps its loss curve in recovery_steps.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Run(Base):
     evaluation_key: Mapped[Optional[str]] = mapped_column(String(64))  # runs evaluated alike share it
     shared_step: Mapped[Optional[str]] = mapped_column(String(64), index=True)  # the shared step it took (0007)
     placement: Mapped[Optional[str]] = mapped_column(String(100))  # single | split 4x cuda | stream from disk (0008)
+    recovery: Mapped[Optional[str]] = mapped_column(String(200), index=True)  # kd-full, ...; NULL: not recovered (0009)
 
     sweep: Mapped[Sweep] = relationship(back_populates="runs")
     scores: Mapped[list["Score"]] = relationship(back_populates="run", cascade="all, delete-orphan")
@@ -100,6 +103,8 @@ class Run(Base):
                                                    order_by="Export.id")
     memory: Mapped[list["RunMemory"]] = relationship(back_populates="run", cascade="all, delete-orphan",
                                                      order_by="RunMemory.id")
+    recovery_steps: Mapped[list["RecoveryStepRow"]] = relationship(back_populates="run", cascade="all, delete-orphan",
+                                                                   order_by="RecoveryStepRow.step")
 
 
 class Score(Base):
@@ -144,6 +149,28 @@ class RunMemory(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
 
     run: Mapped[Run] = relationship(back_populates="memory")
+
+
+class RecoveryStepRow(Base):
+    """One optimiser step of a recovered run's training (schema 0009; ``contracts.RecoveryStep``):
+    its loss curve, read in step order."""
+
+    __tablename__ = "recovery_steps"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)                     # 1, 2, ...
+    loss: Mapped[Optional[float]] = mapped_column(Float)           # what the step minimised; NULL: not finite
+    kd_loss: Mapped[Optional[float]] = mapped_column(Float)        # its forward-KL part (NULL: not distilling)
+    ce_loss: Mapped[Optional[float]] = mapped_column(Float)        # the next-token cross-entropy
+    lr: Mapped[float] = mapped_column(Float)
+    grad_norm: Mapped[Optional[float]] = mapped_column(Float)      # before clipping
+    tokens: Mapped[int] = mapped_column(BigInteger)                # training tokens seen so far
+    seconds: Mapped[float] = mapped_column(Float)                  # training wall time so far
+    heldout_perplexity: Mapped[Optional[float]] = mapped_column(Float)  # at the evaluation steps
+
+    run: Mapped[Run] = relationship(back_populates="recovery_steps")
 
 
 class LayerMaskRow(Base):

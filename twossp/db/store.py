@@ -1,6 +1,6 @@
 """Writes and reads of the result database. Each result lands in one transaction: a run is either
 ``running`` or ``completed``/``failed`` with all its scores, timings, masks and generations (and, either
-way, the memory it measured)."""
+way, the memory it measured and a recovered run's loss curve)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from twossp.contracts import (DOWNSTREAM_ACC_MEAN, SPEED_DECODE_TOKENS_PER_SECOND, SPEED_PREFILL_SECONDS, LayerMask,
-                              RunResult, RunStatus, StepResult)
+                              RecoveryStep, RunResult, RunStatus, StepResult)
 from twossp.errors import last_line
-from twossp.db.models import (Export, ExportScore, Generation, LayerMaskRow, Run, RunMemory, Score, SharedStepRow,
-                              Sweep, Timing, utcnow)
+from twossp.db.models import (Export, ExportScore, Generation, LayerMaskRow, RecoveryStepRow, Run, RunMemory, Score,
+                              SharedStepRow, Sweep, Timing, utcnow)
 from twossp.plan import RunSpec, StepSpec
 from twossp.spec import SweepSpec
 
@@ -56,8 +56,9 @@ def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_fa
     """Atomically make ``run`` ``running`` under ``owner``, if nobody else may hold it: new, pending,
     failed (with ``rerun_failed``), or ``running`` with a heartbeat older than ``stale_before`` or an
     owner that ``owner_is_dead`` (its driver died). False when it is completed or held by a live
-    driver. What a previous attempt left (scores, timings, masks, generations, memory and placement)
-    is cleared in the same transaction.
+    driver. What a previous attempt left (scores, timings, masks, generations, memory and placement, a
+    loss curve) is cleared in the same transaction. A new row names its recovery's label (NULL: the
+    run is not recovered), which views group by.
     The run's ``evaluation_key`` is the plan's (``RunSpec.evaluation_key``): the one identity the run
     key also hashes."""
     now = utcnow()
@@ -72,6 +73,7 @@ def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_fa
             with session.begin_nested():
                 session.add(Run(key=run.key, model=run.model.label, method=run.method.name,
                                 target_sparsity=run.sparsity or 0.0, spec=run.model_dump(mode="json"),
+                                recovery=run.recovery.label if run.recovery else None,
                                 **{**values, "attempts": 1}))
             return True
         except IntegrityError:  # another driver inserted it between our read and our write
@@ -88,7 +90,7 @@ def claim(session: Session, sweep_id: int, run: RunSpec, owner: str, *, rerun_fa
                             .execution_options(synchronize_session=False))
     if taken.rowcount != 1:
         return False
-    for child in (Score, Timing, LayerMaskRow, Generation, RunMemory):
+    for child in (Score, Timing, LayerMaskRow, Generation, RunMemory, RecoveryStepRow):
         session.execute(delete(child).where(child.run_id == row_id))
     return True
 
@@ -160,6 +162,7 @@ def record(session: Session, run: RunSpec, result: RunResult, owner: str) -> Run
     row.shared_step = result.shared_step
     row.placement = result.placement
     row.memory = memory_rows(result.memory)  # a failed run's too: how far it got before running out, say
+    row.recovery_steps = recovery_rows(result.recovery)  # likewise: how far its training got before it failed
     if result.status == RunStatus.COMPLETED:
         row.scores = [Score(dataset=d, metric=m, value=v, tokens_sha256=result.token_hashes.get(d))
                       for d, m, v in result.scores]
@@ -181,6 +184,22 @@ def memory_rows(measured: Iterable[tuple[str, str, str, int]]) -> list[RunMemory
         peaks[key] = max(int(value), peaks.get(key, int(value)))
     return [RunMemory(phase=phase, device=device, metric=metric, bytes=value)
             for (phase, device, metric), value in peaks.items()]
+
+
+def recovery_rows(steps: Iterable[RecoveryStep]) -> list[RecoveryStepRow]:
+    """``RunResult.recovery`` (a recovered run's loss curve) as rows, one per optimiser step. A step
+    reported twice keeps its last report (the table holds one row per step). A loss that is not
+    finite (a training that diverged, and failed) is stored as NULL: SQLite has no NaN, and turns one
+    into a NULL that would then refuse the whole result."""
+    last = {step.step: step for step in steps}
+    return [RecoveryStepRow(step=s.step, loss=_finite(s.loss), kd_loss=_finite(s.kd_loss), ce_loss=_finite(s.ce_loss),
+                            lr=s.lr, grad_norm=_finite(s.grad_norm), tokens=s.tokens, seconds=s.seconds,
+                            heldout_perplexity=_finite(s.heldout_perplexity))
+            for s in sorted(last.values(), key=lambda s: s.step)]
+
+
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def add_shared_step(session: Session, step: StepSpec, result: StepResult) -> SharedStepRow | None:
@@ -270,13 +289,15 @@ Stat = tuple[float, float | None, int]
 @dataclass
 class BoardCell:
     """One leaderboard row: the completed runs of one (model, target sparsity, method, calibration
-    size, evaluation settings), seeds aggregated."""
+    size, evaluation settings, recovery), seeds aggregated. ``recovery``: the recovery's label, None
+    for runs that were not recovered (they are never averaged with recovered ones)."""
 
     model: str
     target_sparsity: float
     method: str
     calibration_samples: int | None
     evaluation_key: str | None
+    recovery: str | None
     runs: int
     achieved_sparsity: float | None                                # mean over the runs
     scores: dict[str, Stat] = field(default_factory=dict)          # dataset -> Stat of the board's metric
@@ -287,7 +308,8 @@ def leaderboard_cells(session: Session, sweep: str | None, metric: str) -> list[
     """Completed runs aggregated in the database (two GROUP BY queries over plain columns, no JSON
     and no ORM objects), so the leaderboard stays fast on tens of thousands of runs: per cell, its
     runs with their ``SUMMARIES`` rows, then the scores of ``metric`` per dataset."""
-    cell = (Run.model, Run.target_sparsity, Run.method, Run.calibration_samples, Run.evaluation_key)
+    cell = (Run.model, Run.target_sparsity, Run.method, Run.calibration_samples, Run.evaluation_key, Run.recovery)
+    width = len(cell)
 
     def scoped(query):  # noqa: ANN001, ANN202
         query = query.where(Run.status == RunStatus.COMPLETED)
@@ -304,12 +326,12 @@ def leaderboard_cells(session: Session, sweep: str | None, metric: str) -> list[
             score, and_(score.run_id == Run.id, score.dataset == dataset, score.metric == score_metric))
     cells = {}
     for row in session.execute(scoped(per_cell)):
-        found = BoardCell(*row[:5], runs=row[5], achieved_sparsity=row[6])
+        found = BoardCell(*row[:width], runs=row[width], achieved_sparsity=row[width + 1])
         for i, key in enumerate(SUMMARIES):
-            n, mean, squares = row[7 + 3 * i:10 + 3 * i]
+            n, mean, squares = row[width + 2 + 3 * i:width + 5 + 3 * i]
             if n:
                 found.summaries[key] = _stat(n, mean, squares)
-        cells[tuple(row[:5])] = found
+        cells[tuple(row[:width])] = found
     per_dataset = scoped(select(*cell, Score.dataset, *_moments(Score.value))
                          .join(Score, and_(Score.run_id == Run.id, Score.metric == metric))).group_by(Score.dataset)
     for *key, dataset, n, mean, squares in session.execute(per_dataset):
