@@ -15,6 +15,7 @@ FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 #: one marker per series, so series stay apart without colours (logs, monochrome print)
 _TERMINAL_MARKERS = ("●", "■", "▲", "◆", "+", "x", "*", "o")
 _FIGURE_MARKERS = ("o", "s", "^", "D", "P", "X", "*", "v")
+_FIGURE_MARKS_PER_LINE = 20
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,9 @@ def write_figure(frame: Frame, chart: Chart, path: str | Path) -> Path:
         axes = figure.subplots(1, max(len(drawn), 1), squeeze=False)[0]
         for ax, panel in zip(axes, drawn):
             for number, (name, (xs, ys)) in enumerate(panel.series.items()):
-                ax.plot(xs, ys, marker=_FIGURE_MARKERS[number % len(_FIGURE_MARKERS)], label=name)
+                # a long line (a loss curve of every step) keeps about 20 markers: enough to tell it apart
+                ax.plot(xs, ys, marker=_FIGURE_MARKERS[number % len(_FIGURE_MARKERS)], label=name,
+                        markevery=max(1, len(xs) // _FIGURE_MARKS_PER_LINE))
             if panel.log:
                 ax.set_yscale("log")
             ax.set_xlabel(_x_label(frame, chart))

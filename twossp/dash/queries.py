@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session, selectinload
 from twossp.contracts import (DOWNSTREAM_ACC_MEAN, REMOVAL_DETAIL_KEYS, SPEED_DECODE_TOKENS_PER_SECOND,
                               SPEED_PREFILL_SECONDS, RunStatus, removal_record)
 from twossp.dash.frame import STATE_STYLES, Column, Frame, Param
+from twossp.dash.recovery import (CURVE_COLUMNS, RECOVERY_COLUMNS, SUMMARY_COLUMNS, curve_frames, recovered_runs,
+                                  recovery_frames, run_recovery_frames)
 from twossp.db import store
 from twossp.db.models import Run, Score, Sweep
 from twossp.errors import ViewError, last_line
@@ -24,6 +26,8 @@ from twossp.registry import Registry
 
 SWEEP = Param(help="only runs of this sweep (its name)")
 MODEL = Param(help="only runs of this model (its label)")
+#: what the views show in their ``recovery`` column for a run that was not recovered after pruning
+NOT_RECOVERED = "none"
 
 
 @dataclass(frozen=True)
@@ -57,15 +61,19 @@ def _last_line(text: str | None, limit: int = 160) -> str | None:
 def leaderboard(session: Session, params: dict[str, Any]) -> list[Frame]:
     """Per model and target sparsity, methods side by side (seeds averaged per calibration size):
     ``metric`` per dataset and its relative change against ``baseline``; where stored, the mean
-    downstream accuracy (its change in points) and the prefill and decode speed-ups."""
+    downstream accuracy (its change in points) and the prefill and decode speed-ups. Where runs
+    were recovered after pruning, a ``recovery`` column names how (``none``: as pruned), and each
+    recovery is a section of its own: recovered and unrecovered runs are never averaged together."""
     metric, baseline_name, lower = params["metric"], params["baseline"], params["lower_is_better"]
     cells = [c for c in store.leaderboard_cells(session, params["sweep"], metric)
              if params["model"] in (None, c.model)]
     datasets = sorted({d for c in cells for d in c.scores})
-    baseline = {(c.model, c.evaluation_key): c for c in cells if c.method == baseline_name}
+    baseline = {(c.model, c.evaluation_key): c for c in cells if c.method == baseline_name and c.recovery is None}
+    recovered = any(c.recovery is not None for c in cells)
     summarised = {key for c in cells for key in c.summaries}
     better = "lower" if lower else "higher"
     columns = [Column("model"), Column("target", format=".3g"), Column("method"),
+               *([Column("recovery")] if recovered else []),
                Column("achieved", format=".3f"), Column("n", header="n"), Column("runs", hidden=True)]
     for ds in datasets:
         columns += [Column(ds, format=".2f", best=better, spread=f"{ds} sd"), Column(f"{ds} sd", hidden=True),
@@ -85,6 +93,8 @@ def leaderboard(session: Session, params: dict[str, Any]) -> list[Frame]:
         row: dict[str, Any] = {"model": cell.model, "target": cell.target_sparsity, "method": cell.method,
                                "achieved": cell.achieved_sparsity, "n": cell.calibration_samples,
                                "runs": cell.runs}
+        if recovered:
+            row["recovery"] = cell.recovery or NOT_RECOVERED
         for ds in datasets:
             value, sd, _ = cell.scores.get(ds, (None, None, 0))
             row[ds], row[f"{ds} sd"] = value, sd
@@ -99,14 +109,18 @@ def leaderboard(session: Session, params: dict[str, Any]) -> list[Frame]:
             row[f"{name} speed-up"] = _speedup(cell.summaries.get(key), base.summaries.get(key) if base else None,
                                                inverse=key == SPEED_PREFILL_SECONDS)
         rows.append(row)
-    rows.sort(key=lambda r: (r["model"], r["target"], r["method"] != baseline_name, r["method"], r["n"] or 0))
+    rows.sort(key=lambda r: (r["model"], r["target"], r.get("recovery", NOT_RECOVERED) != NOT_RECOVERED,
+                             r.get("recovery", NOT_RECOVERED), r["method"] != baseline_name, r["method"], r["n"] or 0))
     caption = (f"{metric} per dataset ({better} is better), mean over seeds (±sd); Δ: change against {baseline_name}; "
                "n: calibration samples; achieved: sparsity counted on the pruned model")
     if DOWNSTREAM_ACC_MEAN in summarised:
         caption += "; acc: mean downstream accuracy, its Δ in points"
     if speeds:
         caption += f"; {', '.join(n for n, _ in speeds)}: speed-up against {baseline_name}"
-    return [Frame("leaderboard", "", columns, rows, group_by=("model", "target"), caption=caption)]
+    if recovered:
+        caption += f"; recovery: how the pruned model was healed ({NOT_RECOVERED}: as pruned), a section each"
+    group_by = ("model", "target", "recovery") if recovered else ("model", "target")
+    return [Frame("leaderboard", "", columns, rows, group_by=group_by, caption=caption)]
 
 
 def _speedup(mine: tuple | None, theirs: tuple | None, *, inverse: bool) -> float | None:
@@ -157,6 +171,7 @@ def sweep_status(session: Session, params: dict[str, Any]) -> list[Frame]:
     if sweep is None:
         return [Frame("states", "no sweep in the database", [Column("state"), Column("runs")], [])]
     runs, planned = _sweep_runs(session, sweep)
+    recovered = any(run.recovery is not None for run in runs)
     now = datetime.now(timezone.utc)
     counts: dict[str, int] = defaultdict(int)
     rows = []
@@ -170,6 +185,8 @@ def sweep_status(session: Session, params: dict[str, Any]) -> list[Frame]:
                      "elapsed s": _seconds(run.started_at, now if running else run.finished_at),
                      "heartbeat s ago": _seconds(run.heartbeat_at, now) if running else None,
                      "error": _last_line(run.error) if run.status == RunStatus.FAILED else None})
+        if recovered:
+            rows[-1]["recovery"] = run.recovery or NOT_RECOVERED
     hidden = 0
     if params["limit"] and len(rows) > params["limit"]:  # every unfinished or failed run, then the latest completed
         completed = sorted((r for r in rows if r["state"] == RunStatus.COMPLETED),
@@ -190,9 +207,10 @@ def sweep_status(session: Session, params: dict[str, Any]) -> list[Frame]:
     return [
         Frame("states", title, [Column("state", colors=colors), Column("runs")], states),
         Frame("runs", f"runs of sweep {sweep.name}",
-              [Column("key"), Column("model"), Column("method"), Column("target", format=".3g"), Column("n"),
-               Column("seed"), Column("state", colors=colors), Column("attempts"), Column("started"),
-               Column("elapsed s", format=".1f"), Column("heartbeat s ago", format=".0f"), Column("error")], rows,
+              [Column("key"), Column("model"), Column("method"), Column("target", format=".3g"),
+               *([Column("recovery")] if recovered else []), Column("n"), Column("seed"),
+               Column("state", colors=colors), Column("attempts"), Column("started"), Column("elapsed s", format=".1f"),
+               Column("heartbeat s ago", format=".0f"), Column("error")], rows,
               caption=f"{hidden} earlier completed run(s) not listed (--param limit=0 lists every run)" if hidden else ""),
     ]
 
@@ -205,7 +223,8 @@ def find_run(session: Session, prefix: str) -> Run:
         raise ViewError("a run key (or a prefix of one) is needed")
     found = store.runs_with_prefix(session, prefix, 6, selectinload(Run.scores), selectinload(Run.timings),
                                    selectinload(Run.layer_masks), selectinload(Run.generations),
-                                   selectinload(Run.memory), selectinload(Run.sweep))
+                                   selectinload(Run.memory), selectinload(Run.recovery_steps),
+                                   selectinload(Run.sweep))
     if not found:
         raise ViewError(f"no run with a key starting {prefix!r} (twossp runs lists them)")
     if len(found) > 1:
@@ -264,8 +283,9 @@ def layer_map(run: Run) -> tuple[Frame, Frame]:
     return layers, removal
 
 
-#: details shown elsewhere in the run view (tasks and tokens with the scores, orders in the layer map)
-_SHOWN_ELSEWHERE = ("tasks", "evaluation_tokens", *REMOVAL_DETAIL_KEYS)
+#: details shown elsewhere in the run view (tasks and tokens with the scores, orders in the layer map, a
+#: recovered run's recovery in its own section)
+_SHOWN_ELSEWHERE = ("tasks", "evaluation_tokens", "recovery", "recovered_from", *REMOVAL_DETAIL_KEYS)
 
 
 def _details(run: Run) -> Frame:
@@ -293,7 +313,8 @@ def _details(run: Run) -> Frame:
 
 
 def run_detail(session: Session, params: dict[str, Any]) -> list[Frame]:
-    """A run's spec, provenance, timings, scores, layer map, removal order and generations."""
+    """A run's spec, provenance, timings, scores, layer map, removal order and generations; for a
+    recovered run, what it was recovered from and how, and its loss curve in a few rows."""
     run = find_run(session, params["key"])
     spec = run.spec or {}
     calibration = spec.get("calibration") or {}
@@ -301,6 +322,7 @@ def run_detail(session: Session, params: dict[str, Any]) -> list[Frame]:
     overview = _fields("run", f"run {run.key}", [
         ("key", run.key), ("sweep", run.sweep.name if run.sweep else None), ("model", run.model),
         ("method", run.method), ("options", _method_options(run)), ("target sparsity", run.target_sparsity),
+        ("recovery", run.recovery),
         ("achieved sparsity", run.achieved_sparsity),
         ("decoder parameters", f"{run.params_pruned:,} of {run.params_dense:,}"
          if run.params_pruned is not None and run.params_dense else None),
@@ -325,7 +347,7 @@ def run_detail(session: Session, params: dict[str, Any]) -> list[Frame]:
                    [{"dataset": s.dataset, "metric": s.metric, "value": s.value}
                     for s in sorted(run.scores, key=lambda s: (s.dataset, s.metric))])
     memory = [memory_frame(run)] if run.memory or run.placement else []
-    frames = [overview, provenance, _details(run), timings, *memory, scores]
+    frames = [overview, provenance, _details(run), *run_recovery_frames(run), timings, *memory, scores]
     if run.layer_masks:
         layers, removal = layer_map(run)
         frames += [layers] + ([removal] if removal.rows else [])
@@ -401,11 +423,12 @@ def _source(source: Any) -> str:
 def ablation(session: Session, params: dict[str, Any]) -> list[Frame]:
     """Mean ± sd over seeds of ``metric`` per (model, method and its options, target, calibration
     size, dataset, evaluation settings), with the mean downstream accuracy where stored: how much
-    calibration is enough."""
+    calibration is enough, for the pruned models as they are (recovered runs are left out: the
+    recovery view compares them)."""
     query = (select(Run.id, Run.model, Run.method, Run.spec, Run.target_sparsity, Run.calibration_samples, Run.seed,
                     Run.evaluation_key, Score.dataset, Score.metric, Score.value)
              .join(Score, Score.run_id == Run.id)
-             .where(Run.status == RunStatus.COMPLETED, Run.calibration_samples.is_not(None))
+             .where(Run.status == RunStatus.COMPLETED, Run.calibration_samples.is_not(None), Run.recovery.is_(None))
              .where((Score.metric == params["metric"]) | ((Score.dataset == DOWNSTREAM_ACC_MEAN[0]) &
                                                            (Score.metric == DOWNSTREAM_ACC_MEAN[1]))))
     if params["sweep"]:
@@ -476,6 +499,10 @@ def compare(session: Session, params: dict[str, Any]) -> list[Frame]:
                           for record in (removal_record(r.details) for r in runs)],
         "elapsed s": [_seconds(r.started_at, r.finished_at) for r in runs],
     }
+    if any(r.recovery is not None for r in runs):  # after the target, as the other views place it
+        items = list(what.items())
+        at = [name for name, _ in items].index("target") + 1
+        what = dict([*items[:at], ("recovery", [r.recovery or NOT_RECOVERED for r in runs]), *items[at:]])
     overview = side_by_side("runs", "runs side by side", [Column("field")],
                             [{"field": f, **dict(zip(names, v))} for f, v in what.items()], None)
     score_keys = sorted({(s.dataset, s.metric) for r in runs for s in r.scores})
@@ -490,20 +517,42 @@ def compare(session: Session, params: dict[str, Any]) -> list[Frame]:
     return [overview, scores, timings]
 
 
+# ------------------------------------------------------------------------------- recovery
+def recovery(session: Session, params: dict[str, Any]) -> list[Frame]:
+    """Recovery after pruning, per model, target sparsity, perplexity dataset and recovery: the
+    methods' perplexity before and after against dense, the share of the gap closed in log space,
+    the mean downstream accuracy before and after, and the recovery's tokens and seconds."""
+    return recovery_frames(session, params["sweep"], params["model"])
+
+
+def recovery_curve(session: Session, params: dict[str, Any]) -> list[Frame]:
+    """The recovered runs' loss curves (one run's with ``key``): the loss, its KD and CE parts, the
+    learning rate, gradient norm and held-out perplexity against the step, a line per run."""
+    if params["key"]:
+        run = find_run(session, params["key"])
+        if run.recovery is None:
+            raise ViewError(f"run {run.key} was not recovered after pruning: it has no loss curve")
+        runs = [run] if run.recovery_steps else []
+    else:
+        runs = recovered_runs(session, params["sweep"], params["model"])
+    return curve_frames(runs, params["points"])
+
+
 QUERIES: Registry[BuiltinQuery] = Registry("built-in query", {
     "leaderboard": BuiltinQuery(leaderboard, {
         "sweep": SWEEP, "model": MODEL, "metric": Param(default="perplexity", help="the score compared per dataset"),
         "baseline": Param(default="dense", help="the method every change is measured against"),
         "lower_is_better": Param(type="boolean", default=True, help="whether lower values of the metric win")},
-        {"leaderboard": ("model", "target", "method", "achieved", "n", "runs", "acc", "acc sd", "acc change",
-                         "prefill speed-up", "decode speed-up")}, leaderboard.__doc__ or "", dynamic=True),
+        {"leaderboard": ("model", "target", "method", "recovery", "achieved", "n", "runs", "acc", "acc sd",
+                         "acc change", "prefill speed-up", "decode speed-up")},
+        leaderboard.__doc__ or "", dynamic=True),
     "sweep_status": BuiltinQuery(sweep_status, {"sweep": Param(help="the sweep's name (default: the one run last)"),
                                                 "limit": Param(type="integer", default=50,
                                                                help="runs listed at most: every unfinished or failed "
                                                                     "one, then the latest completed (0: all)")},
                                  {"states": ("state", "runs"),
-                                  "runs": ("key", "model", "method", "target", "n", "seed", "state", "attempts",
-                                           "started", "elapsed s", "heartbeat s ago", "error")},
+                                  "runs": ("key", "model", "method", "target", "recovery", "n", "seed", "state",
+                                           "attempts", "started", "elapsed s", "heartbeat s ago", "error")},
                                  sweep_status.__doc__ or ""),
     "run_detail": BuiltinQuery(run_detail, {"key": Param(required=True, help="a run key or a unique prefix of one")},
                                {"run": ("field", "value"), "provenance": ("field", "value"),
@@ -515,7 +564,9 @@ QUERIES: Registry[BuiltinQuery] = Registry("built-in query", {
                                 "layers": ("layer", "attention", "attention step", "ppl after", "ffn", "ffn kept",
                                            "ffn width", "ffn step"),
                                 "removal": ("step", "removed", "layer", "calib ppl after"),
-                                "generations": ("position", "prompt", "output", "new_tokens")},
+                                "generations": ("position", "prompt", "output", "new_tokens"),
+                                "recovery": ("field", "value"),
+                                "recovery_curve": CURVE_COLUMNS},
                                run_detail.__doc__ or ""),
     "ablation": BuiltinQuery(ablation, {
         "sweep": SWEEP, "model": MODEL, "metric": Param(default="perplexity", help="the score summarised"),
@@ -527,4 +578,12 @@ QUERIES: Registry[BuiltinQuery] = Registry("built-in query", {
                                                     help="two or more run keys or prefixes, comma-separated")},
                             {"runs": ("field",), "scores": ("dataset", "metric"), "timings": ("phase",)},
                             compare.__doc__ or "", dynamic=True),
+    "recovery": BuiltinQuery(recovery, {"sweep": SWEEP, "model": MODEL}, {"recovery": RECOVERY_COLUMNS},
+                             recovery.__doc__ or ""),
+    "recovery_curve": BuiltinQuery(recovery_curve, {
+        "sweep": SWEEP, "model": MODEL,
+        "key": Param(help="only this recovered run (its key or a unique prefix of one)"),
+        "points": Param(type="integer", default=20, help="rows per curve, the loss averaged between them "
+                                                         "(0: every step)")},
+        {"curve": CURVE_COLUMNS, "runs": SUMMARY_COLUMNS}, recovery_curve.__doc__ or ""),
 })
