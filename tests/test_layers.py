@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("twossp.families",),
     ("twossp.placement",),
     ("twossp.prune",),
+    ("twossp.recover",),
     ("twossp.evaluate",),
     ("twossp.checkpoint", "twossp.serve"),
     ("twossp.db", "twossp.migrations"),

@@ -499,6 +499,8 @@ class RecoverySpec(Strict):
     @model_validator(mode="after")
     def _settings_fit_together(self) -> "RecoverySpec":
         problems = []
+        if self.name in NO_RECOVERY:
+            problems.append(f"{self.name!r} names the unrecovered runs; give this recovery another `name:`")
         if self.loss == "ce" and self.ce_weight:
             problems.append("`ce_weight` mixes the next-token loss into distillation: it needs `loss: kd`")
         if self.loss == "ce" and self.temperature != 1.0:
