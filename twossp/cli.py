@@ -575,7 +575,8 @@ def runs_cmd(db_url: str | None, status: str | None, show_scores: bool) -> None:
         table.add_column(col, overflow="fold")
     for r in rows:
         error = last_line(r.error)
-        table.add_row(r.key, Text(r.model), r.method, f"{r.target_sparsity:g}",
+        method = f"{r.method} + {r.recovery}" if r.recovery else r.method  # a recovered run: its recovery too
+        table.add_row(r.key, Text(r.model), method, f"{r.target_sparsity:g}",
                       f"{r.achieved_sparsity:.4f}" if r.achieved_sparsity is not None else "-", str(r.status),
                       str(r.attempts), Text(error))
         if show_scores:  # indented under the run: dataset in the model column, metric, value
