@@ -17,7 +17,7 @@ from sqlalchemy import text
 from tests.support.consoles import fixed_terminal, invoke
 from tests.support.stored_runs import claim, record, tiny_sweep
 from twossp import cli
-from twossp.contracts import LayerMask, RunResult, RunStatus
+from twossp.contracts import LayerMask, RecoveryStep, RunResult, RunStatus
 from twossp.db.database import Database
 from twossp.db.store import add_export
 from twossp.plan import plan_sweep
@@ -27,6 +27,7 @@ TABLES = ("sweeps", "runs", "scores", "timings", "layer_masks", "generations", "
           "shared_steps", "run_memory")
 #: the comment that opens the README's query of the plan's memory estimate against the measured peak
 MEMORY_QUERY = "-- the plan's memory estimate against the measured peak, per run and device"
+RECOVERY_QUERY = "-- each recovered run's perplexity beside the run it was recovered from, and its last loss"
 GiB = 2**30
 
 
@@ -84,9 +85,10 @@ def test_the_readme_has_at_least_five_queries() -> None:
 
 
 #: rows each README query finds in what fill() stores, in the README's order: perplexity per run,
-#: the attention 2SSP removed, pruning times, accuracy per task, speed figures, generations, failures,
-#: the plan's memory estimate against the peak, what llama.cpp measured on an export
-README_ROWS = [2, 1, 1, 2, 4, 2, 0, 2, 3]
+#: the attention 2SSP removed, pruning times, accuracy per task, recovered runs before and after (none
+#: here: see the test of its own below), speed figures, generations, failures, the plan's memory
+#: estimate against the peak, what llama.cpp measured on an export
+README_ROWS = [2, 1, 1, 2, 0, 4, 2, 0, 2, 3]
 
 
 def test_every_readme_query_runs_on_both_databases(db: Database) -> None:
@@ -112,6 +114,27 @@ def test_the_readme_memory_query_compares_the_estimate_with_the_peak(db: Databas
              float(r["percent_of_estimate"])) for r in rows] == sorted([
         (keys["2ssp"], "2ssp", "split 2x cuda", "cuda:0", 36 * GiB, 40 * GiB, 90.0),
         (keys["dense"], "dense", "single", "cpu", GiB, 2 * GiB, 50.0)])
+
+
+def test_the_readme_recovery_query_puts_each_recovered_run_beside_its_pruning_run(db: Database) -> None:
+    """The README's query, as it is, on both databases: a recovered run's perplexity after, its
+    pruning run's before, and the loss of its last step; the pruning run and dense have no row."""
+    (query,) = [q for q in readme_queries() if q.startswith(RECOVERY_QUERY)]
+    spec = tiny_sweep("sql-recovery", recovery=["none", {"name": "kd", "loss": "kd", "steps": 2}])
+    runs = plan_sweep(spec)
+    assert claim(db, spec, *runs)
+    ppl = {None: 10.0, "2ssp": 40.0, "kd": 25.0}
+    for run in runs:
+        label = run.recovery.label if run.recovery else (None if run.method.name == "dense" else "2ssp")
+        curve = [RecoveryStep(step=i, loss=loss, kd_loss=loss, ce_loss=3.0, lr=1e-4, grad_norm=1.0, tokens=64 * i,
+                              seconds=float(i)) for i, loss in ((1, 2.5), (2, 1.5))] if run.recovery else []
+        record(db, run, RunResult(key=run.key, status=RunStatus.COMPLETED, recovery=curve,
+                                  achieved_sparsity=0.0 if label is None else 0.5,
+                                  scores=[("eval.txt", "perplexity", ppl[label])]))
+    result = invoke("db", "sql", "--db", db.url, "--format", "json", "--", query)
+    assert result.exit_code == 0, result.output
+    assert [(r["method"], float(r["target_sparsity"]), r["recovery"], r["before"], r["after"], r["last_loss"])
+            for r in json.loads(result.output)["frames"]["sql"]] == [("2ssp", 0.5, "kd", 40.0, 25.0, 1.5)]
 
 
 def test_rows_in_every_format(db: Database) -> None:

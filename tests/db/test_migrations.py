@@ -125,6 +125,29 @@ def insert_status(url: str, status: str, key: str = "raw") -> None:
         engine.dispose()
 
 
+def rows_that_belong_to_their_run(url: str, *, new_column: str, add: str, rows: list[dict], duplicate: dict,
+                                  left: str, setup: str | None = None) -> list[tuple]:
+    """After a migration that adds a table of rows owned by a run (and a column of ``runs``), on a
+    database with the runs 'kept' and 'deleted': the runs' new column is NULL; ``rows`` are added
+    for each run, ``duplicate`` breaks the table's uniqueness and is refused; deleting the run
+    'deleted' deletes its rows. Returns what ``left`` selects then."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            assert conn.execute(text(f"SELECT {new_column} FROM runs")).scalars().all() == [None, None]
+            if setup:
+                conn.execute(text(setup))
+            conn.execute(text(add), rows)
+        with pytest.raises(IntegrityError):
+            with engine.begin() as conn:
+                conn.execute(text(add), duplicate)
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM runs WHERE key = 'deleted'"))
+            return conn.execute(text(left)).tuples().all()
+    finally:
+        engine.dispose()
+
+
 def test_head_revision(db_url: str) -> None:
     assert head_revision(db_url) == "0009"
 
@@ -279,22 +302,13 @@ def test_upgrade_to_0008_adds_memory_rows_that_belong_to_their_run(db_url: str) 
     insert_status(db_url, "completed", key="kept")
     insert_status(db_url, "completed", key="deleted")
     command.upgrade(cfg, "0008")
-    engine = make_engine(db_url)
-    add = text("INSERT INTO run_memory (run_id, phase, device, metric, bytes) "
-               "SELECT id, 'stage 1', :device, 'peak_cuda_allocated_bytes', :bytes FROM runs")
-    try:
-        with engine.begin() as conn:
-            assert conn.execute(text("SELECT placement FROM runs")).scalars().all() == [None, None]
-            conn.execute(add, [{"device": "cuda:0", "bytes": 70 * 2**30}, {"device": "cuda:1", "bytes": 5}])
-        with pytest.raises(IntegrityError):
-            with engine.begin() as conn:
-                conn.execute(add, {"device": "cuda:1", "bytes": 6})
-        with engine.begin() as conn:
-            conn.execute(text("DELETE FROM runs WHERE key = 'deleted'"))
-            left = conn.execute(text("SELECT r.key, m.device, m.bytes FROM run_memory m JOIN runs r ON r.id = m.run_id "
-                                     "ORDER BY m.device")).tuples().all()
-    finally:
-        engine.dispose()
+    left = rows_that_belong_to_their_run(
+        db_url, new_column="placement",
+        add="INSERT INTO run_memory (run_id, phase, device, metric, bytes) "
+            "SELECT id, 'stage 1', :device, 'peak_cuda_allocated_bytes', :bytes FROM runs",
+        rows=[{"device": "cuda:0", "bytes": 70 * 2**30}, {"device": "cuda:1", "bytes": 5}],
+        duplicate={"device": "cuda:1", "bytes": 6},
+        left="SELECT r.key, m.device, m.bytes FROM run_memory m JOIN runs r ON r.id = m.run_id ORDER BY m.device")
     assert left == [("kept", "cuda:0", 70 * 2**30), ("kept", "cuda:1", 5)]
     command.downgrade(cfg, "0007")
     assert tables_of(db_url) & TABLES == TABLES - SINCE_0008 - SINCE_0009
@@ -310,23 +324,14 @@ def test_upgrade_to_0009_adds_loss_curves_that_belong_to_their_run(db_url: str) 
     insert_status(db_url, "completed", key="kept")
     insert_status(db_url, "completed", key="deleted")
     command.upgrade(cfg, "0009")
-    engine = make_engine(db_url)
-    add = text("INSERT INTO recovery_steps (run_id, step, loss, lr, tokens, seconds) "
-               "SELECT id, :step, :loss, 0.0001, :tokens, 1.5 FROM runs")
-    try:
-        with engine.begin() as conn:
-            assert conn.execute(text("SELECT recovery FROM runs")).scalars().all() == [None, None]
-            conn.execute(text("UPDATE runs SET recovery = 'kd-full'"))
-            conn.execute(add, [{"step": 1, "loss": 2.5, "tokens": 3 * 2**31}, {"step": 2, "loss": None, "tokens": 5}])
-        with pytest.raises(IntegrityError):
-            with engine.begin() as conn:
-                conn.execute(add, {"step": 2, "loss": 1.0, "tokens": 6})
-        with engine.begin() as conn:
-            conn.execute(text("DELETE FROM runs WHERE key = 'deleted'"))
-            left = conn.execute(text("SELECT r.key, r.recovery, s.step, s.loss, s.tokens FROM recovery_steps s "
-                                     "JOIN runs r ON r.id = s.run_id ORDER BY s.step")).tuples().all()
-    finally:
-        engine.dispose()
+    left = rows_that_belong_to_their_run(
+        db_url, new_column="recovery", setup="UPDATE runs SET recovery = 'kd-full'",
+        add="INSERT INTO recovery_steps (run_id, step, loss, lr, tokens, seconds) "
+            "SELECT id, :step, :loss, 0.0001, :tokens, 1.5 FROM runs",
+        rows=[{"step": 1, "loss": 2.5, "tokens": 3 * 2**31}, {"step": 2, "loss": None, "tokens": 5}],
+        duplicate={"step": 2, "loss": 1.0, "tokens": 6},
+        left="SELECT r.key, r.recovery, s.step, s.loss, s.tokens FROM recovery_steps s "
+             "JOIN runs r ON r.id = s.run_id ORDER BY s.step")
     assert left == [("kept", "kd-full", 1, 2.5, 3 * 2**31), ("kept", "kd-full", 2, None, 5)]
     command.downgrade(cfg, "0008")
     assert tables_of(db_url) & TABLES == TABLES - SINCE_0009
