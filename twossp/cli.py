@@ -200,7 +200,8 @@ def plan(file: str, db_url: str | None, address: str | None, gpus: float | None,
 def _runs_table(name: str, runs: list[Any], statuses: dict[str, str], report: Any, shared: Any, work: Any,
                placements: dict[str, Any]) -> Table:
     """``sweep plan``'s table: one row per run, what it will remove, its estimated layer forwards,
-    the shared step it takes, its placement and peak memory per device, and its state in the database."""
+    the shared step it takes (a recovered run: the pruning run it starts from), its placement and peak
+    memory per device, and its state in the database."""
     from twossp.methods import method_of
 
     table = Table(title=Text(f"sweep {name}: {len(runs)} runs"))
@@ -220,7 +221,8 @@ def _runs_table(name: str, runs: list[Any], statuses: dict[str, str], report: An
                       Text(report.previews.get(run.key, "?")),
                       f"{sum(forwards):,}" if forwards is not None else
                       ("-" if method_of(run.method).work is None else "?"),
-                      shared.needs.get(run.key, "-"), _memory_cell(placements.get(run.key)),
+                      f"from {run.pruning_run.key}" if run.recovery else shared.needs.get(run.key, "-"),
+                      _memory_cell(placements.get(run.key)),
                       Text(status, style=colours.get(status, "yellow")))
     return table
 

@@ -12,6 +12,7 @@ import torch
 import yaml
 from sqlalchemy import select
 
+from tests.support.consoles import invoke
 from twossp.checkpoint import load_pruned
 from twossp.db.database import Database
 from twossp.db.models import Run
@@ -40,7 +41,7 @@ def _rows(db: Database) -> dict[str, Run]:
     with db.session() as session:
         rows = session.scalars(select(Run)).all()
         for row in rows:  # loaded while the session is open
-            _ = (row.scores, row.timings, row.layer_masks, row.exports)
+            _ = (row.scores, row.timings, row.layer_masks, row.exports, row.recovery)
         return {row.key: row for row in rows}
 
 
@@ -80,6 +81,19 @@ def test_recovery_prunes_once_stores_the_curve_and_a_later_sweep_reuses_the_prun
             assert record["steps"] == run.recovery.steps and record["tokens"] == run.recovery.tokens
             assert record["label"] == run.recovery.label and record["trainable_params"] > 0
         assert rows[ce.key].details["recovery"]["trainable_params"] < rows[kd.key].details["recovery"]["trainable_params"]
+        with db.session() as session:  # the loss curve, a row per step, as the loop recorded it
+            curves = {row.key: [(s.step, s.tokens, s.kd_loss is not None, s.heldout_perplexity is not None)
+                                for s in row.recovery_steps] for row in session.scalars(select(Run))}
+        assert curves[kd.key] == [(i, i * 2 * 16, True, False) for i in (1, 2, 3)]
+        assert curves[ce.key] == [(i, i * 2 * 16, False, True) for i in (1, 2)]
+        assert curves[pruning.key] == [] and rows[kd.key].recovery == "kd" and rows[pruning.key].recovery is None
+        # ... and shown: in the run view and the curve view
+        shown = invoke("show", kd.key[:10], "--db", tmp_path / "r.db")
+        assert shown.exit_code == 0 and "recovered from" in shown.output and pruning.key in shown.output
+        figure = tmp_path / "curves.svg"
+        drawn = invoke("dash", "show", "recovery_curve", "--db", tmp_path / "r.db", "--output", figure)
+        assert drawn.exit_code == 0 and figure.stat().st_size > 0
+        assert "kd" in drawn.output and "ce-lora" in drawn.output
         ppl = {key: next(s.value for s in row.scores if s.metric == "perplexity") for key, row in rows.items()}
         assert ppl[kd.key] != ppl[pruning.key] and ppl[ce.key] != ppl[pruning.key]
 
