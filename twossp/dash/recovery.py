@@ -75,23 +75,53 @@ RECOVERY_COLUMNS = ("model", "target", "dataset", "recovery", "method", "options
                     "seconds", "trainable")
 
 
+def _of(query: Any, sweep: str | None, model: str | None) -> Any:
+    """``query`` (of runs) narrowed to a sweep's and a model's runs, where given."""
+    if sweep:
+        query = query.join(Sweep, Sweep.id == Run.sweep_id).where(Sweep.name == sweep)
+    return query.where(Run.model == model) if model else query
+
+
+def _runs_around(session: Session, sweep: str | None, model: str | None) -> tuple[list[Run], list[Run]]:
+    """The completed recovered runs (of ``sweep`` and ``model`` where given), and the completed runs
+    that were not recovered of their models, of any sweep (the befores and the dense runs: a later
+    sweep's recovery starts from an earlier one's pruning)."""
+    recovered = list(session.scalars(_of(select(Run).where(Run.status == RunStatus.COMPLETED,
+                                                          Run.recovery.is_not(None))
+                                         .options(selectinload(Run.scores)).order_by(Run.id), sweep, model)))
+    unrecovered = list(session.scalars(
+        select(Run).where(Run.status == RunStatus.COMPLETED, Run.recovery.is_(None),
+                          Run.model.in_(sorted({r.model for r in recovered})))
+        .options(selectinload(Run.scores)).order_by(Run.id))) if recovered else []
+    return recovered, unrecovered
+
+
+def _recovery_columns() -> list[Column]:
+    return [Column("model"), Column("target", format=".3g"), Column("dataset"), Column("recovery"),
+            Column("method"), Column("options", hidden=True), Column("n"),
+            Column("evaluation key", hidden=True), Column("runs", hidden=True),
+            Column("dense", header="dense ppl", format=".2f"),
+            Column("before", header="before", format=".2f", best="lower"),
+            Column("after", header="after", format=".2f", best="lower"),
+            Column("gap closed", format=".0%", best="higher", good="positive"),
+            Column("acc dense", format=".1%"), Column("acc before", format=".1%", best="higher"),
+            Column("acc after", format=".1%", best="higher"),
+            Column("tokens", format=",.0f"), Column("seconds", format=",.1f"), Column("trainable", format=".1%")]
+
+
+RECOVERY_CAPTION = ("perplexity of the dense model, of the pruned model before recovery and after it (means over seeds); "
+                    "gap closed: (ln before - ln after) / (ln before - ln dense), the share of what pruning lost that "
+                    "recovery won back (100%: back at dense); bold: the best method of each recovery; acc: mean "
+                    "downstream accuracy; tokens, seconds: the recovery's training; trainable: the share of parameters "
+                    "it trained")
+
+
 def recovery_frames(session: Session, sweep: str | None, model: str | None) -> list[Frame]:
     """Per model, target sparsity, perplexity dataset and recovery, the methods side by side: the
     dense model's perplexity, the pruned model's before recovery and after it (means over seeds),
     the gap closed in log space (``gap_closed``, from the means), the mean downstream accuracy of
     each where stored, and the recovery's training tokens and seconds (means over its runs)."""
-    query = (select(Run).where(Run.status == RunStatus.COMPLETED, Run.recovery.is_not(None))
-             .options(selectinload(Run.scores)).order_by(Run.id))
-    if sweep:
-        query = query.join(Sweep, Sweep.id == Run.sweep_id).where(Sweep.name == sweep)
-    if model:
-        query = query.where(Run.model == model)
-    recovered = list(session.scalars(query))
-    # the befores and the dense runs, of any sweep: a later sweep's recovery starts from an earlier one's pruning
-    unrecovered = list(session.scalars(
-        select(Run).where(Run.status == RunStatus.COMPLETED, Run.recovery.is_(None),
-                          Run.model.in_(sorted({r.model for r in recovered})))
-        .options(selectinload(Run.scores)).order_by(Run.id))) if recovered else []
+    recovered, unrecovered = _runs_around(session, sweep, model)
     by_key = {r.key: r for r in unrecovered}
     by_cell: dict[tuple, list[Run]] = defaultdict(list)
     dense: dict[tuple, list[Run]] = defaultdict(list)
@@ -131,23 +161,8 @@ def recovery_frames(session: Session, sweep: str | None, model: str | None) -> l
                          "gap closed": gap_closed(figures["dense"], figures["before"], figures["after"])})
     rows.sort(key=lambda r: (r["model"], r["target"], r["dataset"], r["recovery"], r["method"], r["options"] or "",
                              r["n"] or 0, r["evaluation key"] or ""))
-    columns = [Column("model"), Column("target", format=".3g"), Column("dataset"), Column("recovery"),
-               Column("method"), Column("options", hidden=True), Column("n"),
-               Column("evaluation key", hidden=True), Column("runs", hidden=True),
-               Column("dense", header="dense ppl", format=".2f"),
-               Column("before", header="before", format=".2f", best="lower"),
-               Column("after", header="after", format=".2f", best="lower"),
-               Column("gap closed", format=".0%", best="higher", good="positive"),
-               Column("acc dense", format=".1%"), Column("acc before", format=".1%", best="higher"),
-               Column("acc after", format=".1%", best="higher"),
-               Column("tokens", format=",.0f"), Column("seconds", format=",.1f"), Column("trainable", format=".1%")]
-    caption = ("perplexity of the dense model, of the pruned model before recovery and after it (means over seeds); "
-               "gap closed: (ln before - ln after) / (ln before - ln dense), the share of what pruning lost that "
-               "recovery won back (100%: back at dense); bold: the best method of each recovery; acc: mean "
-               "downstream accuracy; tokens, seconds: the recovery's training; trainable: the share of parameters "
-               "it trained")
-    return [Frame("recovery", "", columns, rows, group_by=("model", "target", "dataset", "recovery", "evaluation key"),
-                  caption=caption)]
+    return [Frame("recovery", "", _recovery_columns(), rows,
+                  group_by=("model", "target", "dataset", "recovery", "evaluation key"), caption=RECOVERY_CAPTION)]
 
 
 # ------------------------------------------------------------------------------- loss curves
@@ -159,13 +174,8 @@ SUMMARY_COLUMNS = ("key", "model", "method", "target", "recovery", "state", "ste
 
 def recovered_runs(session: Session, sweep: str | None, model: str | None) -> list[Run]:
     """The recovered runs that stored a loss curve (completed or failed: how far a failed one got)."""
-    query = (select(Run).where(Run.recovery.is_not(None), Run.recovery_steps.any())
-             .options(selectinload(Run.recovery_steps)).order_by(Run.id))
-    if sweep:
-        query = query.join(Sweep, Sweep.id == Run.sweep_id).where(Sweep.name == sweep)
-    if model:
-        query = query.where(Run.model == model)
-    return list(session.scalars(query))
+    return list(session.scalars(_of(select(Run).where(Run.recovery.is_not(None), Run.recovery_steps.any())
+                                    .options(selectinload(Run.recovery_steps)).order_by(Run.id), sweep, model)))
 
 
 def thinned(steps: list[RecoveryStepRow], points: int) -> list[dict[str, Any]]:

@@ -152,11 +152,7 @@ def recover(student: nn.Module, teacher: nn.Module | None, adapter: FamilyAdapte
         began = time.perf_counter()
         parts = [_micro_step(model, teacher, objective, next(batches).to(device), device, dtype, spec.accumulation)
                  for _ in range(spec.accumulation)]
-        norm = torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm or math.inf)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        norm, lr = _update(trainable, optimizer, scheduler, spec.max_grad_norm)
         synchronize(device)
         seconds += time.perf_counter() - began
         count = sum(p.tokens for p in parts)
@@ -176,10 +172,7 @@ def recover(student: nn.Module, teacher: nn.Module | None, adapter: FamilyAdapte
     progress("recovery", spec.steps, spec.steps)
     best_step = None
     if best is not None and best[1] != spec.steps:  # an earlier step (or none: 0) measured best
-        with torch.no_grad():
-            parameters = dict(model.named_parameters())
-            for name, value in best[2].items():
-                parameters[name].copy_(value)
+        _restore(model, best[2])
         best_step = best[1]
     counted = sum(p.numel() for p in trainable)
     total = sum(p.numel() for p in model.parameters())
@@ -190,6 +183,25 @@ def recover(student: nn.Module, teacher: nn.Module | None, adapter: FamilyAdapte
                            tokens=seen, seconds=seconds, train_windows=len(windows.train),
                            heldout_windows=len(windows.heldout), epochs=seen / windows.train.numel(),
                            heldout_before=heldout_before, best_step=best_step)
+
+
+def _update(trainable: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, max_grad_norm: float | None) -> tuple[torch.Tensor, float]:
+    """One optimiser step on the accumulated gradients, clipped: (their norm before clipping, the lr used)."""
+    norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm or math.inf)
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return norm, lr
+
+
+def _restore(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Put a snapshot of trained parameters (by name) back into ``model``."""
+    with torch.no_grad():
+        parameters = dict(model.named_parameters())
+        for name, value in weights.items():
+            parameters[name].copy_(value)
 
 
 @dataclass
